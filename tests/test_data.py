@@ -1,0 +1,90 @@
+import json
+
+import polars as pl
+import pytest
+
+from vlprobe.data import (
+    COCO_CATEGORIES,
+    CocoFiles,
+    DataError,
+    build_images_table,
+    make_demo_coco,
+    present_categories,
+)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> CocoFiles:
+    return make_demo_coco(tmp_path_factory.mktemp("demo"), n_images=24, seed=3)
+
+
+def test_demo_dataset_is_official_coco_format(demo):
+    from pycocotools.coco import COCO
+
+    coco = COCO(str(demo.instances))
+    assert len(coco.getImgIds()) == 24
+    assert len(coco.getCatIds()) == 80
+    captions = json.loads(demo.captions.read_text())
+    per_image = pl.DataFrame(captions["annotations"]).group_by("image_id").len()
+    assert per_image["len"].to_list() == [5] * 24
+    for image in coco.loadImgs(coco.getImgIds()):
+        assert (demo.images_dir / image["file_name"]).is_file()
+    # captions name exactly the drawn categories
+    present = present_categories(json.loads(demo.instances.read_text()))
+    first = captions["annotations"][0]
+    assert all(name in first["caption"] for name in present[first["image_id"]])
+
+
+def test_demo_dataset_is_deterministic(tmp_path, demo):
+    again = make_demo_coco(tmp_path, n_images=24, seed=3)
+    assert again.instances.read_text() == demo.instances.read_text()
+    assert again.captions.read_text() == demo.captions.read_text()
+
+
+def test_split_is_disjoint_seeded_and_sized(demo):
+    images, skipped = build_images_table(demo, 16, 6, seed=1, on_bad_image="error")
+    assert images.filter(pl.col("split") == "train").height == 16
+    assert images.filter(pl.col("split") == "eval").height == 6
+    assert images["image_id"].n_unique() == images.height
+    assert skipped.height == 0
+    again, _ = build_images_table(demo, 16, 6, seed=1, on_bad_image="error")
+    assert again.equals(images)
+    other, _ = build_images_table(demo, 16, 6, seed=2, on_bad_image="error")
+    assert not other.equals(images)
+
+
+def test_too_many_images_names_the_keys(demo):
+    with pytest.raises(DataError, match="coco.n_train_images"):
+        build_images_table(demo, 20, 10, seed=0, on_bad_image="error")
+
+
+def test_bad_image_error_or_skip(tmp_path):
+    files = make_demo_coco(tmp_path, n_images=10, seed=0)
+    broken = files.images_dir / "000000000004.jpg"
+    broken.write_bytes(broken.read_bytes()[:200])
+    with pytest.raises(DataError, match="000000000004.jpg"):
+        build_images_table(files, 7, 3, seed=0, on_bad_image="error")
+    (files.images_dir / "000000000004.jpg").unlink()
+    images, skipped = build_images_table(files, 6, 3, seed=0, on_bad_image="skip")
+    assert skipped["file_name"].to_list() == ["000000000004.jpg"]
+    assert skipped["reason"].to_list() == ["missing"]
+    assert 4 not in images["image_id"].to_list()
+    assert images.height == 9
+
+
+def test_not_coco_json_names_the_file(tmp_path):
+    files = make_demo_coco(tmp_path, n_images=4, seed=0)
+    files.instances.write_text(json.dumps({"images": []}))
+    with pytest.raises(DataError, match=r"instances\.json.*annotations"):
+        build_images_table(files, 2, 1, seed=0, on_bad_image="error")
+
+
+def test_real_coco_sample(coco_mini):
+    files = CocoFiles.in_directory(coco_mini)
+    images, _ = build_images_table(files, 80, 40, seed=0, on_bad_image="error")
+    assert images.height == 120
+    assert set(images["split"]) == {"train", "eval"}
+    assert images["coco_url"].str.starts_with("http://images.cocodataset.org/").all()
+    assert {name for _, name, _ in COCO_CATEGORIES} == {
+        c["name"] for c in json.loads(files.instances.read_text())["categories"]
+    }

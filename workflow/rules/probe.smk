@@ -1,0 +1,17 @@
+rule probe:
+    input:
+        task="results/tasks/{task}.parquet",
+        parts=activation_parts,
+    output:
+        "results/probes/{model}/{task}/{pooling}/{probe}/layers-{first}-{last}.parquet",
+    params:
+        probe=lambda wc: config["probes"][wc.probe],
+    threads: 1
+    log:
+        "logs/probes/{model}/{task}/{pooling}/{probe}/layers-{first}-{last}.log",
+    benchmark:
+        "benchmarks/out/probes/{model}/{task}/{pooling}/{probe}/layers-{first}-{last}.tsv"
+    conda:
+        "../../envs/probe.yaml"
+    script:
+        "../scripts/probe.py"

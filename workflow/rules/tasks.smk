@@ -1,0 +1,66 @@
+rule caption_pairs:
+    input:
+        images="results/data/images.parquet",
+        captions=coco_files()["captions"],
+        pool=coco_files()["caption_pool"],
+    output:
+        "results/tasks/labels/caption_pairs.parquet",
+    params:
+        positives_per_image=config["caption"]["positives_per_image"],
+        candidates_per_positive=config["caption"]["candidates_per_positive"],
+        embedding_model=config["caption"]["embedding_model"],
+        seed=config["caption"]["seed"],
+    log:
+        "logs/tasks/caption_pairs.log",
+    benchmark:
+        "benchmarks/out/tasks/caption_pairs.tsv"
+    conda:
+        "../../envs/tasks.yaml"
+    script:
+        "../scripts/caption_pairs.py"
+
+
+rule object_rows:
+    input:
+        images="results/data/images.parquet",
+        instances=coco_files()["instances"],
+    output:
+        "results/tasks/labels/object_rows.parquet",
+    log:
+        "logs/tasks/object_rows.log",
+    conda:
+        "../../envs/tasks.yaml"
+    script:
+        "../scripts/object_rows.py"
+
+
+rule caption_task:
+    input:
+        "results/tasks/labels/caption_pairs.parquet",
+    output:
+        "results/tasks/caption-{prompt}.parquet",
+    params:
+        template=lambda wc: config["caption"]["prompts"][wc.prompt],
+    log:
+        "logs/tasks/caption-{prompt}.log",
+    conda:
+        "../../envs/tasks.yaml"
+    script:
+        "../scripts/caption_task.py"
+
+
+rule object_task:
+    input:
+        rows="results/tasks/labels/object_rows.parquet",
+        instances=coco_files()["instances"],
+    output:
+        "results/tasks/object-{prompt}.parquet",
+    params:
+        prompt=lambda wc: config["object"]["prompts"][wc.prompt],
+        seed=config["object"]["seed"],
+    log:
+        "logs/tasks/object-{prompt}.log",
+    conda:
+        "../../envs/tasks.yaml"
+    script:
+        "../scripts/object_task.py"

@@ -1,0 +1,19 @@
+"""Positive captions and mined hard negatives for caption entailment."""
+
+import polars as pl
+
+from vlprobe.joblog import job_log
+from vlprobe.storage import write_parquet
+from vlprobe.tasks import build_caption_pairs
+
+with job_log(snakemake.log[0]):
+    pairs = build_caption_pairs(
+        pl.read_parquet(snakemake.input.images),
+        snakemake.input.captions,
+        snakemake.input.pool,
+        snakemake.params.positives_per_image,
+        snakemake.params.candidates_per_positive,
+        snakemake.params.embedding_model,
+        snakemake.params.seed,
+    )
+    write_parquet(pairs, snakemake.output[0])

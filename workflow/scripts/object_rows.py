@@ -1,0 +1,11 @@
+"""Present categories of every sampled image."""
+
+import polars as pl
+
+from vlprobe.joblog import job_log
+from vlprobe.storage import write_parquet
+from vlprobe.tasks import build_object_rows
+
+with job_log(snakemake.log[0]):
+    rows = build_object_rows(pl.read_parquet(snakemake.input.images), snakemake.input.instances)
+    write_parquet(rows, snakemake.output[0])
