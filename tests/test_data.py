@@ -13,6 +13,10 @@ from vlprobe.data import (
 )
 
 
+def both(value):
+    return {"train": value, "eval": value}
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> CocoFiles:
     return make_demo_coco(tmp_path_factory.mktemp("demo"), n_images=24, seed=3)
@@ -42,20 +46,20 @@ def test_demo_dataset_is_deterministic(tmp_path, demo):
 
 
 def test_split_is_disjoint_seeded_and_sized(demo):
-    images, skipped = build_images_table(demo, 16, 6, seed=1, on_bad_image="error")
+    images, skipped = build_images_table(both(demo), {"train": 16, "eval": 6}, 1, "error")
     assert images.filter(pl.col("split") == "train").height == 16
     assert images.filter(pl.col("split") == "eval").height == 6
     assert images["image_id"].n_unique() == images.height
     assert skipped.height == 0
-    again, _ = build_images_table(demo, 16, 6, seed=1, on_bad_image="error")
+    again, _ = build_images_table(both(demo), {"train": 16, "eval": 6}, 1, "error")
     assert again.equals(images)
-    other, _ = build_images_table(demo, 16, 6, seed=2, on_bad_image="error")
+    other, _ = build_images_table(both(demo), {"train": 16, "eval": 6}, 2, "error")
     assert not other.equals(images)
 
 
 def test_too_many_images_names_the_keys(demo):
     with pytest.raises(DataError, match="coco.n_train_images"):
-        build_images_table(demo, 20, 10, seed=0, on_bad_image="error")
+        build_images_table(both(demo), {"train": 20, "eval": 10}, 0, "error")
 
 
 def test_bad_image_error_or_skip(tmp_path):
@@ -63,9 +67,9 @@ def test_bad_image_error_or_skip(tmp_path):
     broken = files.images_dir / "000000000004.jpg"
     broken.write_bytes(broken.read_bytes()[:200])
     with pytest.raises(DataError, match="000000000004.jpg"):
-        build_images_table(files, 7, 3, seed=0, on_bad_image="error")
+        build_images_table(both(files), {"train": 7, "eval": 3}, 0, "error")
     (files.images_dir / "000000000004.jpg").unlink()
-    images, skipped = build_images_table(files, 6, 3, seed=0, on_bad_image="skip")
+    images, skipped = build_images_table(both(files), {"train": 6, "eval": 3}, 0, "skip")
     assert skipped["file_name"].to_list() == ["000000000004.jpg"]
     assert skipped["reason"].to_list() == ["missing"]
     assert 4 not in images["image_id"].to_list()
@@ -76,12 +80,12 @@ def test_not_coco_json_names_the_file(tmp_path):
     files = make_demo_coco(tmp_path, n_images=4, seed=0)
     files.instances.write_text(json.dumps({"images": []}))
     with pytest.raises(DataError, match=r"instances\.json.*annotations"):
-        build_images_table(files, 2, 1, seed=0, on_bad_image="error")
+        build_images_table(both(files), {"train": 2, "eval": 1}, 0, "error")
 
 
 def test_real_coco_sample(coco_mini):
     files = CocoFiles.in_directory(coco_mini)
-    images, _ = build_images_table(files, 80, 40, seed=0, on_bad_image="error")
+    images, _ = build_images_table(both(files), {"train": 80, "eval": 40}, 0, "error")
     assert images.height == 120
     assert set(images["split"]) == {"train", "eval"}
     assert images["coco_url"].str.starts_with("http://images.cocodataset.org/").all()

@@ -28,9 +28,7 @@ def test_activations_roundtrip_across_parts(tmp_path):
     ids, read_layers, features = read_activations([p for p, _ in parts], "mean")
     assert ids.tolist() == [10, 11, 12, 13, 14]
     assert read_layers.tolist() == layers
-    np.testing.assert_array_equal(
-        features, np.concatenate([pooled["mean"] for _, pooled in parts])
-    )
+    np.testing.assert_array_equal(features, np.concatenate([pooled["mean"] for _, pooled in parts]))
     assert read_metadata(parts[0][0])["model"] == "m"
     assert not list(tmp_path.rglob("*.tmp"))
 

@@ -19,17 +19,24 @@ from vlprobe.tasks import (
 PROMPT = "This image contains the following types of objects:"
 
 
+def both(value):
+    """The same source for the train and the eval split."""
+    return {"train": value, "eval": value}
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     files = make_demo_coco(tmp_path_factory.mktemp("demo"), n_images=30, seed=0)
-    images, _ = build_images_table(files, 20, 10, seed=0, on_bad_image="error")
+    images, _ = build_images_table(both(files), {"train": 20, "eval": 10}, 0, "error")
     return files, images
 
 
 @pytest.fixture(scope="module")
 def pairs(demo, sentence_model):
     files, images = demo
-    return build_caption_pairs(images, files.captions, files.captions, 2, 40, sentence_model, 0)
+    return build_caption_pairs(
+        images, both(files.captions), both(files.captions), 2, 40, sentence_model, 0
+    )
 
 
 def test_mined_negative_is_the_most_similar_other_image_caption():
@@ -75,12 +82,14 @@ def test_caption_prompt_fill(pairs):
 def test_too_few_captions_names_the_key(demo, sentence_model):
     files, images = demo
     with pytest.raises(TaskError, match="positives_per_image"):
-        build_caption_pairs(images, files.captions, files.captions, 6, 40, sentence_model, 0)
+        build_caption_pairs(
+            images, both(files.captions), both(files.captions), 6, 40, sentence_model, 0
+        )
 
 
 def test_withcat_never_names_its_held_out_category(demo):
     files, images = demo
-    rows = build_object_rows(images, files.instances)
+    rows = build_object_rows(images, both(files.instances))
     task = object_task(rows, PROMPT, "others", seed=0)
     expected_rows = sum(len(p) + 1 for p in rows["present"])
     assert task.height == expected_rows
@@ -95,14 +104,16 @@ def test_withcat_never_names_its_held_out_category(demo):
 
 def test_withcat_label_matrix_selects_one_row_per_image_and_category(demo):
     files, images = demo
-    rows = build_object_rows(images, files.instances)
+    rows = build_object_rows(images, both(files.instances))
     names = category_names(files.instances)
     task = object_task(rows, PROMPT, "others", seed=0)
     meta = {"kind": "object", "categories": "others", "label_names": names}
     _, labels, mask, _ = label_matrix(task, meta)
     assert labels.shape == (task.height, 80)
     # every image contributes exactly one row to each category's task
-    per_image = pl.DataFrame({"image_id": task["image_id"], **{str(k): mask[:, k] for k in range(80)}})
+    per_image = pl.DataFrame(
+        {"image_id": task["image_id"], **{str(k): mask[:, k] for k in range(80)}}
+    )
     counts = per_image.group_by("image_id").sum().drop("image_id").to_numpy()
     assert (counts == 1).all()
     # the chosen row for category c is the one leaving c out when c is present
@@ -125,9 +136,11 @@ def test_parts_keep_images_together_and_cover_the_task(demo, pairs):
 
 def test_real_coco_full_val_pool(coco_mini, sentence_model):
     files = CocoFiles.in_directory(coco_mini)
-    images, _ = build_images_table(files, 10, 5, seed=0, on_bad_image="error")
+    images, _ = build_images_table(both(files), {"train": 10, "eval": 5}, 0, "error")
     pool = coco_mini / "annotations" / "captions_val2017_full.json"
-    pairs = build_caption_pairs(images, files.captions, pool, 1, 5000, sentence_model, 0)
+    pairs = build_caption_pairs(
+        images, both(files.captions), both(pool), 1, 5000, sentence_model, 0
+    )
     negatives = pairs.filter(pl.col("label") == 0)
     assert negatives.height == 15
     assert (negatives["source_image_id"] != negatives["image_id"]).all()

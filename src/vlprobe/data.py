@@ -11,13 +11,21 @@ import json
 import logging
 import os
 import random
+import shutil
+import sys
+import urllib.parse
+import zipfile
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 from PIL import Image, ImageDraw
+from tqdm import tqdm
 
+from vlprobe.download import DownloadError, download
 from vlprobe.storage import atomic_path, write_parquet
 
 log = logging.getLogger(__name__)
@@ -100,7 +108,13 @@ _DEMO_LOOKS = {
     "chair": ("triangle", (30, 200, 200)),
 }
 _DEMO_SCENES = ["on a lawn", "in a street", "in a room", "near the beach", "in a park"]
-_DEMO_BACKGROUNDS = [(120, 190, 110), (170, 170, 170), (225, 215, 190), (240, 225, 160), (90, 160, 90)]
+_DEMO_BACKGROUNDS = [
+    (120, 190, 110),
+    (170, 170, 170),
+    (225, 215, 190),
+    (240, 225, 160),
+    (90, 160, 90),
+]
 _DEMO_SIZES = [(128, 96), (96, 128), (128, 128), (112, 84)]
 _DEMO_CAPTIONS = [
     "A picture of {objects} {scene}.",
@@ -146,7 +160,9 @@ def make_demo_coco(
     names = categories or list(_DEMO_LOOKS)
     unknown = sorted(set(names) - set(_DEMO_LOOKS))
     if unknown:
-        raise DataError(f"demo categories {unknown} cannot be drawn; choose from {list(_DEMO_LOOKS)}")
+        raise DataError(
+            f"demo categories {unknown} cannot be drawn; choose from {list(_DEMO_LOOKS)}"
+        )
     category_ids = {name: cid for cid, name, _ in COCO_CATEGORIES}
     rng = random.Random(seed)
     files = CocoFiles.in_directory(out_dir)
@@ -246,75 +262,178 @@ def image_is_readable(path: Path) -> str | None:
     return None
 
 
-def build_images_table(
-    files: CocoFiles, n_train: int, n_eval: int, seed: int, on_bad_image: str
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Sample the split from a COCO-format directory and verify every sampled image decodes.
+SPLITS = ("train", "eval")
 
-    Returns ``(images, skipped)``. Images without captions are not usable for the caption task
-    and are left out of sampling. A bad image raises (``on_bad_image='error'``) or is skipped
-    and replaced by the next image of the seeded order (``'skip'``), listed in ``skipped``.
+
+def split_sources(files: Mapping[str, str], images_dir: str | os.PathLike) -> dict[str, CocoFiles]:
+    """Per split, its COCO files, from ``{split}_instances`` and ``{split}_captions`` entries."""
+    return {
+        split: CocoFiles(Path(files[f"{split}_instances"]), Path(files[f"{split}_captions"]),
+                         Path(images_dir))
+        for split in SPLITS
+    }  # fmt: skip
+
+
+def split_files(files: Mapping[str, str], kind: str) -> dict[str, str]:
+    """Per split, the ``{split}_<kind>`` entry of a rule's inputs."""
+    return {split: files[f"{split}_{kind}"] for split in SPLITS}
+
+
+def image_url(coco_url: str, base_url: str) -> str:
+    """An image's address under ``base_url`` (the site root, or a mirror standing in for it)."""
+    return base_url.rstrip("/") + urllib.parse.urlsplit(coco_url).path
+
+
+def fetch_images(
+    records: list[dict], images_dir: Path, base_url: str, workers: int
+) -> dict[str, str | None]:
+    """Fetch images by their ``coco_url`` under ``base_url`` into ``images_dir``, in parallel.
+
+    Files already complete are kept (a partial one is resumed); each image is decoded to
+    verify it. Returns file name -> None if good, else the reason it is not.
+    """
+
+    def fetch(record: dict) -> tuple[str, str | None, int]:
+        path = images_dir / record["file_name"]
+        try:
+            download(image_url(record["coco_url"], base_url), path)
+        except DownloadError as err:
+            return record["file_name"], str(err), 0
+        reason = image_is_readable(path)
+        if reason is not None:
+            path.unlink()  # a corrupt file must not pass as complete next time
+            reason = f"{image_url(record['coco_url'], base_url)}: {reason}"
+        return record["file_name"], reason, path.stat().st_size if reason is None else 0
+
+    results: dict[str, str | None] = {}
+    total_bytes = 0
+    with (
+        ThreadPoolExecutor(max_workers=workers) as pool,
+        tqdm(total=len(records), unit="img", desc="images", file=sys.stderr) as bar,
+    ):
+        for file_name, reason, size in pool.map(fetch, records):
+            results[file_name] = reason
+            total_bytes += size
+            bar.set_postfix_str(f"{total_bytes / 1e6:.1f} MB", refresh=False)
+            bar.update()
+    return results
+
+
+def _check_images(
+    records: list[dict], images_dir: Path, base_url: str | None, workers: int
+) -> dict[str, str | None]:
+    """Verify images on disk, or fetch and verify them when the source is a web site."""
+    if base_url is not None:
+        return fetch_images(records, images_dir, base_url, workers)
+    return {r["file_name"]: image_is_readable(images_dir / r["file_name"]) for r in records}
+
+
+def _usable_records(files: CocoFiles) -> dict[int, dict]:
+    """Image records of a source that have captions (the caption task needs them)."""
+    instances = read_coco_json(files.instances, ("images", "annotations", "categories"))
+    captioned = set(captions_by_image(read_coco_json(files.captions, ("images", "annotations"))))
+    return {image["id"]: image for image in instances["images"] if image["id"] in captioned}
+
+
+def build_images_table(
+    sources: Mapping[str, CocoFiles],
+    n_images: Mapping[str, int],
+    seed: int,
+    on_bad_image: str,
+    base_url: str | None = None,
+    workers: int = 8,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Sample each split's images with a seed and verify that every sampled image decodes.
+
+    ``sources`` maps train/eval to their COCO files; splits sharing one source are drawn
+    from a single seeded order (train first), so an image is never in both. With
+    ``base_url``, images missing from the image folder are fetched from the web first.
+    A bad image raises (``on_bad_image='error'``) or is skipped, listed in ``skipped``, and
+    replaced by the next image of the seeded order (``'skip'``).
+    Returns ``(images, skipped)``.
     """
     if on_bad_image not in ("error", "skip"):
         raise DataError(f"coco.on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
-    instances = read_coco_json(files.instances, ("images", "annotations", "categories"))
-    captions = read_coco_json(files.captions, ("images", "annotations"))
-    captioned = set(captions_by_image(captions))
-    records = {image["id"]: image for image in instances["images"] if image["id"] in captioned}
-    order = np.random.default_rng(seed).permutation(sorted(records))
-    wanted = {"train": n_train, "eval": n_eval}
-    if n_train + n_eval > len(order):
-        raise DataError(
-            f"coco.n_train_images + coco.n_eval_images = {n_train + n_eval} exceeds the "
-            f"{len(order)} captioned images of {files.instances}"
-        )
+    groups: dict[CocoFiles, list[str]] = {}
+    for split in SPLITS:
+        groups.setdefault(sources[split], []).append(split)
     rows, skipped = [], []
-    for image_id in order:
-        split = "train" if wanted["train"] > 0 else "eval" if wanted["eval"] > 0 else None
-        if split is None:
-            break
-        record = records[int(image_id)]
-        reason = image_is_readable(files.images_dir / record["file_name"])
-        if reason is not None:
-            if on_bad_image == "error":
-                raise DataError(f"{files.images_dir / record['file_name']}: {reason}")
-            log.warning("skipping image %s: %s", record["file_name"], reason)
-            skipped.append({"image_id": int(image_id), "file_name": record["file_name"],
-                            "reason": reason})  # fmt: skip
-            continue
-        wanted[split] -= 1
-        rows.append(
-            {"image_id": int(image_id), "split": split, "file_name": record["file_name"],
-             "width": record["width"], "height": record["height"],
-             "coco_url": record.get("coco_url")}
-        )  # fmt: skip
-    if wanted["train"] > 0 or wanted["eval"] > 0:
-        raise DataError(
-            f"{files.images_dir}: only {len(rows)} readable images, "
-            f"{n_train + n_eval} requested ({len(skipped)} skipped)"
-        )
-    images = pl.DataFrame(rows, schema=IMAGES_SCHEMA).sort("image_id")
+    for files, splits in groups.items():
+        records = _usable_records(files)
+        quota = {split: n_images[split] for split in splits}
+        if sum(quota.values()) > len(records):
+            keys = " + ".join(f"coco.n_{split}_images" for split in splits)
+            raise DataError(
+                f"{keys} = {sum(quota.values())} exceeds the {len(records)} captioned images "
+                f"of {files.instances}"
+            )
+        order = [records[int(i)] for i in np.random.default_rng(seed).permutation(sorted(records))]
+        cursor = 0
+        while sum(quota.values()) > 0 and cursor < len(order):
+            batch = order[cursor : cursor + sum(quota.values())]
+            cursor += len(batch)
+            reasons = _check_images(batch, files.images_dir, base_url, workers)
+            for record in batch:
+                reason = reasons[record["file_name"]]
+                if reason is not None:
+                    if on_bad_image == "error":
+                        raise DataError(f"{files.images_dir / record['file_name']}: {reason}")
+                    log.warning("skipping image %s: %s", record["file_name"], reason)
+                    skipped.append((record["id"], record["file_name"], reason))
+                    continue
+                split = next(s for s in splits if quota[s] > 0)
+                quota[split] -= 1
+                rows.append((record["id"], split, record["file_name"], record["width"],
+                             record["height"], record.get("coco_url")))  # fmt: skip
+        if sum(quota.values()) > 0:
+            raise DataError(
+                f"{files.images_dir}: not enough readable images for {', '.join(splits)} "
+                f"({len(skipped)} skipped)"
+            )
+    images = pl.DataFrame(rows, schema=IMAGES_SCHEMA, orient="row").sort("image_id")
     skipped_frame = pl.DataFrame(
-        skipped, schema={"image_id": pl.Int64, "file_name": pl.String, "reason": pl.String}
-    )
+        skipped, schema={"image_id": pl.Int64, "file_name": pl.String, "reason": pl.String},
+        orient="row",
+    )  # fmt: skip
     return images, skipped_frame
 
 
 def write_images_table(
-    files: CocoFiles,
-    n_train: int,
-    n_eval: int,
+    sources: Mapping[str, CocoFiles],
+    n_images: Mapping[str, int],
     seed: int,
     on_bad_image: str,
     images_path: str | os.PathLike,
     skipped_path: str | os.PathLike,
+    base_url: str | None = None,
+    workers: int = 8,
 ) -> pl.DataFrame:
     """Build the images table and the skipped-images table and write both atomically."""
-    images, skipped = build_images_table(files, n_train, n_eval, seed, on_bad_image)
+    images, skipped = build_images_table(sources, n_images, seed, on_bad_image, base_url, workers)
     write_parquet(skipped, skipped_path)
     write_parquet(images, images_path)
     log.info(
-        "%d train and %d eval images sampled with seed %d from %s; %d skipped",
-        n_train, n_eval, seed, files.instances, skipped.height,
+        "%s images sampled with seed %d; %d skipped",
+        " and ".join(f"{n} {split}" for split, n in n_images.items()), seed, skipped.height,
     )  # fmt: skip
     return images
+
+
+def fetch_annotations(
+    base_url: str, archive: str, size: int, md5: str, dest_dir: str | os.PathLike,
+    members: Mapping[str, str],
+) -> None:  # fmt: skip
+    """Download the annotation archive once (resumable, verified) and extract the members.
+
+    ``members`` maps a member path inside the zip to its output file.
+    """
+    dest_dir = Path(dest_dir)
+    zip_path = download(f"{base_url.rstrip('/')}/{archive}", dest_dir / Path(archive).name,
+                        size=size, md5=md5)  # fmt: skip
+    with zipfile.ZipFile(zip_path) as bundle:
+        names = set(bundle.namelist())
+        for member, out in members.items():
+            if member not in names:
+                raise DataError(f"{zip_path}: no member {member}")
+            with atomic_path(out) as tmp, bundle.open(member) as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)

@@ -47,7 +47,9 @@ def resolve_model_path(spec: str) -> str:
     try:
         root = importlib.resources.files(package)
     except ModuleNotFoundError as err:
-        raise TaskError(f"caption.embedding_model: Python package {package!r} not installed") from err
+        raise TaskError(
+            f"caption.embedding_model: Python package {package!r} not installed"
+        ) from err
     return str(Path(str(root)) / subdir)
 
 
@@ -106,8 +108,8 @@ def mine_hard_negatives(
 
 def build_caption_pairs(
     images: pl.DataFrame,
-    captions_path: str | os.PathLike,
-    pool_path: str | os.PathLike,
+    captions: Mapping[str, str | os.PathLike],
+    pools: Mapping[str, str | os.PathLike],
     positives_per_image: int,
     n_candidates: int,
     embedding_model: str,
@@ -115,71 +117,86 @@ def build_caption_pairs(
 ) -> pl.DataFrame:
     """Positive (image, own caption) pairs and one mined hard negative per positive.
 
+    ``captions`` and ``pools`` map each split to its captions file and to the file whose
+    captions are its negative pool (all captions of the split's source annotation file).
     Columns: pair_id, image_id, split, caption_id, caption, label (1/0), positive_caption_id,
     similarity (negatives: cosine similarity to the positive), source_image_id (the image the
     caption belongs to).
     """
-    own = captions_by_image(read_coco_json(captions_path, ("annotations",)))
-    pool = captions_by_image(read_coco_json(pool_path, ("annotations",)))
-    pool_ids, pool_texts, pool_images = [], [], []
-    for image_id, entries in pool.items():
-        for caption_id, text in entries:
-            pool_ids.append(caption_id), pool_texts.append(text), pool_images.append(image_id)
-    # The sampled images' own captions must be in the pool, so a negative never repeats them.
-    missing = set(images["image_id"].to_list()) - set(pool)
-    for image_id in sorted(missing):
-        for caption_id, text in own.get(image_id, []):
-            pool_ids.append(caption_id), pool_texts.append(text), pool_images.append(image_id)
-    pool_row = {caption_id: row for row, caption_id in enumerate(pool_ids)}
     rng = np.random.default_rng(seed)
-    positives = []
-    for image_id, split in images.select("image_id", "split").iter_rows():
-        entries = own.get(image_id, [])
-        if len(entries) < positives_per_image:
-            raise TaskError(
-                f"{captions_path}: image {image_id} has {len(entries)} captions, "
-                f"caption.positives_per_image is {positives_per_image}"
-            )
-        chosen = sorted(rng.choice(len(entries), size=positives_per_image, replace=False))
-        positives.extend((image_id, split, *entries[i]) for i in chosen)
-    embeddings = embed_captions(pool_texts, embedding_model)
-    positive_rows = np.array([pool_row[caption_id] for _, _, caption_id, _ in positives])
-    negative_rows, similarity = mine_hard_negatives(
-        positive_rows, np.asarray(pool_images), embeddings, n_candidates, seed
+    frames = []
+    embedded: dict[tuple, np.ndarray] = {}  # splits sharing a pool embed it once
+    for split in ("train", "eval"):
+        split_images = images.filter(pl.col("split") == split)["image_id"].to_list()
+        own = captions_by_image(read_coco_json(captions[split], ("annotations",)))
+        pool = captions_by_image(read_coco_json(pools[split], ("annotations",)))
+        # the images' own captions must be in the pool, so a negative never repeats them
+        added = tuple(i for i in split_images if i not in pool)
+        pool.update({i: own.get(i, []) for i in added})
+        pool_ids, pool_texts, pool_images = [], [], []
+        for image_id, entries in pool.items():
+            for caption_id, text in entries:
+                pool_ids.append(caption_id)
+                pool_texts.append(text)
+                pool_images.append(image_id)
+        pool_row = {caption_id: row for row, caption_id in enumerate(pool_ids)}
+        positives = []
+        for image_id in split_images:
+            entries = own.get(image_id, [])
+            if len(entries) < positives_per_image:
+                raise TaskError(
+                    f"{captions[split]}: image {image_id} has {len(entries)} captions, "
+                    f"caption.positives_per_image is {positives_per_image}"
+                )
+            chosen = sorted(rng.choice(len(entries), size=positives_per_image, replace=False))
+            positives.extend((image_id, split, *entries[i]) for i in chosen)
+        key = (str(pools[split]), added)
+        if key not in embedded:
+            embedded[key] = embed_captions(pool_texts, embedding_model)
+        embeddings = embedded[key]
+        positive_rows = np.array([pool_row[caption_id] for _, _, caption_id, _ in positives])
+        negative_rows, similarity = mine_hard_negatives(
+            positive_rows, np.asarray(pool_images), embeddings, n_candidates, seed
+        )
+        pos = pl.DataFrame(
+            positives, schema=["image_id", "split", "caption_id", "caption"], orient="row"
+        ).with_columns(
+            label=pl.lit(1, pl.Int8),
+            positive_caption_id=pl.col("caption_id"),
+            similarity=pl.lit(None, pl.Float32),
+            source_image_id=pl.col("image_id"),
+        )
+        neg = pos.select("image_id", "split").with_columns(
+            caption_id=pl.Series(np.asarray(pool_ids)[negative_rows]),
+            caption=pl.Series([pool_texts[r] for r in negative_rows], dtype=pl.String),
+            label=pl.lit(0, pl.Int8),
+            positive_caption_id=pos["caption_id"],
+            similarity=pl.Series(similarity),
+            source_image_id=pl.Series(np.asarray(pool_images)[negative_rows]),
+        )
+        log.info(
+            "%s: %d positives, %d hard negatives (mean similarity %.3f), pool of %d captions",
+            split, pos.height, neg.height, float(similarity.mean()), len(pool_ids),
+        )  # fmt: skip
+        frames += [pos, neg]
+    pairs = pl.concat(frames).sort(
+        "image_id", "positive_caption_id", "label", descending=[False, False, True]
     )
-    pos = pl.DataFrame(
-        positives, schema=["image_id", "split", "caption_id", "caption"], orient="row"
-    ).with_columns(
-        label=pl.lit(1, pl.Int8),
-        positive_caption_id=pl.col("caption_id"),
-        similarity=pl.lit(None, pl.Float32),
-        source_image_id=pl.col("image_id"),
-    )
-    neg = pos.select("image_id", "split").with_columns(
-        caption_id=pl.Series(np.asarray(pool_ids)[negative_rows]),
-        caption=pl.Series([pool_texts[r] for r in negative_rows]),
-        label=pl.lit(0, pl.Int8),
-        positive_caption_id=pos["caption_id"],
-        similarity=pl.Series(similarity),
-        source_image_id=pl.Series(np.asarray(pool_images)[negative_rows]),
-    )
-    pairs = pl.concat([pos, neg]).sort("image_id", "positive_caption_id", "label", descending=[
-        False, False, True])  # fmt: skip
-    log.info(
-        "%d positives, %d hard negatives (mean similarity %.3f) from a pool of %d captions",
-        pos.height, neg.height, float(similarity.mean()), len(pool_ids),
-    )  # fmt: skip
     return pairs.with_row_index("pair_id").with_columns(pl.col("pair_id").cast(pl.Int64))
 
 
-def build_object_rows(images: pl.DataFrame, instances_path: str | os.PathLike) -> pl.DataFrame:
-    """Per sampled image, its present categories; plus the dataset's category list.
+def build_object_rows(
+    images: pl.DataFrame, instances: Mapping[str, str | os.PathLike]
+) -> pl.DataFrame:
+    """Per sampled image, its present categories (crowd regions count).
 
-    Columns: image_id, split, present (list[str]). Images without any annotated object keep
-    an empty list (all-negative labels).
+    ``instances`` maps each split to its instances file. Columns: image_id, split, present
+    (list[str]). Images without any annotated object keep an empty list (all-negative labels).
     """
-    instances = read_coco_json(instances_path, ("images", "annotations", "categories"))
-    present = present_categories(instances)
+    present: dict[int, list[str]] = {}
+    for path in set(instances.values()):
+        doc = read_coco_json(path, ("images", "annotations", "categories"))
+        present.update(present_categories(doc))
     rows = images.select("image_id", "split").with_columns(
         present=pl.col("image_id").replace_strict(
             present, default=[], return_dtype=pl.List(pl.String)
@@ -204,9 +221,7 @@ def caption_task(pairs: pl.DataFrame, template: str) -> pl.DataFrame:
     return pairs.rename({"pair_id": "sample_id"}).with_columns(text=pl.Series(texts))
 
 
-def object_task(
-    objects: pl.DataFrame, template: str, categories: str, seed: int
-) -> pl.DataFrame:
+def object_task(objects: pl.DataFrame, template: str, categories: str, seed: int) -> pl.DataFrame:
     """Fill an object prompt variant.
 
     ``categories='none'`` (NoCat): one row per image, the template as is.
@@ -216,7 +231,9 @@ def object_task(
     absent category. No prompt names its own held-out category.
     """
     if categories not in CATEGORY_MODES:
-        raise TaskError(f"object prompt categories must be one of {CATEGORY_MODES}, got {categories!r}")
+        raise TaskError(
+            f"object prompt categories must be one of {CATEGORY_MODES}, got {categories!r}"
+        )
     rng = np.random.default_rng(seed)
     rows = []
     for image_id, split, present in objects.select("image_id", "split", "present").iter_rows():

@@ -22,25 +22,56 @@ wildcard_constraints:
 
 
 DEMO_COCO = "resources/demo-coco"
+COCO = "resources/coco"
+SPLITS = ("train", "eval")
 
 
-def coco_files():
-    """The COCO-format files the study reads: generated (demo) or a local directory."""
+def coco_sources():
+    """Per split, the COCO files the study reads, and the image folder.
+
+    Keys: {split}_instances, {split}_captions, {split}_pool (captions whose captions are the
+    split's hard-negative pool), images.
+    """
     coco = config["coco"]
+    if coco["source"] == "download":
+        files = {}
+        for split in SPLITS:
+            name = coco[f"{split}_source"]
+            files[f"{split}_instances"] = f"{COCO}/annotations/instances_{name}.json"
+            files[f"{split}_captions"] = f"{COCO}/annotations/captions_{name}.json"
+            files[f"{split}_pool"] = files[f"{split}_captions"]
+        return {**files, "images": f"{COCO}/images"}
     if coco["source"] == "demo":
-        root = Path(DEMO_COCO)
-        files = {
-            "instances": root / "annotations/instances.json",
-            "captions": root / "annotations/captions.json",
-            "images": root / "images",
+        root, local = Path(DEMO_COCO), {
+            "instances": "annotations/instances.json",
+            "captions": "annotations/captions.json",
+            "images": "images",
+            "caption_pool": None,
         }
-        files["caption_pool"] = files["captions"]
     else:
-        local = coco["local"]
-        root = Path(local["root"])
-        files = {key: root / local[key] for key in ("instances", "captions", "images")}
-        files["caption_pool"] = root / (local["caption_pool"] or local["captions"])
-    return {key: str(path) for key, path in files.items()}
+        root, local = Path(coco["local"]["root"]), coco["local"]
+    files = {"images": str(root / local["images"])}
+    for split in SPLITS:
+        files[f"{split}_instances"] = str(root / local["instances"])
+        files[f"{split}_captions"] = str(root / local["captions"])
+        files[f"{split}_pool"] = str(root / (local["caption_pool"] or local["captions"]))
+    return files
+
+
+def coco_annotation_files():
+    """The annotation files extracted from the COCO archive (download source)."""
+    names = sorted({config["coco"].get(f"{split}_source", "") for split in SPLITS} - {""})
+    return expand(f"{COCO}/annotations/{{kind}}_{{name}}.json", kind=["captions", "instances"], name=names)
+
+
+def split_files(kind):
+    """{split}_<kind> inputs of a rule (kind: instances, captions, pool)."""
+    return {f"{split}_{kind}": coco_sources()[f"{split}_{kind}"] for split in SPLITS}
+
+
+def local_images():
+    """The image folder as a job input, unless images are fetched from the web."""
+    return {} if config["coco"]["source"] == "download" else {"images": coco_sources()["images"]}
 
 
 def task_names():

@@ -13,19 +13,40 @@ rule demo_dataset:
         "../scripts/demo_dataset.py"
 
 
+rule coco_annotations:
+    output:
+        coco_annotation_files(),
+    params:
+        base_url=config["coco"].get("base_url"),
+        annotations=config["coco"].get("annotations"),
+    log:
+        "logs/data/coco_annotations.log",
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../scripts/coco_annotations.py"
+
+
 rule images_table:
     input:
-        instances=coco_files()["instances"],
-        captions=coco_files()["captions"],
-        images=coco_files()["images"],
+        **split_files("instances"),
+        **split_files("captions"),
+        **local_images(),
     output:
         images="results/data/images.parquet",
         skipped="results/data/skipped_images.parquet",
     params:
-        n_train=config["coco"]["n_train_images"],
-        n_eval=config["coco"]["n_eval_images"],
+        n_images={
+            "train": config["coco"]["n_train_images"],
+            "eval": config["coco"]["n_eval_images"],
+        },
         seed=config["coco"]["seed"],
         on_bad_image=config["coco"]["on_bad_image"],
+        images_dir=coco_sources()["images"],
+        base_url=(
+            config["coco"]["base_url"] if config["coco"]["source"] == "download" else None
+        ),
+        workers=config["coco"].get("download_workers", 8),
     log:
         "logs/data/images_table.log",
     conda:

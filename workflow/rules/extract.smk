@@ -17,12 +17,12 @@ rule extract:
     input:
         task="results/tasks/{task}.parquet",
         images="results/data/images.parquet",
-        image_dir=coco_files()["images"],
         model=model_input,
     output:
         directory("results/activations/{model}/{task}/part-{part}"),
     params:
         model=lambda wc: {**model_entry(wc.model), "hf_id": model_dir(wc.model)},
+        images_dir=coco_sources()["images"],
         parts=config["extract"]["parts"],
         shards=lambda wc: shards_of(wc.model),
         poolings=config["extract"]["poolings"],

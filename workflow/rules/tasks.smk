@@ -1,8 +1,8 @@
 rule caption_pairs:
     input:
+        **split_files("captions"),
+        **split_files("pool"),
         images="results/data/images.parquet",
-        captions=coco_files()["captions"],
-        pool=coco_files()["caption_pool"],
     output:
         "results/tasks/labels/caption_pairs.parquet",
     params:
@@ -22,8 +22,8 @@ rule caption_pairs:
 
 rule object_rows:
     input:
+        **split_files("instances"),
         images="results/data/images.parquet",
-        instances=coco_files()["instances"],
     output:
         "results/tasks/labels/object_rows.parquet",
     log:
@@ -52,7 +52,7 @@ rule caption_task:
 rule object_task:
     input:
         rows="results/tasks/labels/object_rows.parquet",
-        instances=coco_files()["instances"],
+        instances=coco_sources()["train_instances"],
     output:
         "results/tasks/object-{prompt}.parquet",
     params:

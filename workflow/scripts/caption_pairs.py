@@ -2,6 +2,7 @@
 
 import polars as pl
 
+from vlprobe.data import split_files
 from vlprobe.joblog import job_log
 from vlprobe.storage import write_parquet
 from vlprobe.tasks import build_caption_pairs
@@ -9,8 +10,8 @@ from vlprobe.tasks import build_caption_pairs
 with job_log(snakemake.log[0]):
     pairs = build_caption_pairs(
         pl.read_parquet(snakemake.input.images),
-        snakemake.input.captions,
-        snakemake.input.pool,
+        split_files(snakemake.input, "captions"),
+        split_files(snakemake.input, "pool"),
         snakemake.params.positives_per_image,
         snakemake.params.candidates_per_positive,
         snakemake.params.embedding_model,

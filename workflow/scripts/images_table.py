@@ -1,16 +1,16 @@
-"""Sample the train/eval split and verify every sampled image."""
+"""Sample the train/eval split, fetch the images if they come from the web, verify each."""
 
-from vlprobe.data import CocoFiles, write_images_table
+from vlprobe.data import split_sources, write_images_table
 from vlprobe.joblog import job_log
 
 with job_log(snakemake.log[0]):
-    files = CocoFiles(snakemake.input.instances, snakemake.input.captions, snakemake.input.images)
     write_images_table(
-        files,
-        snakemake.params.n_train,
-        snakemake.params.n_eval,
+        split_sources(snakemake.input, snakemake.params.images_dir),
+        snakemake.params.n_images,
         snakemake.params.seed,
         snakemake.params.on_bad_image,
         snakemake.output.images,
         snakemake.output.skipped,
+        base_url=snakemake.params.base_url,
+        workers=snakemake.params.workers,
     )

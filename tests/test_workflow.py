@@ -1,0 +1,150 @@
+"""The workflow for real: config validation, the paper-scale DAG, and the demo run end to end."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from vlprobe.tasks import read_task
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [*SNAKEMAKE, "--directory", str(workdir), *args],
+        capture_output=True, text=True, env=env, cwd=workdir,
+    )  # fmt: skip
+    if check and result.returncode != 0:
+        pytest.fail(
+            f"snakemake {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+        )
+    return result
+
+
+def demo_config(**overrides) -> dict:
+    config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    for dotted, value in overrides.items():
+        *parents, key = dotted.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[key] = value
+    return config
+
+
+def write_config(workdir: Path, config: dict) -> str:
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("dotted", "value", "named"),
+    [
+        ("coco.n_train_imagez", 10, "n_train_imagez"),
+        ("extract.parts", "two", "parts"),
+        ("models.tiny-llava.family", "llama", "family"),
+    ],
+)
+def test_bad_config_fails_before_any_job_naming_the_key(tmp_path, dotted, value, named):
+    config = write_config(tmp_path, demo_config(**{dotted: value}))
+    result = snakemake(tmp_path, "--cores", "1", "--configfile", config, check=False)
+    assert result.returncode != 0
+    assert named in result.stdout + result.stderr
+    assert not (tmp_path / "resources").exists() and not (tmp_path / "results").exists()
+
+
+def test_paper_scale_dag_plans_every_task_model_and_shard(tmp_path):
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    result = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config" / "config.yaml"))
+    counts = {}
+    for line in result.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    n_tasks = len(config["caption"]["prompts"]) + len(config["object"]["prompts"])
+    n_parts = config["extract"]["parts"]
+    per_shard = config["extract"]["layers_per_shard"]
+    shards = sum(-(-(m["num_layers"] + 1) // per_shard) for m in config["models"].values())
+    assert counts["extract"] == len(config["models"]) * n_tasks * n_parts
+    assert counts["probe"] == (
+        shards * n_tasks * len(config["extract"]["poolings"]) * len(config["probes"])
+    )
+    assert counts["caption_pairs"] == 1 and counts["summary"] == 1
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> Path:
+    """The demo DAG at a reduced size, run for real."""
+    workdir = tmp_path_factory.mktemp("demo")
+    config = demo_config(
+        **{
+            "coco.demo.n_images": 24,
+            "coco.n_train_images": 16,
+            "coco.n_eval_images": 8,
+            "caption.positives_per_image": 2,
+            "probes.linear.epochs": 15,
+        }
+    )
+    path = write_config(workdir, config)
+    snakemake(workdir, "--cores", "2", "--configfile", path)
+    return workdir
+
+
+def test_demo_summary_has_one_row_per_layer_and_metric(demo_run):
+    config = yaml.safe_load((demo_run / "config.yaml").read_text())
+    summary = pl.read_parquet(demo_run / "results/metrics/summary.parquet")
+    assert {"model", "task", "pooling", "prompt", "layer", "metric", "value"} <= set(
+        summary.columns
+    )
+    keys = ["model", "task", "prompt", "pooling", "probe", "layer", "metric"]
+    assert summary.select(keys).is_duplicated().sum() == 0
+    for model, entry in config["models"].items():
+        layers = summary.filter(pl.col("model") == model)["layer"].unique().sort()
+        assert layers.to_list() == list(range(entry["num_layers"] + 1))
+    caption = summary.filter(pl.col("task") == "caption")
+    assert set(caption["metric"]) >= {"accuracy", "precision", "recall", "f1"}
+    assert caption.filter(pl.col("metric") == "accuracy")["value"].is_between(0, 1).all()
+    objects = summary.filter(pl.col("task") == "object")
+    assert set(objects["prompt"]) == {"nocat", "withcat"}
+    assert "macro_f1" in set(objects["metric"])
+    expected_groups = len(config["models"]) * 3 * len(config["extract"]["poolings"])
+    assert summary.select("model", "task", "prompt", "pooling").n_unique() == expected_groups
+
+
+def test_demo_tasks_are_balanced_split_by_image_and_leak_free(demo_run):
+    images = pl.read_parquet(demo_run / "results/data/images.parquet")
+    assert images["image_id"].n_unique() == images.height
+    caption, _ = read_task(demo_run / "results/tasks/caption-tao.parquet")
+    counts = caption.group_by("split", "label").len()
+    for split in ("train", "eval"):
+        per_label = counts.filter(pl.col("split") == split)["len"].to_list()
+        assert len(per_label) == 2 and per_label[0] == per_label[1]
+    for name in ("caption-tao", "object-nocat", "object-withcat"):
+        task, _ = read_task(demo_run / f"results/tasks/{name}.parquet")
+        assert task.group_by("image_id").agg(pl.col("split").n_unique())["split"].max() == 1
+    withcat, _ = read_task(demo_run / "results/tasks/object-withcat.parquet")
+    for text, held_out in withcat.select("text", "held_out").iter_rows():
+        assert held_out is None or held_out not in text
+
+
+def test_demo_figures_and_report(demo_run):
+    for figure in ("caption_accuracy", "object_f1"):
+        assert (demo_run / f"results/figures/{figure}.html").stat().st_size > 1000
+        assert (demo_run / f"results/figures/{figure}.png").read_bytes()[:4] == b"\x89PNG"
+    config = str(demo_run / "config.yaml")
+    snakemake(demo_run, "--configfile", config, "--report", "results/report.html")
+    report = (demo_run / "results/report.html").read_text(errors="replace")
+    assert "caption_accuracy" in report and "object_f1" in report
+
+
+def test_demo_rerun_does_nothing(demo_run):
+    result = snakemake(demo_run, "-n", "--configfile", str(demo_run / "config.yaml"))
+    assert "Nothing to be done" in result.stdout + result.stderr

@@ -1,0 +1,28 @@
+"""Pool every layer's hidden states of one (model, task, part) into layer-shard tables."""
+
+import polars as pl
+
+from vlprobe.extract import run_extraction
+from vlprobe.joblog import job_log
+from vlprobe.tasks import extraction_samples, read_task
+
+with job_log(snakemake.log[0]):
+    task, task_metadata = read_task(snakemake.input.task)
+    samples = extraction_samples(
+        task,
+        pl.read_parquet(snakemake.input.images),
+        snakemake.params.images_dir,
+        int(snakemake.wildcards.part),
+        snakemake.params.parts,
+    )
+    run_extraction(
+        model_name=snakemake.wildcards.model,
+        model_entry=snakemake.params.model,
+        samples=samples,
+        poolings=snakemake.params.poolings,
+        shards=snakemake.params.shards,
+        out_dir=snakemake.output[0],
+        device=snakemake.params.device,
+        threads=snakemake.threads,
+        metadata={"task": snakemake.wildcards.task, **task_metadata},
+    )
