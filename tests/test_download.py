@@ -111,8 +111,11 @@ def serve_coco_mini(site: Site, coco_mini: Path) -> dict:
         for split in ("train2017", "val2017"):
             ids = {i["id"] for i in instances["images"] if f"/{split}/" in i["coco_url"]}
             for name, doc in (("instances", instances), ("captions", captions)):
-                part = {**doc, "images": [i for i in doc["images"] if i["id"] in ids],
-                        "annotations": [a for a in doc["annotations"] if a["image_id"] in ids]}  # fmt: skip
+                part = {
+                    **doc,
+                    "images": [i for i in doc["images"] if i["id"] in ids],
+                    "annotations": [a for a in doc["annotations"] if a["image_id"] in ids],
+                }
                 bundle.writestr(f"annotations/{name}_{split}.json", json.dumps(part))
     body = archive.getvalue()
     site.files["/annotations/annotations_trainval2017.zip"] = body
