@@ -61,6 +61,12 @@ def layer_shards(num_hidden_states: int, layers_per_shard: int) -> list[tuple[in
     ]
 
 
+def shard_path(part_dir: str | os.PathLike, shard: Sequence[int]) -> Path:
+    """The activation table of one layer-shard inside an extraction part's directory."""
+    first, last = shard
+    return Path(part_dir) / f"layers-{first}-{last}.parquet"
+
+
 def activation_table(
     sample_ids: Sequence[int] | np.ndarray,
     layers: Sequence[int],
@@ -121,9 +127,11 @@ def read_activations(
     """
     ids_parts, feature_parts, layers = [], [], None
     for path in paths:
-        table = pq.read_table(path, columns=["sample_id", "layer", pooling])
-        if pooling not in table.column_names:
+        if pooling not in pq.read_schema(path).names:
             raise KeyError(f"{path}: no pooling column {pooling!r}")
+        table = pq.read_table(path, columns=["sample_id", "layer", pooling])
+        if table.num_rows == 0:  # an extraction part without samples
+            continue
         file_layers = np.unique(table.column("layer").to_numpy())
         if layers is None:
             layers = file_layers
@@ -136,5 +144,5 @@ def read_activations(
         feature_parts.append(values.reshape(n_rows // len(layers), len(layers), hidden))
         ids_parts.append(table.column("sample_id").to_numpy()[:: len(layers)])
     if layers is None:
-        raise ValueError("no activation files given")
+        raise ValueError(f"no activations in {[str(p) for p in paths]}")
     return np.concatenate(ids_parts), layers, np.concatenate(feature_parts)

@@ -1,0 +1,96 @@
+"""Qwen2-VL: a Qwen2 decoder with M-RoPE over a ViT whose 2x2 patch merger yields image tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from transformers import (
+    PreTrainedTokenizerBase,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLImageProcessor,
+    Qwen2VLProcessor,
+    Qwen2VLVideoProcessor,
+)
+
+from vlprobe.models.base import LoadedVLM, text_config_kwargs
+from vlprobe.models.tiny import SpecialTokens
+
+# the real model's patch size and merge size: one image token per 28 x 28 pixels
+PATCH_SIZE = 14
+MERGE_SIZE = 2
+
+
+class Qwen2VLAdapter(LoadedVLM):
+    """Qwen2-VL checkpoints (model_type ``qwen2_vl``).
+
+    Tiny keys: ``min_image_tokens`` (16) and ``max_image_tokens`` (64) bound the image tokens
+    per image, through the image processor's pixel limits.
+    """
+
+    family = "qwen2_vl"
+    special_tokens = SpecialTokens(
+        eos="<|endoftext|>",
+        pad="<|endoftext|>",
+        extra=(
+            "<|im_start|>",
+            "<|im_end|>",
+            "<|vision_start|>",
+            "<|vision_end|>",
+            "<|image_pad|>",
+            "<|video_pad|>",
+        ),
+    )
+    tiny_defaults = {"min_image_tokens": 16, "max_image_tokens": 64}
+
+    @property
+    def image_placeholder(self) -> str:
+        # as the chat template writes an image
+        return f"<|vision_start|>{self.image_token}<|vision_end|>"
+
+    @classmethod
+    def tiny_model_and_processor(
+        cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]
+    ) -> tuple[Qwen2VLForConditionalGeneration, Qwen2VLProcessor]:
+        pixels_per_token = (PATCH_SIZE * MERGE_SIZE) ** 2
+        processor = Qwen2VLProcessor(
+            image_processor=Qwen2VLImageProcessor(
+                min_pixels=spec["min_image_tokens"] * pixels_per_token,
+                max_pixels=spec["max_image_tokens"] * pixels_per_token,
+            ),
+            tokenizer=tokenizer,
+            video_processor=Qwen2VLVideoProcessor(),  # required by the processor; unused here
+        )
+        # M-RoPE splits the rotary half-dimension into (temporal, height, width) sections in
+        # the real model's proportions: 16/24/24 of 64
+        rotary_half = spec["hidden_size"] // spec["num_attention_heads"] // 2
+        spatial = 3 * rotary_half // 8
+        config = Qwen2VLConfig(
+            text_config={
+                **text_config_kwargs(tokenizer, spec),
+                "rope_parameters": {
+                    "rope_type": "default",
+                    "mrope_section": [rotary_half - 2 * spatial, spatial, spatial],
+                },
+            },
+            vision_config={
+                "depth": spec["vision_layers"],
+                "embed_dim": spec["vision_hidden_size"],
+                "num_heads": spec["vision_attention_heads"],
+                "mlp_ratio": 2,
+                "hidden_size": spec["hidden_size"],  # the merger's output feeds the decoder
+                "patch_size": PATCH_SIZE,
+                "spatial_merge_size": MERGE_SIZE,
+            },
+            **{
+                f"{kind}_token_id": tokenizer.convert_tokens_to_ids(token)
+                for kind, token in [
+                    ("image", "<|image_pad|>"),
+                    ("video", "<|video_pad|>"),
+                    ("vision_start", "<|vision_start|>"),
+                    ("vision_end", "<|vision_end|>"),
+                ]
+            },
+        )
+        return Qwen2VLForConditionalGeneration(config), processor
