@@ -76,8 +76,13 @@ def test_dropped_connection_resumes_byte_identical(site, tmp_path):
     body = bytes(range(256)) * 4000
     site.files["/big.bin"] = body
     site.drop_once.add("/big.bin")
-    path = download(f"{site.url}/big.bin", tmp_path / "big.bin", size=len(body),
-                    md5=hashlib.md5(body).hexdigest(), backoff=0.01)  # fmt: skip
+    path = download(
+        f"{site.url}/big.bin",
+        tmp_path / "big.bin",
+        size=len(body),
+        md5=hashlib.md5(body).hexdigest(),
+        backoff=0.01,
+    )
     assert path.read_bytes() == body
     assert [r for p, r in site.requests] == [None, f"bytes={len(body) // 2}-"]
     # complete files are not fetched again
@@ -122,21 +127,30 @@ def serve_coco_mini(site: Site, coco_mini: Path) -> dict:
     for image in instances["images"]:
         path = "/" + image["coco_url"].split("/", 3)[3]
         site.files[path] = (coco_mini / "images" / image["file_name"]).read_bytes()
-    return {"path": "annotations/annotations_trainval2017.zip", "size": len(body),
-            "md5": hashlib.md5(body).hexdigest()}  # fmt: skip
+    return {
+        "path": "annotations/annotations_trainval2017.zip",
+        "size": len(body),
+        "md5": hashlib.md5(body).hexdigest(),
+    }
 
 
 def fetch_study(site, tmp_path, archive, on_bad_image, n_train=30, n_eval=20):
     ann = tmp_path / "coco" / "annotations"
-    members = {f"annotations/{k}_{s}.json": ann / f"{k}_{s}.json"
-               for k in ("instances", "captions") for s in ("train2017", "val2017")}  # fmt: skip
+    members = {
+        f"annotations/{k}_{s}.json": ann / f"{k}_{s}.json"
+        for k in ("instances", "captions")
+        for s in ("train2017", "val2017")
+    }
     fetch_annotations(site.url, archive["path"], archive["size"], archive["md5"], ann, members)
-    files = {f"{split}_{kind}": str(ann / f"{kind}_{name}.json")
-             for split, name in (("train", "train2017"), ("eval", "val2017"))
-             for kind in ("instances", "captions")}  # fmt: skip
+    files = {
+        f"{split}_{kind}": str(ann / f"{kind}_{name}.json")
+        for split, name in (("train", "train2017"), ("eval", "val2017"))
+        for kind in ("instances", "captions")
+    }
     sources = split_sources(files, tmp_path / "coco" / "images")
-    return build_images_table(sources, {"train": n_train, "eval": n_eval}, 0, on_bad_image,
-                              base_url=site.url, workers=4)  # fmt: skip
+    return build_images_table(
+        sources, {"train": n_train, "eval": n_eval}, 0, on_bad_image, base_url=site.url, workers=4
+    )
 
 
 def test_study_images_fetched_with_faults(site, tmp_path, coco_mini):

@@ -130,8 +130,12 @@ def test_parts_keep_images_together_and_cover_the_task(demo, pairs):
     assert all(not (a & b) for i, a in enumerate(image_sets) for b in image_sets[i + 1 :])
     samples = extraction_samples(task, images, files.images_dir, 1, 3)
     assert samples.columns == ["sample_id", "image_path", "text"]
-    assert all(CocoFiles(files.instances, files.captions, files.images_dir).images_dir.joinpath(
-        p.rsplit("/", 1)[1]).is_file() for p in samples["image_path"])  # fmt: skip
+    assert all(
+        CocoFiles(files.instances, files.captions, files.images_dir)
+        .images_dir.joinpath(p.rsplit("/", 1)[1])
+        .is_file()
+        for p in samples["image_path"]
+    )
 
 
 def test_real_coco_full_val_pool(coco_mini, sentence_model):

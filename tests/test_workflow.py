@@ -19,8 +19,11 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
         [*SNAKEMAKE, "--directory", str(workdir), *args],
-        capture_output=True, text=True, env=env, cwd=workdir,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=workdir,
+    )
     if check and result.returncode != 0:
         pytest.fail(
             f"snakemake {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"

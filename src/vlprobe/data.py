@@ -41,33 +41,87 @@ IMAGES_SCHEMA = {
 
 # The official 80 COCO categories: (id, name, supercategory).
 COCO_CATEGORIES: list[tuple[int, str, str]] = [
-    (1, "person", "person"), (2, "bicycle", "vehicle"), (3, "car", "vehicle"),
-    (4, "motorcycle", "vehicle"), (5, "airplane", "vehicle"), (6, "bus", "vehicle"),
-    (7, "train", "vehicle"), (8, "truck", "vehicle"), (9, "boat", "vehicle"),
-    (10, "traffic light", "outdoor"), (11, "fire hydrant", "outdoor"), (13, "stop sign", "outdoor"),
-    (14, "parking meter", "outdoor"), (15, "bench", "outdoor"), (16, "bird", "animal"),
-    (17, "cat", "animal"), (18, "dog", "animal"), (19, "horse", "animal"), (20, "sheep", "animal"),
-    (21, "cow", "animal"), (22, "elephant", "animal"), (23, "bear", "animal"),
-    (24, "zebra", "animal"), (25, "giraffe", "animal"), (27, "backpack", "accessory"),
-    (28, "umbrella", "accessory"), (31, "handbag", "accessory"), (32, "tie", "accessory"),
-    (33, "suitcase", "accessory"), (34, "frisbee", "sports"), (35, "skis", "sports"),
-    (36, "snowboard", "sports"), (37, "sports ball", "sports"), (38, "kite", "sports"),
-    (39, "baseball bat", "sports"), (40, "baseball glove", "sports"), (41, "skateboard", "sports"),
-    (42, "surfboard", "sports"), (43, "tennis racket", "sports"), (44, "bottle", "kitchen"),
-    (46, "wine glass", "kitchen"), (47, "cup", "kitchen"), (48, "fork", "kitchen"),
-    (49, "knife", "kitchen"), (50, "spoon", "kitchen"), (51, "bowl", "kitchen"),
-    (52, "banana", "food"), (53, "apple", "food"), (54, "sandwich", "food"),
-    (55, "orange", "food"), (56, "broccoli", "food"), (57, "carrot", "food"),
-    (58, "hot dog", "food"), (59, "pizza", "food"), (60, "donut", "food"), (61, "cake", "food"),
-    (62, "chair", "furniture"), (63, "couch", "furniture"), (64, "potted plant", "furniture"),
-    (65, "bed", "furniture"), (67, "dining table", "furniture"), (70, "toilet", "furniture"),
-    (72, "tv", "electronic"), (73, "laptop", "electronic"), (74, "mouse", "electronic"),
-    (75, "remote", "electronic"), (76, "keyboard", "electronic"), (77, "cell phone", "electronic"),
-    (78, "microwave", "appliance"), (79, "oven", "appliance"), (80, "toaster", "appliance"),
-    (81, "sink", "appliance"), (82, "refrigerator", "appliance"), (84, "book", "indoor"),
-    (85, "clock", "indoor"), (86, "vase", "indoor"), (87, "scissors", "indoor"),
-    (88, "teddy bear", "indoor"), (89, "hair drier", "indoor"), (90, "toothbrush", "indoor"),
-]  # fmt: skip
+    (1, "person", "person"),
+    (2, "bicycle", "vehicle"),
+    (3, "car", "vehicle"),
+    (4, "motorcycle", "vehicle"),
+    (5, "airplane", "vehicle"),
+    (6, "bus", "vehicle"),
+    (7, "train", "vehicle"),
+    (8, "truck", "vehicle"),
+    (9, "boat", "vehicle"),
+    (10, "traffic light", "outdoor"),
+    (11, "fire hydrant", "outdoor"),
+    (13, "stop sign", "outdoor"),
+    (14, "parking meter", "outdoor"),
+    (15, "bench", "outdoor"),
+    (16, "bird", "animal"),
+    (17, "cat", "animal"),
+    (18, "dog", "animal"),
+    (19, "horse", "animal"),
+    (20, "sheep", "animal"),
+    (21, "cow", "animal"),
+    (22, "elephant", "animal"),
+    (23, "bear", "animal"),
+    (24, "zebra", "animal"),
+    (25, "giraffe", "animal"),
+    (27, "backpack", "accessory"),
+    (28, "umbrella", "accessory"),
+    (31, "handbag", "accessory"),
+    (32, "tie", "accessory"),
+    (33, "suitcase", "accessory"),
+    (34, "frisbee", "sports"),
+    (35, "skis", "sports"),
+    (36, "snowboard", "sports"),
+    (37, "sports ball", "sports"),
+    (38, "kite", "sports"),
+    (39, "baseball bat", "sports"),
+    (40, "baseball glove", "sports"),
+    (41, "skateboard", "sports"),
+    (42, "surfboard", "sports"),
+    (43, "tennis racket", "sports"),
+    (44, "bottle", "kitchen"),
+    (46, "wine glass", "kitchen"),
+    (47, "cup", "kitchen"),
+    (48, "fork", "kitchen"),
+    (49, "knife", "kitchen"),
+    (50, "spoon", "kitchen"),
+    (51, "bowl", "kitchen"),
+    (52, "banana", "food"),
+    (53, "apple", "food"),
+    (54, "sandwich", "food"),
+    (55, "orange", "food"),
+    (56, "broccoli", "food"),
+    (57, "carrot", "food"),
+    (58, "hot dog", "food"),
+    (59, "pizza", "food"),
+    (60, "donut", "food"),
+    (61, "cake", "food"),
+    (62, "chair", "furniture"),
+    (63, "couch", "furniture"),
+    (64, "potted plant", "furniture"),
+    (65, "bed", "furniture"),
+    (67, "dining table", "furniture"),
+    (70, "toilet", "furniture"),
+    (72, "tv", "electronic"),
+    (73, "laptop", "electronic"),
+    (74, "mouse", "electronic"),
+    (75, "remote", "electronic"),
+    (76, "keyboard", "electronic"),
+    (77, "cell phone", "electronic"),
+    (78, "microwave", "appliance"),
+    (79, "oven", "appliance"),
+    (80, "toaster", "appliance"),
+    (81, "sink", "appliance"),
+    (82, "refrigerator", "appliance"),
+    (84, "book", "indoor"),
+    (85, "clock", "indoor"),
+    (86, "vase", "indoor"),
+    (87, "scissors", "indoor"),
+    (88, "teddy bear", "indoor"),
+    (89, "hair drier", "indoor"),
+    (90, "toothbrush", "indoor"),
+]
 
 
 class DataError(ValueError):
@@ -194,9 +248,15 @@ def make_demo_coco(
         with atomic_path(files.images_dir / file_name) as tmp:
             image.save(tmp, format="JPEG", quality=90)
         images.append(
-            {"id": image_id, "file_name": file_name, "width": width, "height": height,
-             "license": 0, "coco_url": None}
-        )  # fmt: skip
+            {
+                "id": image_id,
+                "file_name": file_name,
+                "width": width,
+                "height": height,
+                "license": 0,
+                "coco_url": None,
+            }
+        )
         scene = rng.choice(_DEMO_SCENES)
         listed = _join_names(present)
         for template in _DEMO_CAPTIONS:
@@ -205,8 +265,13 @@ def make_demo_coco(
     info = {"description": "vlprobe demo dataset (generated)", "version": "1.0", "seed": seed}
     licenses = [{"id": 0, "name": "generated by vlprobe", "url": ""}]
     all_categories = [{"id": i, "name": n, "supercategory": s} for i, n, s in COCO_CATEGORIES]
-    instances = {"info": info, "licenses": licenses, "images": images,
-                 "annotations": objects, "categories": all_categories}  # fmt: skip
+    instances = {
+        "info": info,
+        "licenses": licenses,
+        "images": images,
+        "annotations": objects,
+        "categories": all_categories,
+    }
     caption_doc = {"info": info, "licenses": licenses, "images": images, "annotations": captions}
     for path, doc in [(files.instances, instances), (files.captions, caption_doc)]:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -268,10 +333,11 @@ SPLITS = ("train", "eval")
 def split_sources(files: Mapping[str, str], images_dir: str | os.PathLike) -> dict[str, CocoFiles]:
     """Per split, its COCO files, from ``{split}_instances`` and ``{split}_captions`` entries."""
     return {
-        split: CocoFiles(Path(files[f"{split}_instances"]), Path(files[f"{split}_captions"]),
-                         Path(images_dir))
+        split: CocoFiles(
+            Path(files[f"{split}_instances"]), Path(files[f"{split}_captions"]), Path(images_dir)
+        )
         for split in SPLITS
-    }  # fmt: skip
+    }
 
 
 def split_files(files: Mapping[str, str], kind: str) -> dict[str, str]:
@@ -383,8 +449,16 @@ def build_images_table(
                     continue
                 split = next(s for s in splits if quota[s] > 0)
                 quota[split] -= 1
-                rows.append((record["id"], split, record["file_name"], record["width"],
-                             record["height"], record.get("coco_url")))  # fmt: skip
+                rows.append(
+                    (
+                        record["id"],
+                        split,
+                        record["file_name"],
+                        record["width"],
+                        record["height"],
+                        record.get("coco_url"),
+                    )
+                )
         if sum(quota.values()) > 0:
             raise DataError(
                 f"{files.images_dir}: not enough readable images for {', '.join(splits)} "
@@ -392,9 +466,10 @@ def build_images_table(
             )
     images = pl.DataFrame(rows, schema=IMAGES_SCHEMA, orient="row").sort("image_id")
     skipped_frame = pl.DataFrame(
-        skipped, schema={"image_id": pl.Int64, "file_name": pl.String, "reason": pl.String},
+        skipped,
+        schema={"image_id": pl.Int64, "file_name": pl.String, "reason": pl.String},
         orient="row",
-    )  # fmt: skip
+    )
     return images, skipped_frame
 
 
@@ -414,22 +489,29 @@ def write_images_table(
     write_parquet(images, images_path)
     log.info(
         "%s images sampled with seed %d; %d skipped",
-        " and ".join(f"{n} {split}" for split, n in n_images.items()), seed, skipped.height,
-    )  # fmt: skip
+        " and ".join(f"{n} {split}" for split, n in n_images.items()),
+        seed,
+        skipped.height,
+    )
     return images
 
 
 def fetch_annotations(
-    base_url: str, archive: str, size: int, md5: str, dest_dir: str | os.PathLike,
+    base_url: str,
+    archive: str,
+    size: int,
+    md5: str,
+    dest_dir: str | os.PathLike,
     members: Mapping[str, str],
-) -> None:  # fmt: skip
+) -> None:
     """Download the annotation archive once (resumable, verified) and extract the members.
 
     ``members`` maps a member path inside the zip to its output file.
     """
     dest_dir = Path(dest_dir)
-    zip_path = download(f"{base_url.rstrip('/')}/{archive}", dest_dir / Path(archive).name,
-                        size=size, md5=md5)  # fmt: skip
+    zip_path = download(
+        f"{base_url.rstrip('/')}/{archive}", dest_dir / Path(archive).name, size=size, md5=md5
+    )
     with zipfile.ZipFile(zip_path) as bundle:
         names = set(bundle.namelist())
         for member, out in members.items():

@@ -95,8 +95,9 @@ def download(
                 raise DownloadError(f"{url}: {err}") from err
             reason = str(err) or type(err).__name__
         delay = backoff * 2**attempt
-        log.warning("%s: %s; retrying in %.1f s (attempt %d/%d)", url, reason, delay,
-                    attempt + 1, retries)  # fmt: skip
+        log.warning(
+            "%s: %s; retrying in %.1f s (attempt %d/%d)", url, reason, delay, attempt + 1, retries
+        )
         time.sleep(delay)
     problem = _verify(url, part, size, md5)
     if problem is not None:

@@ -59,9 +59,12 @@ def embed_captions(texts: list[str], model_spec: str, batch_size: int = 256) -> 
 
     model = SentenceTransformer(resolve_model_path(model_spec), device=_embedding_device())
     vectors = model.encode(
-        texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+        texts,
+        batch_size=batch_size,
+        normalize_embeddings=True,
+        convert_to_numpy=True,
         show_progress_bar=False,
-    )  # fmt: skip
+    )
     return vectors.astype(np.float32, copy=False)
 
 
@@ -176,8 +179,12 @@ def build_caption_pairs(
         )
         log.info(
             "%s: %d positives, %d hard negatives (mean similarity %.3f), pool of %d captions",
-            split, pos.height, neg.height, float(similarity.mean()), len(pool_ids),
-        )  # fmt: skip
+            split,
+            pos.height,
+            neg.height,
+            float(similarity.mean()),
+            len(pool_ids),
+        )
         frames += [pos, neg]
     pairs = pl.concat(frames).sort(
         "image_id", "positive_caption_id", "label", descending=[False, False, True]
@@ -244,8 +251,13 @@ def object_task(objects: pl.DataFrame, template: str, categories: str, seed: int
             others = [c for c in present if c != held_out]
             listed = ", ".join(others[i] for i in rng.permutation(len(others)))
             rows.append((image_id, split, f"{template} {listed}".rstrip(), held_out, present))
-    schema = {"image_id": pl.Int64, "split": pl.String, "text": pl.String,
-              "held_out": pl.String, "present": pl.List(pl.String)}  # fmt: skip
+    schema = {
+        "image_id": pl.Int64,
+        "split": pl.String,
+        "text": pl.String,
+        "held_out": pl.String,
+        "present": pl.List(pl.String),
+    }
     frame = pl.DataFrame(rows, schema=schema, orient="row")
     return frame.with_row_index("sample_id").with_columns(pl.col("sample_id").cast(pl.Int64))
 
