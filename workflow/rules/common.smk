@@ -4,6 +4,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from vlprobe.figures import FIGURES
 from vlprobe.storage import layer_shards
 
 
@@ -126,12 +127,7 @@ def probe_tables():
 
 
 def figure_names():
-    kinds = {task_kind(task) for task in task_names()}
-    return [name for name, kind in FIGURES.items() if kind in kinds]
-
-
-# figure name -> the task kind it draws
-FIGURES = {"caption_accuracy": "caption", "object_f1": "object"}
+    return list(FIGURES)
 
 
 def final_outputs():

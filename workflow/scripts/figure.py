@@ -1,8 +1,8 @@
 """Draw one figure from the summary as HTML and PNG."""
 
 import polars as pl
-from vlprobe.figures import FIGURES, save_chart
 
+from vlprobe.figures import FIGURES, save_chart
 from vlprobe.joblog import job_log
 
 with job_log(snakemake.log[0]):

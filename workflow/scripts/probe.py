@@ -11,6 +11,6 @@ with job_log(snakemake.log[0]):
         pooling=snakemake.wildcards.pooling,
         probe=snakemake.wildcards.probe,
         probe_config=snakemake.params.probe,
-        labels={"model": snakemake.wildcards.model},
+        model=snakemake.wildcards.model,
         out_path=snakemake.output[0],
     )
