@@ -94,6 +94,9 @@ def demo_run(tmp_path_factory) -> Path:
             "coco.n_eval_images": 8,
             "caption.positives_per_image": 2,
             "probes.linear.epochs": 15,
+            # fewer, larger jobs: every job pays the interpreter and torch start-up
+            "extract.parts": 1,
+            "extract.layers_per_shard": 5,
         }
     )
     path = write_config(workdir, config)
