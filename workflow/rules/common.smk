@@ -7,7 +7,6 @@ from snakemake.utils import validate
 from vlprobe.figures import FIGURES
 from vlprobe.storage import layer_shards
 
-
 validate(config, schema="../schemas/config.schema.yaml")
 
 
@@ -55,29 +54,52 @@ def coco_sources():
     for split in SPLITS:
         files[f"{split}_instances"] = str(root / local["instances"])
         files[f"{split}_captions"] = str(root / local["captions"])
-        files[f"{split}_pool"] = str(root / (local["caption_pool"] or local["captions"]))
+        files[f"{split}_pool"] = str(
+            root / (local["caption_pool"] or local["captions"])
+        )
     return files
 
 
 def coco_annotation_files():
     """The annotation files extracted from the COCO archive (download source)."""
-    names = sorted({config["coco"].get(f"{split}_source", "") for split in SPLITS} - {""})
-    return expand(f"{COCO}/annotations/{{kind}}_{{name}}.json", kind=["captions", "instances"], name=names)
+    names = sorted(
+        {config["coco"].get(f"{split}_source", "") for split in SPLITS} - {""}
+    )
+    return expand(
+        f"{COCO}/annotations/{{kind}}_{{name}}.json",
+        kind=["captions", "instances"],
+        name=names,
+    )
 
 
 def split_files(kind):
-    """{split}_<kind> inputs of a rule (kind: instances, captions, pool)."""
+    """Per split, the {split}_<kind> job inputs, for kind instances, captions or pool."""
     return {f"{split}_{kind}": coco_sources()[f"{split}_{kind}"] for split in SPLITS}
+
+
+def images_dir_param():
+    """Where the images are: the input folder, or where images fetched from the web go."""
+    if config["coco"]["source"] == "download":
+        return coco_sources()["images"]
+    return lambda wildcards, input: input.images
 
 
 def local_images():
     """The image folder as a job input, unless images are fetched from the web."""
-    return {} if config["coco"]["source"] == "download" else {"images": coco_sources()["images"]}
+    return (
+        {}
+        if config["coco"]["source"] == "download"
+        else {"images": coco_sources()["images"]}
+    )
 
 
 def task_names():
     """Every task as '<kind>-<prompt variant>', e.g. caption-tao, object-withcat."""
-    return [f"{kind}-{prompt}" for kind in ("caption", "object") for prompt in config[kind]["prompts"]]
+    return [
+        f"{kind}-{prompt}"
+        for kind in ("caption", "object")
+        for prompt in config[kind]["prompts"]
+    ]
 
 
 def task_kind(task):
@@ -100,12 +122,16 @@ def model_dir(model):
 
 def model_input(wildcards):
     """The built tiny model's directory is a job input; hub checkpoints are not files here."""
-    return [model_dir(wildcards.model)] if "tiny" in model_entry(wildcards.model) else []
+    return (
+        [model_dir(wildcards.model)] if "tiny" in model_entry(wildcards.model) else []
+    )
 
 
 def shards_of(model):
     """Inclusive hidden-state ranges of one model (num_layers + 1 states, embeddings first)."""
-    return layer_shards(model_entry(model)["num_layers"] + 1, config["extract"]["layers_per_shard"])
+    return layer_shards(
+        model_entry(model)["num_layers"] + 1, config["extract"]["layers_per_shard"]
+    )
 
 
 def activation_parts(wildcards):

@@ -3,12 +3,12 @@ rule demo_dataset:
         instances=f"{DEMO_COCO}/annotations/instances.json",
         captions=f"{DEMO_COCO}/annotations/captions.json",
         images=directory(f"{DEMO_COCO}/images"),
-    params:
-        demo=config["coco"].get("demo"),
     log:
         "logs/data/demo_dataset.log",
     conda:
         "../../envs/data.yaml"
+    params:
+        demo=config["coco"].get("demo"),
     script:
         "../scripts/demo_dataset.py"
 
@@ -16,13 +16,13 @@ rule demo_dataset:
 rule coco_annotations:
     output:
         coco_annotation_files(),
-    params:
-        base_url=config["coco"].get("base_url"),
-        annotations=config["coco"].get("annotations"),
     log:
         "logs/data/coco_annotations.log",
     conda:
         "../../envs/data.yaml"
+    params:
+        base_url=config["coco"].get("base_url"),
+        annotations=config["coco"].get("annotations"),
     script:
         "../scripts/coco_annotations.py"
 
@@ -35,6 +35,10 @@ rule images_table:
     output:
         images="results/data/images.parquet",
         skipped="results/data/skipped_images.parquet",
+    log:
+        "logs/data/images_table.log",
+    conda:
+        "../../envs/data.yaml"
     params:
         n_images={
             "train": config["coco"]["n_train_images"],
@@ -42,14 +46,12 @@ rule images_table:
         },
         seed=config["coco"]["seed"],
         on_bad_image=config["coco"]["on_bad_image"],
-        images_dir=coco_sources()["images"],
+        images_dir=images_dir_param(),
         base_url=(
-            config["coco"]["base_url"] if config["coco"]["source"] == "download" else None
+            config["coco"]["base_url"]
+            if config["coco"]["source"] == "download"
+            else None
         ),
         workers=config["coco"].get("download_workers", 8),
-    log:
-        "logs/data/images_table.log",
-    conda:
-        "../../envs/data.yaml"
     script:
         "../scripts/images_table.py"

@@ -4,14 +4,14 @@ rule probe:
         parts=activation_parts,
     output:
         "results/probes/{model}/{task}/{pooling}/{probe}/layers-{first}-{last}.parquet",
-    params:
-        probe=lambda wc: config["probes"][wc.probe],
-    threads: 1
     log:
         "logs/probes/{model}/{task}/{pooling}/{probe}/layers-{first}-{last}.log",
     benchmark:
         "benchmarks/out/probes/{model}/{task}/{pooling}/{probe}/layers-{first}-{last}.tsv"
     conda:
         "../../envs/probe.yaml"
+    threads: 1
+    params:
+        probe=lambda wc: config["probes"][wc.probe],
     script:
         "../scripts/probe.py"

@@ -31,13 +31,13 @@ rule figure:
             category="Figures",
             labels={"figure": "{figure}", "format": "image"},
         ),
-    params:
-        style=config["figures"],
-    wildcard_constraints:
-        figure="|".join(FIGURES),
     log:
         "logs/report/{figure}.log",
+    wildcard_constraints:
+        figure="|".join(FIGURES),
     conda:
         "../../envs/report.yaml"
+    params:
+        style=config["figures"],
     script:
         "../scripts/figure.py"

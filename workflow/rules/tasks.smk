@@ -5,17 +5,17 @@ rule caption_pairs:
         images="results/data/images.parquet",
     output:
         "results/tasks/labels/caption_pairs.parquet",
-    params:
-        positives_per_image=config["caption"]["positives_per_image"],
-        candidates_per_positive=config["caption"]["candidates_per_positive"],
-        embedding_model=config["caption"]["embedding_model"],
-        seed=config["caption"]["seed"],
     log:
         "logs/tasks/caption_pairs.log",
     benchmark:
         "benchmarks/out/tasks/caption_pairs.tsv"
     conda:
         "../../envs/tasks.yaml"
+    params:
+        positives_per_image=config["caption"]["positives_per_image"],
+        candidates_per_positive=config["caption"]["candidates_per_positive"],
+        embedding_model=config["caption"]["embedding_model"],
+        seed=config["caption"]["seed"],
     script:
         "../scripts/caption_pairs.py"
 
@@ -39,12 +39,12 @@ rule caption_task:
         "results/tasks/labels/caption_pairs.parquet",
     output:
         "results/tasks/caption-{prompt}.parquet",
-    params:
-        template=lambda wc: config["caption"]["prompts"][wc.prompt],
     log:
         "logs/tasks/caption-{prompt}.log",
     conda:
         "../../envs/tasks.yaml"
+    params:
+        template=lambda wc: config["caption"]["prompts"][wc.prompt],
     script:
         "../scripts/caption_task.py"
 
@@ -55,12 +55,12 @@ rule object_task:
         instances=coco_sources()["train_instances"],
     output:
         "results/tasks/object-{prompt}.parquet",
-    params:
-        prompt=lambda wc: config["object"]["prompts"][wc.prompt],
-        seed=config["object"]["seed"],
     log:
         "logs/tasks/object-{prompt}.log",
     conda:
         "../../envs/tasks.yaml"
+    params:
+        prompt=lambda wc: config["object"]["prompts"][wc.prompt],
+        seed=config["object"]["seed"],
     script:
         "../scripts/object_task.py"
