@@ -22,8 +22,8 @@ demo: install
 	$(BIN)/snakemake --cores 1 --configfile config/demo.yaml --report results/report.html
 
 lint: install
-	$(BIN)/ruff check src tests workflow benchmarks
-	$(BIN)/ruff format --check src tests workflow benchmarks
+	$(BIN)/ruff check src tests workflow
+	$(BIN)/ruff format --check src tests workflow
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/snakemake --lint --configfile config/demo.yaml
 
