@@ -7,10 +7,10 @@ from vlprobe.joblog import job_log
 
 def test_failure_ends_the_log_with_one_named_error_line(tmp_path):
     log_path = tmp_path / "logs" / "job.log"
-    with pytest.raises(SystemExit, match=r"^ERROR: .*instances\.json: not found$"):
-        with job_log(log_path):
-            logging.getLogger("vlprobe.data").info("reading")
-            raise ValueError("resources/instances.json: not found")
+    error = pytest.raises(SystemExit, match=r"^ERROR: .*instances\.json: not found$")
+    with error, job_log(log_path):
+        logging.getLogger("vlprobe.data").info("reading")
+        raise ValueError("resources/instances.json: not found")
     lines = log_path.read_text().splitlines()
     assert "reading" in lines[0]
     assert "Traceback" in log_path.read_text()
