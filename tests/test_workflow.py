@@ -64,14 +64,20 @@ def test_bad_config_fails_before_any_job_naming_the_key(tmp_path, dotted, value,
     assert not (tmp_path / "resources").exists() and not (tmp_path / "results").exists()
 
 
-def test_paper_scale_dag_plans_every_task_model_and_shard(tmp_path):
-    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    result = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config" / "config.yaml"))
+def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """Jobs per rule from the job stats a dry-run prints."""
     counts = {}
     for line in result.stdout.splitlines():
         parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
             counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_paper_scale_dag_plans_every_task_model_and_shard(tmp_path):
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    result = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config" / "config.yaml"))
+    counts = planned_jobs(result)
     n_tasks = len(config["caption"]["prompts"]) + len(config["object"]["prompts"])
     n_parts = config["extract"]["parts"]
     per_shard = config["extract"]["layers_per_shard"]
@@ -81,24 +87,26 @@ def test_paper_scale_dag_plans_every_task_model_and_shard(tmp_path):
         shards * n_tasks * len(config["extract"]["poolings"]) * len(config["probes"])
     )
     assert counts["caption_pairs"] == 1 and counts["summary"] == 1
+    assert counts["coco_annotations"] == 1 and counts["images_table"] == 1
+
+
+DEMO_RUN = {
+    "coco.demo.n_images": 24,
+    "coco.n_train_images": 16,
+    "coco.n_eval_images": 8,
+    "caption.positives_per_image": 2,
+    "probes.linear.epochs": 15,
+    # fewer, larger jobs: every job pays the interpreter and torch start-up
+    "extract.parts": 1,
+    "extract.layers_per_shard": 5,
+}
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory) -> Path:
     """The demo DAG at a reduced size, run for real."""
     workdir = tmp_path_factory.mktemp("demo")
-    config = demo_config(
-        **{
-            "coco.demo.n_images": 24,
-            "coco.n_train_images": 16,
-            "coco.n_eval_images": 8,
-            "caption.positives_per_image": 2,
-            "probes.linear.epochs": 15,
-            # fewer, larger jobs: every job pays the interpreter and torch start-up
-            "extract.parts": 1,
-            "extract.layers_per_shard": 5,
-        }
-    )
+    config = demo_config(**DEMO_RUN)
     path = write_config(workdir, config)
     snakemake(workdir, "--cores", "2", "--configfile", path)
     return workdir
@@ -154,3 +162,75 @@ def test_demo_figures_and_report(demo_run):
 def test_demo_rerun_does_nothing(demo_run):
     result = snakemake(demo_run, "-n", "--configfile", str(demo_run / "config.yaml"))
     assert "Nothing to be done" in result.stdout + result.stderr
+
+
+TINY_IDEFICS3 = {
+    "family": "idefics3",
+    "dtype": "float32",
+    "batch_size": 8,
+    "num_layers": 4,
+    "tiny": {"hidden_size": 64, "seed": 0},
+}
+OBJECT_JOBS = {"object_task": 1}
+DOWNSTREAM = {"summary": 1, "figure": 2, "all": 1}
+
+# config edit -> exactly the jobs it must rerun (demo run: 2 models, 3 tasks, 2 poolings,
+# 1 part and 1 layer-shard per model)
+RERUNS = {
+    "probe hyperparameter": (
+        {"probes.linear.lr": 0.01},
+        {"probe": 12, **DOWNSTREAM},
+    ),
+    "added model": (
+        {"models.tiny-idefics3": TINY_IDEFICS3},
+        {"tiny_model": 1, "extract": 3, "probe": 6, **DOWNSTREAM},
+    ),
+    "added pooling (pooled during extraction)": (
+        {"extract.poolings": ["last", "mean", "max"]},
+        {"extract": 6, "probe": 18, **DOWNSTREAM},
+    ),
+    "prompt variant text": (
+        {"object.prompts.withcat.template": "Objects in this picture:"},
+        {**OBJECT_JOBS, "extract": 2, "probe": 4, **DOWNSTREAM},
+    ),
+    "sampling seed": (
+        {"coco.seed": 1},
+        {
+            "images_table": 1,
+            "caption_pairs": 1,
+            "object_rows": 1,
+            "caption_task": 1,
+            "object_task": 2,
+            "extract": 6,
+            "probe": 12,
+            **DOWNSTREAM,
+        },
+    ),
+    "image counts": (
+        {"coco.n_eval_images": 6},
+        {
+            "images_table": 1,
+            "caption_pairs": 1,
+            "object_rows": 1,
+            "caption_task": 1,
+            "object_task": 2,
+            "extract": 6,
+            "probe": 12,
+            **DOWNSTREAM,
+        },
+    ),
+    "figure styling": (
+        {"figures.width": 400},
+        {"figure": 2, "all": 1},
+    ),
+}
+
+
+@pytest.mark.parametrize("edit", list(RERUNS))
+def test_config_edit_reruns_exactly_the_affected_jobs(demo_run, tmp_path, edit):
+    overrides, expected = RERUNS[edit]
+    config = demo_config(**{**DEMO_RUN, **overrides})
+    path = tmp_path / "edited.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    result = snakemake(demo_run, "-n", "--configfile", str(path))
+    assert planned_jobs(result) == expected
