@@ -7,7 +7,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 CORES ?= all
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-slurm lint clean
 
 install: $(VENV)/.installed
 
@@ -29,6 +29,10 @@ lint: install
 
 test: lint
 	$(BIN)/pytest -ra
+
+# The demo on a throwaway single-node SLURM cluster (installs slurm-wlm and munge; needs root).
+test-slurm: install
+	.ci/slurm.sh run -- $(BIN)/pytest -ra -m slurm tests/slurm
 
 clean:
 	rm -rf results resources logs benchmarks/out .snakemake

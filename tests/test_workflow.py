@@ -1,51 +1,13 @@
 """The workflow for real: config validation, the paper-scale DAG, and the demo run end to end."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
 import yaml
+from workflow_run import DEMO_RUN, ROOT, demo_config, planned_jobs, snakemake, write_config
 
 from vlprobe.tasks import read_task
-
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
-
-
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [*SNAKEMAKE, "--directory", str(workdir), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=workdir,
-    )
-    if check and result.returncode != 0:
-        pytest.fail(
-            f"snakemake {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
-        )
-    return result
-
-
-def demo_config(**overrides) -> dict:
-    config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
-    for dotted, value in overrides.items():
-        *parents, key = dotted.split(".")
-        node = config
-        for parent in parents:
-            node = node[parent]
-        node[key] = value
-    return config
-
-
-def write_config(workdir: Path, config: dict) -> str:
-    path = workdir / "config.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return str(path)
 
 
 @pytest.mark.parametrize(
@@ -64,16 +26,6 @@ def test_bad_config_fails_before_any_job_naming_the_key(tmp_path, dotted, value,
     assert not (tmp_path / "resources").exists() and not (tmp_path / "results").exists()
 
 
-def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
-    """Jobs per rule from the job stats a dry-run prints."""
-    counts = {}
-    for line in result.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
-            counts[parts[0]] = int(parts[1])
-    return counts
-
-
 def test_paper_scale_dag_plans_every_task_model_and_shard(tmp_path):
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     result = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config" / "config.yaml"))
@@ -88,18 +40,6 @@ def test_paper_scale_dag_plans_every_task_model_and_shard(tmp_path):
     )
     assert counts["caption_pairs"] == 1 and counts["summary"] == 1
     assert counts["coco_annotations"] == 1 and counts["images_table"] == 1
-
-
-DEMO_RUN = {
-    "coco.demo.n_images": 24,
-    "coco.n_train_images": 16,
-    "coco.n_eval_images": 8,
-    "caption.positives_per_image": 2,
-    "probes.linear.epochs": 15,
-    # fewer, larger jobs: every job pays the interpreter and torch start-up
-    "extract.parts": 1,
-    "extract.layers_per_shard": 5,
-}
 
 
 @pytest.fixture(scope="module")

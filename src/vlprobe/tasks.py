@@ -8,6 +8,7 @@ sample_id, image_id, split, text (the prompt without the image placeholder) and 
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import json
 import logging
@@ -53,17 +54,24 @@ def resolve_model_path(spec: str) -> str:
     return str(Path(str(root)) / subdir)
 
 
-def embed_captions(texts: list[str], model_spec: str, batch_size: int = 256) -> np.ndarray:
-    """Unit-norm sentence embeddings [len(texts), dim] as float32."""
+@functools.cache
+def _sentence_model(model_spec: str):
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(resolve_model_path(model_spec), device=_embedding_device())
+    return SentenceTransformer(resolve_model_path(model_spec), device=_embedding_device())
+
+
+def embed_captions(texts: list[str], model_spec: str, batch_size: int = 256) -> np.ndarray:
+    """Unit-norm sentence embeddings [len(texts), dim] as float32."""
+    model = _sentence_model(model_spec)
+    if not texts:
+        return np.zeros((0, model.get_sentence_embedding_dimension()), dtype=np.float32)
     vectors = model.encode(
         texts,
         batch_size=batch_size,
         normalize_embeddings=True,
         convert_to_numpy=True,
-        show_progress_bar=False,
+        show_progress_bar=len(texts) > 10_000,  # a progress bar in the job log for real pools
     )
     return vectors.astype(np.float32, copy=False)
 
@@ -128,14 +136,15 @@ def build_caption_pairs(
     """
     rng = np.random.default_rng(seed)
     frames = []
-    embedded: dict[tuple, np.ndarray] = {}  # splits sharing a pool embed it once
+    embedded: dict[str, np.ndarray] = {}  # a pool file shared by both splits is embedded once
     for split in ("train", "eval"):
         split_images = images.filter(pl.col("split") == split)["image_id"].to_list()
         own = captions_by_image(read_coco_json(captions[split], ("annotations",)))
         pool = captions_by_image(read_coco_json(pools[split], ("annotations",)))
-        # the images' own captions must be in the pool, so a negative never repeats them
-        added = tuple(i for i in split_images if i not in pool)
-        pool.update({i: own.get(i, []) for i in added})
+        n_pool_file = sum(len(entries) for entries in pool.values())
+        # the images' own captions must be in the pool, so a negative never repeats them;
+        # appended after the file's captions
+        pool.update({i: own.get(i, []) for i in split_images if i not in pool})
         pool_ids, pool_texts, pool_images = [], [], []
         for image_id, entries in pool.items():
             for caption_id, text in entries:
@@ -153,10 +162,12 @@ def build_caption_pairs(
                 )
             chosen = sorted(rng.choice(len(entries), size=positives_per_image, replace=False))
             positives.extend((image_id, split, *entries[i]) for i in chosen)
-        key = (str(pools[split]), added)
-        if key not in embedded:
-            embedded[key] = embed_captions(pool_texts, embedding_model)
-        embeddings = embedded[key]
+        pool_file = str(pools[split])
+        if pool_file not in embedded:
+            embedded[pool_file] = embed_captions(pool_texts[:n_pool_file], embedding_model)
+        embeddings = np.concatenate(
+            [embedded[pool_file], embed_captions(pool_texts[n_pool_file:], embedding_model)]
+        )
         positive_rows = np.array([pool_row[caption_id] for _, _, caption_id, _ in positives])
         negative_rows, similarity = mine_hard_negatives(
             positive_rows, np.asarray(pool_images), embeddings, n_candidates, seed

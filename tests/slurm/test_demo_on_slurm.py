@@ -1,0 +1,50 @@
+"""The demo workflow submitted to a real SLURM cluster through profiles/slurm.
+
+Runs only inside `.ci/slurm.sh run -- pytest -m slurm tests/slurm` (it sets SLURM_CONF).
+"""
+
+import os
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+from slurm_jobs import check, read_jobs
+from workflow_run import DEMO_RUN, ROOT, demo_config, snakemake, write_config
+
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.skipif("SLURM_CONF" not in os.environ, reason="no SLURM cluster (.ci/slurm.sh)"),
+]
+
+# The same threads as a local run, so probes sum in the same order and the tables match exactly;
+# device auto makes the extraction jobs request a GPU (this host's is declared on /dev/null).
+SAME_AS_LOCAL = ["--set-threads", "extract=2", "probe=1", "caption_pairs=1"]
+TABLES = [
+    "results/data/images.parquet",
+    "results/tasks/caption-tao.parquet",
+    "results/tasks/object-withcat.parquet",
+    "results/metrics/summary.parquet",
+]
+
+
+def test_demo_on_slurm_matches_a_local_run_and_requests_gpus(tmp_path):
+    config = demo_config(**DEMO_RUN, **{"extract.device": "auto"})
+    local, cluster = tmp_path / "local", tmp_path / "slurm"
+    for workdir in (local, cluster):
+        workdir.mkdir()
+        write_config(workdir, config)
+    snakemake(local, "--cores", "2", "--configfile", "config.yaml")
+    snakemake(
+        cluster,
+        "--profile", str(ROOT / "profiles/slurm"),
+        "--workflow-profile", "none",
+        "--slurm-no-account",
+        "--slurm-init-seconds-before-status-checks", "2",
+        "--configfile", "config.yaml",
+        *SAME_AS_LOCAL,
+    )  # fmt: skip
+    for table in TABLES:
+        assert_frame_equal(pl.read_parquet(cluster / table), pl.read_parquet(local / table))
+    jobs = [job for job in read_jobs() if str(cluster) in job.get("WorkDir", "")]
+    assert not check(jobs, {"extract"}, gpu_partition="gpu")
+    assert sum(job.get("Comment", "").startswith("rule_extract") for job in jobs) == 6
