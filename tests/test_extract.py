@@ -1,18 +1,26 @@
-"""Extraction: hook-based pooling against the plain forward pass, on tiny models of every family."""
+"""Extraction on tiny models of every family: hook pooling and image prefix reuse against the
+plain full forward pass, sharded output, out-of-memory halving, and resuming from chunks."""
 
+import threading
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image, ImageDraw
 
 from vlprobe.extract import (
     POOLINGS,
+    Extractor,
     LayerPooler,
+    batch_order,
+    chunk_dir_of,
     extract_activations,
     load_image,
+    plan_chunks,
+    pool_samples,
     run_extraction,
     shard_path,
 )
@@ -21,16 +29,32 @@ from vlprobe.storage import layer_shards, read_activations, read_metadata
 
 NUM_LAYERS = 3
 ALL_POOLINGS = list(POOLINGS)
+STATES = list(range(NUM_LAYERS + 1))
 IMAGE_SIZES = [(96, 64), (64, 96), (120, 90), (64, 64)]
-TEXTS = [
-    "a cat",
-    'This image describes "a dog on a couch". Is it right? Answer:',
-    "This image contains the following types of objects:",
-    "This image contains the following types of objects: person, car",
-    "two people riding bicycles in the street",
-    "a plate with a sandwich",
-    "no",
+OBJECTS = "This image contains the following types of objects:"
+# several prompts per image, of different lengths; one image has a single prompt, and one
+# prompt is empty (its suffix is the end of the image block)
+SAMPLES = [
+    (70, 2, "a cat"),
+    (3, 0, 'This image describes "a dog on a couch". Is it right? Answer:'),
+    (12, 3, OBJECTS),
+    (5, 0, f"{OBJECTS} person, car"),
+    (41, 1, "two people riding bicycles in the street"),
+    (8, 2, "a plate with a sandwich"),
+    (99, 3, f"{OBJECTS} dog"),
+    (17, 0, OBJECTS),
+    (23, 2, ""),
+    (31, 3, f"{OBJECTS} person, bicycle, car, dog"),
 ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread; two threads on a busy machine wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def reference_pooling(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str):
@@ -58,8 +82,26 @@ def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
+def models(tiny_dirs):
+    return {
+        family: load_model(
+            family, {"family": family, "hf_id": str(tiny_dirs[family]), "num_layers": NUM_LAYERS}
+        )
+        for family in FAMILIES
+    }
+
+
+@pytest.fixture
+def loaded(models, request):
+    """The model of the test's ``family``, with left padding restored afterwards."""
+    model = models[request.node.callspec.params["family"]]
+    yield model
+    model.padding_side = "left"
+
+
+@pytest.fixture(scope="module")
 def samples(tmp_path_factory) -> pl.DataFrame:
-    """Seven samples over four images of different sizes; some images have several prompts."""
+    """Ten samples over four images of different sizes; most images have several prompts."""
     root = tmp_path_factory.mktemp("images")
     paths = []
     for index, (width, height) in enumerate(IMAGE_SIZES):
@@ -72,61 +114,16 @@ def samples(tmp_path_factory) -> pl.DataFrame:
         paths.append(str(path))
     return pl.DataFrame(
         {
-            "sample_id": [70, 3, 12, 5, 41, 8, 99],
-            "image_path": [paths[i] for i in [2, 0, 3, 0, 1, 2, 3]],
-            "text": TEXTS,
+            "sample_id": [sample_id for sample_id, _, _ in SAMPLES],
+            "image_path": [paths[image] for _, image, _ in SAMPLES],
+            "text": [text for _, _, text in SAMPLES],
         }
     )
 
 
-def loaded_model(tiny_dirs, family, padding_side="left"):
-    entry = {"family": family, "hf_id": str(tiny_dirs[family]), "num_layers": NUM_LAYERS}
-    loaded = load_model(family, entry)
-    loaded.padding_side = padding_side
-    return loaded
-
-
-@pytest.mark.parametrize("padding_side", ["left", "right"])
-@pytest.mark.parametrize("family", list(FAMILIES))
-def test_hooks_pool_what_the_forward_pass_returns(tiny_dirs, samples, family, padding_side):
-    loaded = loaded_model(tiny_dirs, family, padding_side)
-    rows = samples[[0, 1, 6]]  # different image sizes and prompt lengths
-    images = [load_image(path) for path in rows["image_path"]]
-    inputs = loaded.inputs(images, rows["text"].to_list())
-    mask = inputs["attention_mask"]
-    assert (mask == 0).any(), "the batch must need padding"
-    assert (mask[:, 0] == 0).any() == (padding_side == "left")
-
-    hidden_states = list(range(NUM_LAYERS + 1))
-    with LayerPooler(loaded, ALL_POOLINGS, hidden_states) as pooler:
-        pooled = pooler.pool(inputs)
-    with torch.inference_mode():
-        reference = loaded.forward(inputs, output_hidden_states=True).hidden_states
-    assert len(reference) == NUM_LAYERS + 1
-    for pooling in ALL_POOLINGS:
-        assert pooled[pooling].shape == (3, NUM_LAYERS + 1, loaded.hidden_size)
-        for index in hidden_states:
-            torch.testing.assert_close(
-                pooled[pooling][:, index],
-                reference_pooling(reference[index], mask, pooling),
-                rtol=1e-5,
-                atol=1e-5,
-                msg=lambda text, p=pooling, i=index: f"{p} pooling, hidden state {i}: {text}",
-            )
-
-
-def test_hooks_are_removed_and_only_chosen_states_pooled(tiny_dirs, samples):
-    loaded = loaded_model(tiny_dirs, "qwen2_vl")
-    inputs = loaded.inputs([load_image(samples["image_path"][0])], ["a cat"])
-    with LayerPooler(loaded, ["mean"], [1, NUM_LAYERS]) as pooler:
-        pooled = pooler.pool(inputs)
-    assert pooled["mean"].shape == (1, 2, loaded.hidden_size)
-    assert not any(layer._forward_pre_hooks for layer in loaded.decoder_layers)
-    assert not loaded.final_norm._forward_hooks
-
-
 def single_sample_reference(loaded, samples) -> dict[str, np.ndarray]:
-    """Per pooling [samples, hidden states, hidden], each sample run alone (no padding)."""
+    """Per pooling [samples, states, hidden]: each sample alone in the plain full forward pass
+    with output_hidden_states=True, pooled afterwards."""
     pooled = {pooling: [] for pooling in ALL_POOLINGS}
     for path, text in samples.select("image_path", "text").iter_rows():
         inputs = loaded.inputs([load_image(path)], [text])
@@ -141,19 +138,144 @@ def single_sample_reference(loaded, samples) -> dict[str, np.ndarray]:
     return {pooling: torch.stack(values).numpy() for pooling, values in pooled.items()}
 
 
+@pytest.fixture(scope="module")
+def references(models, samples) -> dict[str, dict[str, np.ndarray]]:
+    return {family: single_sample_reference(model, samples) for family, model in models.items()}
+
+
+def assert_pooled_equal(actual, expected, atol=1e-5):
+    for pooling in expected:
+        np.testing.assert_allclose(
+            actual[pooling], expected[pooling], rtol=1e-4, atol=atol, err_msg=f"{pooling} pooling"
+        )
+
+
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_extract_writes_every_shard_in_sample_order(
-    tmp_path, tiny_dirs, samples, family, padding_side
-):
-    loaded = loaded_model(tiny_dirs, family, padding_side)
+def test_hooks_pool_what_the_forward_pass_returns(loaded, samples, family, padding_side):
+    loaded.padding_side = padding_side
+    rows = samples[[0, 1, 6]]  # different image sizes and prompt lengths
+    images = [load_image(path) for path in rows["image_path"]]
+    inputs = loaded.inputs(images, rows["text"].to_list())
+    mask = inputs["attention_mask"]
+    assert (mask == 0).any(), "the batch must need padding"
+    assert (mask[:, 0] == 0).any() == (padding_side == "left")
+
+    with LayerPooler(loaded, ALL_POOLINGS, STATES) as pooler:
+        pooled = pooler.pool(inputs)
+    with torch.inference_mode():
+        reference = loaded.forward(inputs, output_hidden_states=True).hidden_states
+    assert len(reference) == NUM_LAYERS + 1
+    for pooling in ALL_POOLINGS:
+        assert pooled[pooling].shape == (3, NUM_LAYERS + 1, loaded.hidden_size)
+        for index in STATES:
+            torch.testing.assert_close(
+                pooled[pooling][:, index],
+                reference_pooling(reference[index], mask, pooling),
+                rtol=1e-5,
+                atol=1e-5,
+                msg=lambda text, p=pooling, i=index: f"{p} pooling, hidden state {i}: {text}",
+            )
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_prefix_reuse_equals_the_full_forward(loaded, samples, references, family):
+    """Prefix once per image, then every prompt's suffix on its cache: the pooled values equal
+    the plain full forward's, for every pooling and hidden state."""
+    order = batch_order(samples)
+    paths = [samples["image_path"][int(i)] for i in order]
+    texts = [samples["text"][int(i)] for i in order]
+    prefix_passes = []
+    forward_cached = loaded.forward_cached
+
+    def counting(inputs, cache, **kwargs):
+        if "pixel_values" in inputs:
+            prefix_passes.append(len(inputs["input_ids"]))
+        return forward_cached(inputs, cache, **kwargs)
+
+    loaded.forward_cached = counting
+    try:  # two images per prefix pass: of different sizes, so left-padded in Qwen2-VL
+        with Extractor(loaded, ALL_POOLINGS, STATES, 2) as extractor:
+            pooled = extractor.pool(paths, texts)
+    finally:
+        del loaded.forward_cached
+    assert extractor.plain_images == 0
+    assert sum(prefix_passes) == len(IMAGE_SIZES)  # one prefix per image
+    assert prefix_passes == [2, 2]
+    expected = {
+        name: values[order].transpose(1, 0, 2) for name, values in references[family].items()
+    }
+    assert_pooled_equal(pooled, expected)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_plain_path_equals_the_full_forward(loaded, samples, references, family):
+    loaded.padding_side = "right"
+    pooled = pool_samples(loaded, samples, ALL_POOLINGS, STATES, 3, prefix_reuse=False)
+    assert_pooled_equal(pooled, references[family])
+
+
+def test_prefetch_prepares_the_next_prefix_batch_in_a_thread(models, samples, references):
+    loaded = models["qwen2_vl"]
+    order = batch_order(samples)
+    threads = []
+    prefix_batch = loaded.prefix_batch
+
+    def recording(images, prompts):
+        threads.append(threading.current_thread().name)
+        return prefix_batch(images, prompts)
+
+    loaded.prefix_batch = recording
+    try:
+        with Extractor(loaded, ["mean", "last"], STATES, 1, prefetch=True) as extractor:
+            pooled = extractor.pool(
+                [samples["image_path"][int(i)] for i in order],
+                [samples["text"][int(i)] for i in order],
+            )
+    finally:
+        del loaded.prefix_batch
+    assert len(threads) == len(IMAGE_SIZES)
+    assert threads[0] == threading.current_thread().name  # the first batch: nothing ahead
+    assert all(name.startswith("vlprobe-prefetch") for name in threads[1:])
+    expected = {k: references["qwen2_vl"][k][order].transpose(1, 0, 2) for k in ("mean", "last")}
+    assert_pooled_equal(pooled, expected)
+
+
+def test_images_without_a_shared_prefix_take_the_plain_path(models, samples, references):
+    loaded = models["llava"]
+    order = batch_order(samples)
+    loaded.prefix_batch = lambda images, prompts: None
+    try:
+        with Extractor(loaded, ["mean", "last"], STATES, 2) as extractor:
+            pooled = extractor.pool(
+                [samples["image_path"][int(i)] for i in order],
+                [samples["text"][int(i)] for i in order],
+            )
+    finally:
+        del loaded.prefix_batch
+    assert extractor.plain_images == len(IMAGE_SIZES)
+    expected = {k: references["llava"][k][order].transpose(1, 0, 2) for k in ("mean", "last")}
+    assert_pooled_equal(pooled, expected)
+
+
+def test_hooks_are_removed_and_only_chosen_states_pooled(models, samples):
+    loaded = models["qwen2_vl"]
+    inputs = loaded.inputs([load_image(samples["image_path"][0])], ["a cat"])
+    with LayerPooler(loaded, ["mean"], [1, NUM_LAYERS]) as pooler:
+        pooled = pooler.pool(inputs)
+    assert pooled["mean"].shape == (1, 2, loaded.hidden_size)
+    assert not any(layer._forward_pre_hooks for layer in loaded.decoder_layers)
+    assert not loaded.final_norm._forward_hooks
+
+
+def test_extract_writes_every_shard_in_sample_order(tmp_path, models, samples, references):
+    loaded = models["gemma3"]
     shards = layer_shards(NUM_LAYERS + 1, 3)
     assert len(shards) == 2
     paths = [tmp_path / f"layers-{first}-{last}.parquet" for first, last in shards]
     extract_activations(
         loaded, samples, ALL_POOLINGS, shards, paths, {"task": "caption-tao"}, batch_size=3
     )
-    expected = single_sample_reference(loaded, samples)
     for pooling in ALL_POOLINGS:
         layers, features = [], []
         for path in paths:
@@ -161,36 +283,131 @@ def test_extract_writes_every_shard_in_sample_order(
             np.testing.assert_array_equal(sample_ids, samples["sample_id"].to_numpy())
             layers.extend(shard_layers.tolist())
             features.append(values)
-        assert layers == list(range(NUM_LAYERS + 1))
+        assert layers == STATES
         np.testing.assert_allclose(
-            np.concatenate(features, axis=1), expected[pooling], rtol=1e-4, atol=1e-4
+            np.concatenate(features, axis=1), references["gemma3"][pooling], rtol=1e-4, atol=1e-5
         )
     metadata = read_metadata(paths[0])
     assert metadata["task"] == "caption-tao"
-    assert metadata["poolings"] == {name: POOLINGS[name][0] for name in ALL_POOLINGS}
+    assert metadata["poolings"] == {name: POOLINGS[name].definition for name in ALL_POOLINGS}
     assert metadata["num_hidden_states"] == NUM_LAYERS + 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)
 
 
-def test_out_of_memory_halves_the_batch(tmp_path, tiny_dirs, samples, monkeypatch):
-    loaded = loaded_model(tiny_dirs, "llava")
-    forward, batch_sizes = loaded.forward, []
+@pytest.mark.parametrize(
+    ("prefix_reuse", "prefetch"), [(True, False), (True, True), (False, False)]
+)
+def test_out_of_memory_halves_the_batch(
+    tmp_path, models, samples, references, prefix_reuse, prefetch
+):
+    """Batches of 2 (images or samples) run out of memory: 1 from then on; with prefetch, the
+    second batch of 2 was being prepared ahead and is dropped."""
+    loaded = models["llava"]
+    batch_sizes = []
 
-    def forward_with_small_memory(inputs, **kwargs):
-        batch_sizes.append(len(inputs["input_ids"]))
-        if len(inputs["input_ids"]) > 2:
-            raise torch.OutOfMemoryError("CUDA out of memory")
-        return forward(inputs, **kwargs)
+    def with_small_memory(forward):
+        def run(inputs, *args, **kwargs):
+            if "pixel_values" in inputs:
+                batch_sizes.append(len(inputs["input_ids"]))
+                if len(inputs["input_ids"]) > 1:
+                    raise torch.OutOfMemoryError("CUDA out of memory")
+            return forward(inputs, *args, **kwargs)
 
-    monkeypatch.setattr(loaded, "forward", forward_with_small_memory)
-    shards = [(0, NUM_LAYERS)]
-    paths = [tmp_path / "small.parquet"]
-    extract_activations(loaded, samples, ["last"], shards, paths, {}, batch_size=4)
-    assert batch_sizes[:2] == [4, 2] and max(batch_sizes[1:]) == 2
-    monkeypatch.undo()
-    extract_activations(loaded, samples, ["last"], shards, [tmp_path / "big.parquet"], {}, 4)
+        return run
+
+    loaded.forward = with_small_memory(loaded.forward)
+    loaded.forward_cached = with_small_memory(loaded.forward_cached)
+    try:
+        shards = [(0, NUM_LAYERS)]
+        paths = [tmp_path / "small.parquet"]
+        extract_activations(
+            loaded,
+            samples,
+            ["last"],
+            shards,
+            paths,
+            {},
+            2,
+            prefix_reuse=prefix_reuse,
+            prefetch=prefetch,
+        )
+    finally:
+        del loaded.forward, loaded.forward_cached
+    assert batch_sizes[:2] == [2, 1] and max(batch_sizes[1:]) == 1
     _, _, small = read_activations(paths, "last")
-    _, _, big = read_activations([tmp_path / "big.parquet"], "last")
-    np.testing.assert_allclose(small, big, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(small, references["llava"]["last"], rtol=1e-4, atol=1e-5)
+
+
+def test_chunks_hold_whole_images(samples):
+    for size in (1, 2, 3, 100):
+        plan = plan_chunks(samples, size)
+        rows = np.concatenate(plan)
+        assert sorted(rows.tolist()) == list(range(samples.height))
+        chunk_of_image = {}
+        for index, chunk in enumerate(plan):
+            assert len(chunk) >= size or index == len(plan) - 1
+            for row in chunk:
+                path = samples["image_path"][int(row)]
+                assert chunk_of_image.setdefault(path, index) == index
+    # images have 3, 1, 3 and 3 samples: the one-sample image shares a chunk of size 2
+    assert [len(chunk) for chunk in plan_chunks(samples, 2)] == [3, 4, 3]
+    assert len(plan_chunks(samples, 100)) == 1
+
+
+class Killed(Exception):
+    """A simulated kill of the job."""
+
+
+def test_interrupted_extraction_resumes_from_its_chunks(tmp_path, models, samples):
+    loaded = models["llava"]
+    shards = layer_shards(NUM_LAYERS + 1, 2)
+    n_chunks = len(plan_chunks(samples, 2))
+    out_dir = tmp_path / "part-0"
+
+    def extract(out_dir, poolings, kill_after=None):
+        computed = []
+
+        def on_chunk(index, total):
+            assert total == n_chunks
+            computed.append(index)
+            if len(computed) == kill_after:
+                raise Killed
+
+        out_paths = [shard_path(out_dir, shard) for shard in shards]
+        extract_activations(
+            loaded,
+            samples,
+            poolings,
+            shards,
+            out_paths,
+            {"task": "t"},
+            batch_size=2,
+            chunk_dir=chunk_dir_of(out_dir),
+            chunk_samples=2,
+            resume_key={"entry": "x"},
+            on_chunk=on_chunk,
+        )
+        return out_paths, computed
+
+    # a killed run of another configuration leaves stale chunks
+    with pytest.raises(Killed):
+        extract(out_dir, ["mean"], kill_after=1)
+    (stale,) = chunk_dir_of(out_dir).iterdir()
+    # killed after two chunks: they stay, with their markers, beside the (absent) output
+    with pytest.raises(Killed):
+        extract(out_dir, ["mean", "last"], kill_after=2)
+    assert not stale.exists()
+    (chunks,) = chunk_dir_of(out_dir).iterdir()
+    assert len(list(chunks.glob("*.done"))) == 2
+    assert not out_dir.exists()
+
+    out_paths, resumed = extract(out_dir, ["mean", "last"])
+    assert len(resumed) == n_chunks - 2  # only the missing chunk
+    assert not chunk_dir_of(out_dir).exists()
+    reference, computed = extract(tmp_path / "whole", ["mean", "last"])
+    assert computed == list(range(n_chunks))
+    for path, expected in zip(out_paths, reference, strict=True):
+        assert pq.read_table(path).equals(pq.read_table(expected), check_metadata=True)
 
 
 def test_run_extraction_writes_one_file_per_shard(tmp_path, tiny_dirs, samples):
@@ -204,9 +421,20 @@ def test_run_extraction_writes_one_file_per_shard(tmp_path, tiny_dirs, samples):
     }
     shards = layer_shards(NUM_LAYERS + 1, 2)
     out_dir = tmp_path / "part-0"
+    chunks = []
     run_extraction(
-        "tiny-qwen", entry, samples, ["mean", "max"], shards, out_dir, metadata={"task": "t"}
+        "tiny-qwen",
+        entry,
+        samples,
+        ["mean", "max"],
+        shards,
+        out_dir,
+        metadata={"task": "t"},
+        chunk_samples=3,
+        on_chunk=lambda index, n: chunks.append(chunk_dir_of(out_dir).exists()),
     )
+    assert chunks and all(chunks)  # chunks were kept beside the output while running
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["part-0"]
     assert sorted(p.name for p in out_dir.iterdir()) == ["layers-0-1.parquet", "layers-2-3.parquet"]
     assert shard_path(out_dir, shards[1]) == out_dir / "layers-2-3.parquet"
     metadata = read_metadata(out_dir / "layers-0-1.parquet")
@@ -220,8 +448,8 @@ def test_run_extraction_writes_one_file_per_shard(tmp_path, tiny_dirs, samples):
     assert layers.tolist() == [2, 3] and values.shape == (samples.height, 2, 64)
 
 
-def test_bad_arguments_are_named(tmp_path, tiny_dirs, samples):
-    loaded = loaded_model(tiny_dirs, "llava")
+def test_bad_arguments_are_named(tmp_path, models, samples):
+    loaded = models["llava"]
     out = [tmp_path / "x.parquet"]
     with pytest.raises(
         ValueError, match=r"\['median'\].*one of \['last', 'mean', 'max', 'first'\]"
@@ -231,4 +459,6 @@ def test_bad_arguments_are_named(tmp_path, tiny_dirs, samples):
         extract_activations(loaded, samples, ["last"], [(0, 4)], out, {}, 2)
     with pytest.raises(ValueError, match=r"lack columns \['text'\]"):
         extract_activations(loaded, samples.drop("text"), ["last"], [(0, 1)], out, {}, 2)
-    assert not out[0].exists()
+    with pytest.raises(ValueError, match="batch_size"):
+        extract_activations(loaded, samples, ["last"], [(0, 1)], out, {}, 0)
+    assert list(tmp_path.iterdir()) == []

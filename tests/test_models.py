@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
 from vlprobe.models import FAMILIES, ModelError, build_tiny_model, load_model
+from vlprobe.models.base import shared_prefix_length
 
 NUM_LAYERS = 3
 MODEL_CLASSES = {
@@ -18,6 +19,15 @@ MODEL_CLASSES = {
     "idefics3": ("Idefics3ForConditionalGeneration", "Idefics3Processor"),
     "gemma3": ("Gemma3ForConditionalGeneration", "Gemma3Processor"),
 }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread; two threads on a busy machine wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def drawing(size: tuple[int, int], colour: tuple[int, int, int]) -> Image.Image:
@@ -184,3 +194,96 @@ def test_unknown_dtype_is_named(tiny_dirs):
 def test_missing_checkpoint_is_named(tmp_path):
     with pytest.raises(ModelError, match=r"'gone': cannot load .*nowhere"):
         load_model("gone", entry(tmp_path / "nowhere", "qwen2_vl"))
+
+
+# ------------------------------------------------------------------ image prefix reuse
+
+OBJECTS = "This image contains the following types of objects:"
+PROMPTS = [
+    [OBJECTS, f"{OBJECTS} person, car", "a cat", ""],
+    [f"{OBJECTS} dog", OBJECTS],
+    ["a plate with a sandwich"],
+]
+
+
+def test_shared_prefix_length_leaves_every_suffix_a_token():
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 5]]) == 2
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2  # the shorter keeps one token
+    assert shared_prefix_length([[1, 2, 3]]) == 2
+    assert shared_prefix_length([[7], [7, 8]]) == 0
+
+
+def test_every_family_reuses_its_image_prefix():
+    assert all(adapter.prefix_reuse for adapter in FAMILIES.values())
+
+
+@pytest.mark.parametrize("family", list(MODEL_CLASSES))
+def test_prefix_and_suffix_are_the_processors_tokens(tiny_dirs, family):
+    """Split on the full text's tokens: prefix + suffix are exactly the processor's token ids
+    for the image and the prompt, the whole image is in the prefix, and text that all prompts
+    of an image start with is in the prefix too."""
+    loaded = load_model("tiny", entry(tiny_dirs[family], family))
+    images = [
+        drawing((96, 64), (220, 40, 40)),
+        drawing((64, 120), (40, 160, 40)),
+        drawing((64, 64), (0, 0, 200)),
+    ]
+    prefix = loaded.prefix_batch(images, PROMPTS)
+    assert prefix is not None
+    ids, mask = prefix.inputs["input_ids"], prefix.attention_mask.bool()
+    image_ids = set(loaded.image_token_ids)
+    for row, (image, prompts) in enumerate(zip(images, PROMPTS, strict=True)):
+        prefix_ids = ids[row][mask[row]].tolist()
+        assert not mask[row, : ids.shape[1] - len(prefix_ids)].any()  # padded on the left
+        for text, suffix in zip(prompts, prefix.suffixes[row], strict=True):
+            expected = loaded.processor(images=[[image]], text=[loaded.prompt(text)])
+            assert prefix_ids + suffix == expected["input_ids"][0]
+            assert suffix and not image_ids & set(suffix)
+        if len(prompts) == 2:  # both start with OBJECTS: its tokens but the last are shared
+            shared = loaded.tokenizer(OBJECTS, add_special_tokens=False)["input_ids"]
+            assert prefix_ids[-(len(shared) - 1) :] == shared[:-1]
+    assert set(prefix.inputs) >= {"input_ids", "attention_mask", "pixel_values"}
+
+
+def test_qwen2_vl_suffix_positions_continue_the_m_rope_positions(tiny_dirs):
+    loaded = load_model("tiny", entry(tiny_dirs["qwen2_vl"], "qwen2_vl"))
+    images = [drawing((96, 64), (220, 40, 40)), drawing((64, 120), (40, 160, 40))]
+    prompts = [["a cat", "a dog on a couch"], ["two people"]]
+    prefix = loaded.prefix_batch(images, prompts)
+    assert prefix.position_ids.shape == (3, *prefix.inputs["input_ids"].shape)
+    rows = torch.tensor([0, 0, 1])
+    suffixes = [prefix.suffixes[0][0], prefix.suffixes[0][1], prefix.suffixes[1][0]]
+    inputs, suffix_mask = loaded.suffix_inputs(prefix, rows, suffixes)
+    assert inputs["position_ids"].shape == (3, 3, suffix_mask.shape[1])
+    assert (
+        inputs["attention_mask"].shape[1] == prefix.attention_mask.shape[1] + suffix_mask.shape[1]
+    )
+    for k, (row, text) in enumerate([(0, "a cat"), (0, "a dog on a couch"), (1, "two people")]):
+        full = loaded.inputs([images[row]], [text])
+        positions, _ = loaded.model.model.get_rope_index(
+            full["input_ids"],
+            mm_token_type_ids=full["mm_token_type_ids"],
+            image_grid_thw=full["image_grid_thw"],
+        )
+        n_suffix = len(suffixes[k])
+        # the full sequence's positions of the suffix tokens (images differ: 6 vs 8 rows)
+        torch.testing.assert_close(
+            inputs["position_ids"][:, k, :n_suffix], positions[:, 0, -n_suffix:]
+        )
+
+
+def test_cache_rows_copies_and_leaves_the_prefix_cache_alone(tiny_dirs):
+    loaded = load_model("tiny", entry(tiny_dirs["llava"], "llava"))
+    images = [drawing((64, 64), (220, 40, 40)), drawing((64, 64), (40, 160, 40))]
+    prefix = loaded.prefix_batch(images, [["a cat", "a dog"], ["a bus"]])
+    cache = loaded.new_cache()
+    with torch.inference_mode():
+        loaded.forward_cached(prefix.inputs, cache)
+        keys = cache.layers[0].keys.clone()
+        selected = loaded.cache_rows(cache, torch.tensor([1, 0, 0]))
+        rows = torch.tensor([1, 0, 0])
+        inputs, _ = loaded.suffix_inputs(prefix, rows, [[5], [6], [7]])
+        loaded.forward_cached(inputs, selected)
+    assert torch.equal(cache.layers[0].keys, keys)
+    assert torch.equal(selected.layers[0].keys[:, :, : keys.shape[2]], keys[[1, 0, 0]])
+    assert selected.get_seq_length() == cache.get_seq_length() + 1

@@ -1,18 +1,32 @@
-"""The mechanism every model family shares: loading, decoder lookup, batch inputs, tiny models.
+"""The mechanism every model family shares: loading, decoder lookup, batch inputs, image prefix
+reuse, tiny models.
 
 A family is a subclass of :class:`LoadedVLM` that states only what differs between families:
 where the language model sits in the checkpoint, how the image placeholder reads before the
-prompt, its special tokens, and how to build a tiny randomly initialised model of the real class.
+prompt, its special tokens, whether its image prefix can be reused across prompts, its position
+ids when they are not the plain 0, 1, 2, ... (M-RoPE), and how to build a tiny randomly
+initialised model of the real class.
+
+Image prefix reuse. The prompts of one image share a prefix: the image block (the processor's
+expansion of the placeholder) and whatever text all of them start with. In a decoder that is causal
+over image tokens, the prefix's hidden states and keys/values do not depend on what follows, so
+:meth:`LoadedVLM.prefix_batch` prepares the prefixes of several images for one forward pass that
+fills a KV cache (:meth:`LoadedVLM.forward_cached`), and :meth:`LoadedVLM.suffix_inputs` the
+remaining tokens of any of their prompts, to be run on a copy of that cache
+(:meth:`LoadedVLM.cache_rows`). The split is made on the token ids of the full text, so every
+prompt's tokens are exactly those of the plain path (no tokenisation across the boundary).
 """
 
 from __future__ import annotations
 
 import abc
+import copy
 import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -23,6 +37,7 @@ from transformers import (
     AutoModelForImageTextToText,
     AutoProcessor,
     BatchFeature,
+    DynamicCache,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     ProcessorMixin,
@@ -35,6 +50,14 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PADDING_SIDES = ("left", "right")
+# processor outputs with one value per token ([batch, tokens]), and the value of a padding token
+# (None: the tokenizer's pad token id)
+TOKEN_INPUTS: dict[str, int | None] = {
+    "input_ids": None,
+    "attention_mask": 0,
+    "token_type_ids": 0,
+    "mm_token_type_ids": 0,
+}
 
 # Keys of a config entry's `tiny:` block that every family understands, with their defaults;
 # None means "derived": intermediate_size = 2 * hidden_size.
@@ -56,6 +79,26 @@ class ModelError(ValueError):
     """A model that cannot be used as configured; the message names the model."""
 
 
+@dataclass
+class PrefixBatch:
+    """The shared prefixes of several images, ready for one forward pass, and their prompts' rest.
+
+    ``inputs`` hold the prefixes left-padded to the longest, with the images' pixel inputs;
+    ``suffixes[i][j]`` are the token ids that follow the prefix in prompt ``j`` of image ``i``
+    (never empty); ``position_ids`` are those of the prefix pass (None: the model's default) and
+    ``next_position[i]`` is the position id of the first suffix token of image ``i``.
+    """
+
+    inputs: BatchFeature
+    suffixes: list[list[list[int]]]
+    position_ids: torch.Tensor | None
+    next_position: torch.Tensor
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return self.inputs["attention_mask"]
+
+
 class LoadedVLM(abc.ABC):
     """A vision-language model and its processor, with what probing needs to know about them.
 
@@ -70,6 +113,11 @@ class LoadedVLM(abc.ABC):
     special_tokens: ClassVar[SpecialTokens]
     # tiny keys of this family only, with their defaults
     tiny_defaults: ClassVar[dict[str, Any]] = {}
+    # True if the image block and the text before the prompt never attend to the prompt, so that
+    # their keys and values are computed once per image and reused for all of its prompts: true
+    # for decoders that are causal over image tokens. False for prefix-LMs (PaliGemma: image and
+    # prompt form one bidirectional block), which always take the plain path.
+    prefix_reuse: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -167,6 +215,151 @@ class LoadedVLM(abc.ABC):
         """One forward pass without KV cache; logits only at the last position."""
         return self.model(**inputs, use_cache=False, logits_to_keep=1, **kwargs)
 
+    # ------------------------------------------------------------------ image prefix reuse
+
+    def prefix_batch(
+        self, images: Sequence[Image.Image], prompts: Sequence[Sequence[str]]
+    ) -> PrefixBatch | None:
+        """The shared prefixes of ``images`` and the suffixes of their ``prompts`` (per image).
+
+        Each image is processed once. Every prompt is tokenised as the processor does it (the
+        prompt with the image placeholder expanded to this image's replacement text, then the
+        tokenizer), so its token ids equal the plain path's; this is checked against the
+        processor's own ids for the first prompt of each image. An image's prefix is the longest
+        run of token ids that all its prompts start with, stopping one token before the end of
+        the shortest prompt, so no suffix is empty. None if the prompts cannot share a prefix
+        (the ids differ from the processor's, or an image token would fall into a suffix); the
+        caller then takes the plain path.
+        """
+        if not self.prefix_reuse:
+            return None
+        processed = self.processor(
+            images=[[image] for image in images],
+            text=[self.prompt(texts[0]) for texts in prompts],
+            padding=True,
+            padding_side="left",
+            return_tensors="pt",
+            return_text_replacement_offsets=True,
+        )
+        replacements = [
+            [offset["replacement"] for offset in row]
+            for row in processed.pop("text_replacement_offsets")
+        ]
+        expanded: list[str] = []
+        for image_replacements, texts in zip(replacements, prompts, strict=True):
+            image_texts, _ = self.processor.get_text_with_replacements(
+                [self.prompt(text) for text in texts], image_replacements * len(texts)
+            )
+            expanded.extend(image_texts)
+        all_ids = self.tokenizer(expanded)["input_ids"]
+        image_token_ids = set(self.image_token_ids)
+        mask = processed["attention_mask"].bool()
+        lengths, suffixes, start = [], [], 0
+        for row, texts in enumerate(prompts):
+            ids = all_ids[start : start + len(texts)]
+            start += len(texts)
+            if ids[0] != processed["input_ids"][row][mask[row]].tolist():
+                log.warning(
+                    "%s: a prompt tokenised apart from its image differs from the processor's "
+                    "tokens; these images take the plain path",
+                    self.name,
+                )
+                return None
+            length = shared_prefix_length(ids)
+            n_image_tokens = sum(token in image_token_ids for token in ids[0])
+            if sum(token in image_token_ids for token in ids[0][:length]) != n_image_tokens:
+                log.warning(
+                    "%s: image tokens end less than one token before the end of a prompt; "
+                    "these images take the plain path",
+                    self.name,
+                )
+                return None
+            lengths.append(length)
+            suffixes.append([prompt_ids[length:] for prompt_ids in ids])
+        prefix: dict[str, Any] = {}
+        for key, values in processed.items():
+            if key in TOKEN_INPUTS:  # keep each image's prefix, padded anew on the left
+                pad = TOKEN_INPUTS[key]
+                prefix[key] = left_padded(
+                    [values[row][mask[row]][:n] for row, n in enumerate(lengths)],
+                    self.tokenizer.pad_token_id if pad is None else pad,
+                )
+            else:  # pixel inputs
+                prefix[key] = values
+        # positions on the CPU: no wait for the device, which may be busy with the last batch
+        position_ids, next_position = self.prefix_positions(BatchFeature(prefix))
+        return PrefixBatch(
+            BatchFeature(prefix).to(device=self.device, dtype=self.model.dtype),
+            suffixes,
+            None if position_ids is None else position_ids.to(self.device),
+            next_position.to(self.device),
+        )
+
+    @property
+    def image_token_ids(self) -> list[int]:
+        """Ids of the tokens that the image features replace; they must all be in the prefix."""
+        ids = getattr(self.processor, "image_token_ids", None)
+        return list(ids) if ids else [self.tokenizer.convert_tokens_to_ids(self.image_token)]
+
+    def prefix_positions(self, inputs: BatchFeature) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Position ids of the prefix pass (None: the model's default) and, per image, the
+        position id of the token after the prefix; ``inputs`` and results on the CPU.
+
+        Plain RoPE decoders number every position of the padded batch 0, 1, 2, ..., as their
+        plain forward does; since rotary attention depends only on position differences, the
+        left padding shifts nothing.
+        """
+        batch, width = inputs["input_ids"].shape
+        return None, torch.full((batch,), width, dtype=torch.long)
+
+    def suffix_position_ids(self, next_position: torch.Tensor, width: int) -> torch.Tensor:
+        """Position ids [batch, width] of suffix tokens that follow prefixes ending before
+        ``next_position`` (one per suffix)."""
+        return next_position[:, None] + torch.arange(width, device=next_position.device)
+
+    def suffix_inputs(
+        self, prefix: PrefixBatch, rows: torch.Tensor, suffixes: Sequence[Sequence[int]]
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Inputs of a forward pass over ``suffixes`` (right-padded), the prefix of suffix ``k``
+        being image ``rows[k]`` of ``prefix``; and the suffix tokens' mask [batch, width].
+
+        The attention mask covers the cached prefix (with its left padding) and the suffix.
+        """
+        width = max(len(ids) for ids in suffixes)
+        input_ids = torch.full((len(suffixes), width), self.tokenizer.pad_token_id)
+        suffix_mask = torch.zeros((len(suffixes), width), dtype=torch.long)
+        for k, ids in enumerate(suffixes):
+            input_ids[k, : len(ids)] = torch.tensor(ids)
+            suffix_mask[k, : len(ids)] = 1
+        input_ids, suffix_mask = input_ids.to(self.device), suffix_mask.to(self.device)
+        inputs = {
+            "input_ids": input_ids,
+            "attention_mask": torch.cat([prefix.attention_mask[rows], suffix_mask], dim=1),
+            "position_ids": self.suffix_position_ids(prefix.next_position[rows], width),
+        }
+        return inputs, suffix_mask
+
+    def new_cache(self) -> DynamicCache:
+        return DynamicCache(config=self.model.config.get_text_config())
+
+    @staticmethod
+    def cache_rows(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
+        """A copy of ``cache`` holding the given batch rows (repeated as often as listed).
+
+        The copy's own later updates concatenate into new tensors; ``cache`` stays as it is.
+        """
+        selected = copy.deepcopy(cache)
+        selected.batch_select_indices(rows)
+        return selected
+
+    def forward_cached(
+        self, inputs: Mapping[str, Any], cache: DynamicCache, **kwargs: Any
+    ) -> ModelOutput:
+        """One forward pass that continues ``cache`` and appends this pass's keys and values."""
+        return self.model(
+            **inputs, past_key_values=cache, use_cache=True, logits_to_keep=1, **kwargs
+        )
+
     @classmethod
     def build_tiny(cls, out_dir: str | os.PathLike, tiny: Mapping[str, Any]) -> None:
         """Build, seed and save a tiny model and processor of this family (see build_tiny_model)."""
@@ -208,6 +401,25 @@ class LoadedVLM(abc.ABC):
         cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]
     ) -> tuple[PreTrainedModel, ProcessorMixin]:
         """A randomly initialised model of the family's real class, and its processor."""
+
+
+def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common prefix, at most one less than the shortest sequence."""
+    limit = min(len(ids) for ids in sequences) - 1
+    first = sequences[0]
+    for position in range(limit):
+        if any(ids[position] != first[position] for ids in sequences[1:]):
+            return position
+    return max(limit, 0)
+
+
+def left_padded(rows: Sequence[torch.Tensor], pad: int) -> torch.Tensor:
+    """Stack 1-d tensors of different lengths into [len(rows), longest], padded on the left."""
+    width = max(len(row) for row in rows)
+    out = torch.full((len(rows), width), pad, dtype=rows[0].dtype)
+    for index, row in enumerate(rows):
+        out[index, width - len(row) :] = row
+    return out
 
 
 def image_token_of(name: str, processor: ProcessorMixin) -> str:

@@ -28,6 +28,11 @@ class Gemma3Adapter(LoadedVLM):
 
     Tiny keys: ``image_size`` (64), the encoder resolution, and ``image_tokens`` (16), the
     soft tokens per image (a square number dividing ``(image_size / 8) ** 2``).
+
+    Prefix reuse is valid: image tokens attend to each other bidirectionally (through the
+    processor's ``token_type_ids``), but never to text after the image, and the whole image
+    block is always in the prefix. The prefix pass gets the prefix's ``token_type_ids``; suffix
+    passes, text only, get none, which leaves their attention causal as in the full pass.
     """
 
     family = "gemma3"

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from transformers import (
+    BatchFeature,
     PreTrainedTokenizerBase,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
@@ -48,6 +50,22 @@ class Qwen2VLAdapter(LoadedVLM):
     def image_placeholder(self) -> str:
         # as the chat template writes an image
         return f"<|vision_start|>{self.image_token}<|vision_end|>"
+
+    def prefix_positions(self, inputs: BatchFeature) -> tuple[torch.Tensor, torch.Tensor]:
+        # M-RoPE: image tokens get (temporal, height, width) positions, text after an image
+        # continues from the largest of them; the model's own function computes them (padding
+        # excluded), and its `rope_deltas` (largest position + 1 - tokens) give the next one
+        position_ids, rope_deltas = self.model.model.get_rope_index(
+            inputs["input_ids"],
+            mm_token_type_ids=inputs["mm_token_type_ids"],
+            image_grid_thw=inputs["image_grid_thw"],
+            attention_mask=inputs["attention_mask"],
+        )
+        return position_ids, inputs["attention_mask"].sum(dim=1) + rope_deltas.reshape(-1)
+
+    def suffix_position_ids(self, next_position: torch.Tensor, width: int) -> torch.Tensor:
+        # text tokens: the same position in all three M-RoPE sections, [3, batch, width]
+        return super().suffix_position_ids(next_position, width).expand(3, -1, -1)
 
     @classmethod
     def tiny_model_and_processor(

@@ -1,0 +1,281 @@
+"""Extraction speed: vlprobe's extractor against the straightforward implementation, in one run.
+
+    .venv/bin/python benchmarks/extraction.py [--images 64] [--threads 1] [--max-objects 3]
+
+On CPU, with a tiny randomly initialised Qwen2-VL (built here into a temporary directory; larger
+than the test models, with many image tokens per image so that the image prefix dominates as in
+real models) and the demo's object-recognition task (NoCat and WithCat prompts of the same
+images: several prompts per image), it measures
+
+  (a) the reference: one prompt at a time, ``output_hidden_states=True``, pooling afterwards;
+  (b) vlprobe's ``extract_activations``: hook pooling, image prefix reuse, batches, chunks and
+      the final Parquet files included;
+
+checks that both give the same pooled values (max abs diff per pooling) and prints the samples/s
+of both. It also prints a FLOP-based estimate of samples/s for Qwen2-VL-2B on one H100 at paper
+scale, plain forward passes against prefix reuse. The last line is ``ratio: <b over a>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from vlprobe.data import build_images_table, make_demo_coco
+from vlprobe.extract import POOLINGS, extract_activations, load_image
+from vlprobe.models import build_tiny_model, load_model
+from vlprobe.storage import read_activations
+from vlprobe.tasks import build_object_rows, extraction_samples, object_task
+
+PROMPT = "This image contains the following types of objects:"
+# a tiny Qwen2-VL whose image prefix dominates the cost, as in the real model: up to 256 image
+# tokens (4 ViT patches each) per image against 10-20 prompt tokens
+TINY = {
+    "num_layers": 6,
+    "hidden_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 384,
+    "vision_hidden_size": 96,
+    "vision_layers": 4,
+    "vision_attention_heads": 4,
+    "min_image_tokens": 256,
+    "max_image_tokens": 256,
+    "seed": 0,
+}
+BATCH_SIZE = 8
+ROUNDS = 2
+
+
+def demo_samples(root: Path, n_images: int, max_objects: int = 3) -> pl.DataFrame:
+    """NoCat and WithCat samples of the demo's object task over the same images."""
+    files = make_demo_coco(root / "coco", n_images=n_images, seed=0, max_objects=max_objects)
+    sources = {"train": files, "eval": files}
+    n_eval = n_images // 4
+    images, _ = build_images_table(
+        sources, {"train": n_images - n_eval, "eval": n_eval}, 0, "error"
+    )
+    rows = build_object_rows(images, {"train": files.instances, "eval": files.instances})
+    nocat = object_task(rows, PROMPT, "none", seed=0)
+    withcat = object_task(rows, PROMPT, "others", seed=0)
+    withcat = withcat.with_columns(pl.col("sample_id") + nocat.height)
+    task = pl.concat([nocat, withcat])
+    return extraction_samples(task, images, files.images_dir, 0, 1)
+
+
+def reference_extraction(model, samples: pl.DataFrame, poolings) -> dict[str, np.ndarray]:
+    """(a) One prompt at a time: the processor, a forward pass with output_hidden_states=True,
+    pooling each hidden state afterwards."""
+    out = {name: [] for name in poolings}
+    with torch.inference_mode():
+        for path, text in samples.select("image_path", "text").iter_rows():
+            inputs = model.inputs([load_image(path)], [text])
+            states = model.model(**inputs, output_hidden_states=True, use_cache=False).hidden_states
+            hidden = torch.stack([state[0] for state in states]).float()  # [states, tokens, h]
+            pooled = {
+                "last": hidden[:, -1],
+                "first": hidden[:, 0],
+                "mean": hidden.mean(dim=1),
+                "max": hidden.amax(dim=1),
+            }
+            for name in poolings:
+                out[name].append(pooled[name].numpy())
+    return {name: np.stack(values) for name, values in out.items()}
+
+
+def vlprobe_extraction(model, samples: pl.DataFrame, poolings, out_dir: Path):
+    """(b) vlprobe's extractor, writing and reading back its activation table."""
+    shard = (0, model.num_layers)
+    path = out_dir / "layers.parquet"
+    extract_activations(
+        model, samples, poolings, [shard], [path], {"task": "object"}, batch_size=BATCH_SIZE
+    )
+    return {name: read_activations([path], name)[2] for name in poolings}
+
+
+# ---------------------------------------------------------------------------- H100 estimate
+
+
+@dataclass(frozen=True)
+class Qwen2VL2B:
+    """Cost model of Qwen2-VL-2B (NOTES-transformers.md): FLOPs of one forward pass."""
+
+    vit_params: float = 665e6  # vision tower incl. merger
+    vit_layers: int = 32
+    vit_width: int = 1280
+    llm_params: float = 1.31e9  # decoder without the (tied) embedding; lm_head skipped
+    llm_layers: int = 28
+    llm_width: int = 1536
+    patches: int = 1564  # a 640x480 COCO image
+    image_tokens: int = 393  # 391 merged patches + vision start/end
+
+    def vit(self) -> float:
+        attention = 4 * self.vit_layers * self.vit_width * self.patches**2  # full attention
+        return 2 * self.vit_params * self.patches + attention
+
+    def llm(self, tokens: float, context: float = 0.0) -> float:
+        """``tokens`` new tokens after ``context`` cached ones (causal attention)."""
+        attention = 4 * self.llm_layers * self.llm_width * tokens * (context + tokens / 2)
+        return 2 * self.llm_params * tokens + attention
+
+    def plain(self, prompt_tokens: float) -> float:
+        """One sample: image and prompt in one pass."""
+        return self.vit() + self.llm(self.image_tokens + prompt_tokens)
+
+    def reuse(self, shared_tokens: float, suffix_tokens: float, prompts: float) -> float:
+        """One sample's share of an image: prefix (image + shared text) once, suffixes each."""
+        prefix = self.image_tokens + shared_tokens
+        per_image = self.vit() + self.llm(prefix) + prompts * self.llm(suffix_tokens, prefix)
+        return per_image / prompts
+
+
+# (task, prompts per image, prompt tokens, tokens all prompts of an image share)
+PAPER_TASKS = [
+    ("object NoCat", 1.0, 10.0, 0.0),
+    # COCO 2017 has 2.9 categories per image: |K|+1 = 3.9 prompts, each listing ~2.2 of
+    # them at ~3 tokens per name and separator; the 10-token template is shared
+    ("object WithCat", 3.9, 10.0 + 2.2 * 3.0, 9.0),
+    # Tao et al.: 5 positive + 5 hard-negative captions per image, ~13-token captions in a
+    # 12-token template of which 4 tokens precede the caption
+    ("caption (Tao, 5+5)", 10.0, 25.0, 4.0),
+    ("caption (compact, 1+1)", 2.0, 25.0, 4.0),
+]
+H100_BF16 = 989e12  # dense peak FLOP/s
+MFU = 0.40  # assumed model FLOP utilisation, both paths
+
+
+def h100_estimate() -> list[str]:
+    cost = Qwen2VL2B()
+    lines = [
+        "FLOP-based estimate, Qwen2-VL-2B on one H100 (bf16 dense peak 989 TFLOP/s, assumed "
+        f"MFU {MFU:.0%} for both paths; one 640x480 image = {cost.patches} ViT patches, "
+        f"{cost.image_tokens} image tokens; ViT {cost.vit() / 1e12:.2f} TFLOP per image; "
+        "lm_head skipped; CPU preprocessing assumed to keep up):",
+        f"  {'task':<24}{'prompts/img':>12}{'tok/prompt':>11}{'plain':>12}{'reuse':>12}{'x':>7}",
+    ]
+    for name, prompts, tokens, shared in PAPER_TASKS:
+        plain = MFU * H100_BF16 / cost.plain(tokens)
+        reuse = MFU * H100_BF16 / cost.reuse(shared, tokens - shared, prompts)
+        lines.append(
+            f"  {name:<24}{prompts:>12.1f}{tokens:>11.0f}{plain:>10.0f}/s{reuse:>10.0f}/s"
+            f"{reuse / plain:>7.1f}"
+        )
+    return lines
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--images", type=int, default=64, help="demo images (default 64, as in the demo)"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument(
+        "--max-objects",
+        type=int,
+        default=3,
+        help="objects per demo image: 1 to this many (default 3, as in the demo; COCO images "
+        "have 2.9 categories on average, i.e. about 5 here)",
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.WARNING)
+    poolings = list(POOLINGS)
+
+    with tempfile.TemporaryDirectory(prefix="vlprobe-bench-") as tmp:
+        root = Path(tmp)
+        build_tiny_model("qwen2_vl", root / "model", TINY)
+        entry = {"family": "qwen2_vl", "hf_id": str(root / "model"), "dtype": "float32"}
+        model = load_model("tiny-qwen2-vl", {**entry, "num_layers": TINY["num_layers"]})
+        samples = demo_samples(root, args.images, args.max_objects)
+        n_images = samples["image_path"].n_unique()
+        image_pad = model.tokenizer.convert_tokens_to_ids(model.image_token)
+        image_tokens = [
+            int((model.inputs([load_image(path)], [""])["input_ids"] == image_pad).sum())
+            for path in samples["image_path"].unique().to_list()
+        ]
+        text_tokens = [
+            len(ids)
+            for ids in model.tokenizer(samples["text"].to_list(), add_special_tokens=False)[
+                "input_ids"
+            ]
+        ]
+        print(
+            "tiny Qwen2-VL:",
+            ", ".join(f"{key}={value}" for key, value in TINY.items()),
+            f"(vision merger output = hidden_size; {model.model.num_parameters() / 1e6:.2f}M "
+            "parameters)",
+        )
+        print(
+            f"task: demo object recognition, NoCat + WithCat prompts: {samples.height} samples "
+            f"of {n_images} images ({samples.height / n_images:.1f} prompts per image; demo "
+            f"images with 1 to {args.max_objects} objects); {min(image_tokens)}-"
+            f"{max(image_tokens)} image tokens per image, {min(text_tokens)}-{max(text_tokens)} "
+            f"prompt tokens (mean {np.mean(text_tokens):.1f}); poolings {', '.join(poolings)}; "
+            f"{model.num_layers + 1} hidden states; CPU, {args.threads} thread(s); vlprobe "
+            f"batch size {BATCH_SIZE}"
+        )
+
+        # warm-up, not timed: first calls allocate and initialise
+        reference_extraction(model, samples.head(2), poolings)
+        vlprobe_extraction(model, samples.head(2), poolings, root / "warm")
+
+        # the images in ROUNDS groups, each measured with (a) and (b) in alternating order, so
+        # that a busy machine's changing load falls on both alike
+        paths = samples["image_path"].unique(maintain_order=True).to_list()
+        wall = {"a": 0.0, "b": 0.0}
+        cpu = {"a": 0.0, "b": 0.0}
+        parts: dict[str, list[dict[str, np.ndarray]]] = {"a": [], "b": []}
+        for round_ in range(ROUNDS):
+            group = samples.filter(pl.col("image_path").is_in(paths[round_::ROUNDS]))
+            runs = {
+                "a": lambda group=group: reference_extraction(model, group, poolings),
+                "b": lambda group=group, k=round_: vlprobe_extraction(
+                    model, group, poolings, root / f"out-{k}"
+                ),
+            }
+            for which in "ab" if round_ % 2 == 0 else "ba":
+                started_wall, started_cpu = time.perf_counter(), time.process_time()
+                parts[which].append(runs[which]())
+                wall[which] += time.perf_counter() - started_wall
+                cpu[which] += time.process_time() - started_cpu
+        expected, actual = (
+            {name: np.concatenate([part[name] for part in parts[which]]) for name in poolings}
+            for which in ("a", "b")
+        )
+
+    reference_rate = samples.height / wall["a"]
+    vlprobe_rate = samples.height / wall["b"]
+    print(
+        f"(a) reference, one prompt at a time, output_hidden_states=True: "
+        f"{wall['a']:.1f} s, {reference_rate:.2f} samples/s (CPU time {cpu['a']:.1f} s)"
+    )
+    print(
+        f"(b) vlprobe extractor (hook pooling, image prefix reuse, batches, files): "
+        f"{wall['b']:.1f} s, {vlprobe_rate:.2f} samples/s (CPU time {cpu['b']:.1f} s)"
+    )
+    print(f"CPU-time ratio (b over a): {cpu['a'] / cpu['b']:.2f}")
+    worst = 0.0
+    for name in poolings:
+        diff = float(np.abs(actual[name] - expected[name]).max())
+        scale = float(np.abs(expected[name]).max())
+        worst = max(worst, diff / scale)
+        print(f"max abs diff, {name} pooling: {diff:.2e} (values up to {scale:.2f})")
+    print("pooled values identical within tolerance:", "yes" if worst < 1e-4 else "NO")
+    for line in h100_estimate():
+        print(line)
+    print(f"ratio: {vlprobe_rate / reference_rate:.2f}")
+
+
+if __name__ == "__main__":
+    main()
