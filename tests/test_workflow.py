@@ -1,11 +1,24 @@
 """The workflow for real: config validation, the paper-scale DAG, and the demo run end to end."""
 
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import polars as pl
 import pytest
 import yaml
-from workflow_run import DEMO_RUN, ROOT, demo_config, planned_jobs, snakemake, write_config
+from polars.testing import assert_frame_equal
+from workflow_run import (
+    DEMO_RUN,
+    ROOT,
+    SNAKEMAKE,
+    demo_config,
+    planned_jobs,
+    snakemake,
+    write_config,
+)
 
 from vlprobe.tasks import read_task
 
@@ -174,3 +187,52 @@ def test_config_edit_reruns_exactly_the_affected_jobs(demo_run, tmp_path, edit):
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     result = snakemake(demo_run, "-n", "--configfile", str(path))
     assert planned_jobs(result) == expected
+
+
+def test_killed_run_resumes_from_finished_chunks_and_matches(demo_run, tmp_path):
+    """SIGKILL to the whole process group during extraction, then the same command again."""
+    write_config(tmp_path, demo_config(**DEMO_RUN))
+    command = [
+        *SNAKEMAKE,
+        "--directory",
+        str(tmp_path),
+        "--cores",
+        "2",
+        "--configfile",
+        "config.yaml",
+    ]
+    with open(tmp_path / "killed.log", "w") as log:
+        run = subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, killed as a whole below
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+        deadline = time.monotonic() + 600
+        while not list((tmp_path / "results/activations").glob("*/*/*.chunks/*/*.done")):
+            assert run.poll() is None, "the run ended before any chunk was finished"
+            assert time.monotonic() < deadline, "no extraction chunk finished in time"
+            time.sleep(0.05)
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+    finished = {
+        p.relative_to(tmp_path) for p in tmp_path.glob("results/activations/*/*/*.chunks/*/*.done")
+    }
+    snakemake(tmp_path, "--unlock", "--configfile", "config.yaml")
+    snakemake(tmp_path, "--cores", "2", "--configfile", "config.yaml")
+    resumed = [
+        line
+        for log in (tmp_path / "logs/extract").rglob("*.log")
+        for line in log.read_text().splitlines()
+        if "resuming:" in line
+    ]
+    assert resumed, f"no extraction job resumed from {sorted(map(str, finished))}"
+    assert not list((tmp_path / "results/activations").glob("*/*/*.chunks"))
+    for table in ["results/metrics/summary.parquet", "results/tasks/object-withcat.parquet"]:
+        assert_frame_equal(pl.read_parquet(tmp_path / table), pl.read_parquet(demo_run / table))
+    for shard in (demo_run / "results/activations").rglob("layers-*.parquet"):
+        assert_frame_equal(
+            pl.read_parquet(tmp_path / shard.relative_to(demo_run)), pl.read_parquet(shard)
+        )

@@ -53,6 +53,8 @@ DEMO_RUN = {
     "probes.linear.epochs": 15,
     # fewer, larger jobs: every job pays the interpreter and torch start-up
     "extract.parts": 1,
+    # several resumable chunks per extraction job (the kill test interrupts between them)
+    "extract.chunk_samples": 24,
     "extract.layers_per_shard": 5,
 }
 

@@ -36,5 +36,6 @@ rule extract:
         shards=lambda wc: shards_of(wc.model),
         poolings=config["extract"]["poolings"],
         device=config["extract"]["device"],
+        chunk_samples=config["extract"]["chunk_samples"],
     script:
         "../scripts/extract.py"

@@ -24,5 +24,6 @@ with job_log(snakemake.log[0]):
         out_dir=snakemake.output[0],
         device=snakemake.params.device,
         threads=snakemake.threads,
+        chunk_samples=snakemake.params.chunk_samples,
         metadata={"task": snakemake.wildcards.task, **task_metadata},
     )
