@@ -60,10 +60,16 @@ DEMO_RUN = {
 
 
 def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
-    """Jobs per rule from the job stats a dry-run prints."""
-    counts = {}
-    for line in result.stdout.splitlines():
+    """Jobs per rule from the job stats table a dry-run prints."""
+    counts: dict[str, int] = {}
+    lines = result.stdout.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("Job stats:")), None)
+    if start is None:
+        return counts
+    for line in lines[start + 3 :]:  # after the header and the dashes
         parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        if parts[0] != "total":
             counts[parts[0]] = int(parts[1])
     return counts
