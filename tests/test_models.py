@@ -21,15 +21,6 @@ MODEL_CLASSES = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; two threads on a busy machine wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def drawing(size: tuple[int, int], colour: tuple[int, int, int]) -> Image.Image:
     image = Image.new("RGB", size, (200, 200, 200))
     draw = ImageDraw.Draw(image)

@@ -125,6 +125,18 @@ TINY_IDEFICS3 = {
     "tiny": {"hidden_size": 64, "seed": 0},
 }
 OBJECT_JOBS = {"object_task": 1}
+EVERYTHING_AFTER_SAMPLING = {
+    "images_table": 1,
+    "caption_pairs": 1,
+    "object_rows": 1,
+    "caption_task": 1,
+    "object_task": 2,
+    "extract": 6,
+    "probe": 12,
+    "summary": 1,
+    "figure": 2,
+    "all": 1,
+}
 DOWNSTREAM = {"summary": 1, "figure": 2, "all": 1}
 
 # config edit -> exactly the jobs it must rerun (demo run: 2 models, 3 tasks, 2 poolings,
@@ -148,29 +160,11 @@ RERUNS = {
     ),
     "sampling seed": (
         {"coco.seed": 1},
-        {
-            "images_table": 1,
-            "caption_pairs": 1,
-            "object_rows": 1,
-            "caption_task": 1,
-            "object_task": 2,
-            "extract": 6,
-            "probe": 12,
-            **DOWNSTREAM,
-        },
+        EVERYTHING_AFTER_SAMPLING,
     ),
     "image counts": (
         {"coco.n_eval_images": 6},
-        {
-            "images_table": 1,
-            "caption_pairs": 1,
-            "object_rows": 1,
-            "caption_task": 1,
-            "object_task": 2,
-            "extract": 6,
-            "probe": 12,
-            **DOWNSTREAM,
-        },
+        EVERYTHING_AFTER_SAMPLING,
     ),
     "figure styling": (
         {"figures.width": 400},
