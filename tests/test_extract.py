@@ -1,6 +1,7 @@
 """Extraction on tiny models of every family: hook pooling and image prefix reuse against the
 plain full forward pass, sharded output, out-of-memory halving, and resuming from chunks."""
 
+import importlib.util
 import threading
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from vlprobe.extract import (
     load_image,
     plan_chunks,
     pool_samples,
+    pooling_of,
     run_extraction,
     shard_path,
 )
@@ -28,7 +30,22 @@ from vlprobe.models import FAMILIES, build_tiny_model, load_model
 from vlprobe.storage import layer_shards, read_activations, read_metadata
 
 NUM_LAYERS = 3
-ALL_POOLINGS = list(POOLINGS)
+# every pooling; token 5 and token -6 fall in the image prefix of some prompts and in the
+# prompt's suffix of others
+ALL_POOLINGS = [*POOLINGS, "index:0", "index:5", "index:-1", "index:-6"]
+REQUIRES = {"fast_vlm": "timm"}  # optional packages that a family's model class needs
+BUILT = [
+    family
+    for family in FAMILIES
+    if family not in REQUIRES or importlib.util.find_spec(REQUIRES[family]) is not None
+]
+FAMILY_PARAMS = [
+    pytest.param(
+        family,
+        marks=pytest.mark.skipif(family not in BUILT, reason=f"needs {REQUIRES.get(family)}"),
+    )
+    for family in FAMILIES
+]
 STATES = list(range(NUM_LAYERS + 1))
 IMAGE_SIZES = [(96, 64), (64, 96), (120, 90), (64, 64)]
 OBJECTS = "This image contains the following types of objects:"
@@ -48,17 +65,25 @@ SAMPLES = [
 ]
 
 
-def reference_pooling(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str):
-    """Pool one hidden state [batch, tokens, hidden] row by row, over the tokens the mask keeps."""
+def reference_pooling(
+    hidden: torch.Tensor, attention_mask: torch.Tensor, image_mask: torch.Tensor, pooling: str
+):
+    """Pool one hidden state [batch, tokens, hidden] row by row, over the tokens the mask keeps
+    (``image_mask``: the image tokens)."""
     rows = []
-    for values, mask in zip(hidden.float(), attention_mask.bool(), strict=True):
-        tokens = values[mask]
+    for values, mask, image in zip(hidden.float(), attention_mask.bool(), image_mask, strict=True):
+        tokens, image = values[mask], image[mask]
+        if pooling.startswith("index:"):
+            rows.append(tokens[int(pooling.removeprefix("index:"))])
+            continue
         rows.append(
             {
                 "last": tokens[-1],
                 "first": tokens[0],
                 "mean": tokens.mean(dim=0),
                 "max": tokens.max(dim=0).values,
+                "image_mean": tokens[image].mean(dim=0),
+                "text_mean": tokens[~image].mean(dim=0),
             }[pooling]
         )
     return torch.stack(rows)
@@ -67,9 +92,9 @@ def reference_pooling(hidden: torch.Tensor, attention_mask: torch.Tensor, poolin
 @pytest.fixture(scope="module")
 def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny-models")
-    for family in FAMILIES:
+    for family in BUILT:
         build_tiny_model(family, root / family, {"num_layers": NUM_LAYERS, "seed": 0})
-    return {family: root / family for family in FAMILIES}
+    return {family: root / family for family in BUILT}
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +103,7 @@ def models(tiny_dirs):
         family: load_model(
             family, {"family": family, "hf_id": str(tiny_dirs[family]), "num_layers": NUM_LAYERS}
         )
-        for family in FAMILIES
+        for family in BUILT
     }
 
 
@@ -118,13 +143,12 @@ def single_sample_reference(loaded, samples) -> dict[str, np.ndarray]:
     pooled = {pooling: [] for pooling in ALL_POOLINGS}
     for path, text in samples.select("image_path", "text").iter_rows():
         inputs = loaded.inputs([load_image(path)], [text])
+        mask, image = inputs["attention_mask"], loaded.image_token_mask(inputs)
         with torch.inference_mode():
             states = loaded.forward(inputs, output_hidden_states=True).hidden_states
         for pooling in ALL_POOLINGS:
             pooled[pooling].append(
-                torch.stack(
-                    [reference_pooling(h, inputs["attention_mask"], pooling)[0] for h in states]
-                )
+                torch.stack([reference_pooling(h, mask, image, pooling)[0] for h in states])
             )
     return {pooling: torch.stack(values).numpy() for pooling, values in pooled.items()}
 
@@ -142,13 +166,13 @@ def assert_pooled_equal(actual, expected, atol=1e-5):
 
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", FAMILY_PARAMS)
 def test_hooks_pool_what_the_forward_pass_returns(loaded, samples, family, padding_side):
     loaded.padding_side = padding_side
     rows = samples[[0, 1, 6]]  # different image sizes and prompt lengths
     images = [load_image(path) for path in rows["image_path"]]
     inputs = loaded.inputs(images, rows["text"].to_list())
-    mask = inputs["attention_mask"]
+    mask, image = inputs["attention_mask"], loaded.image_token_mask(inputs)
     assert (mask == 0).any(), "the batch must need padding"
     assert (mask[:, 0] == 0).any() == (padding_side == "left")
 
@@ -162,14 +186,14 @@ def test_hooks_pool_what_the_forward_pass_returns(loaded, samples, family, paddi
         for index in STATES:
             torch.testing.assert_close(
                 pooled[pooling][:, index],
-                reference_pooling(reference[index], mask, pooling),
+                reference_pooling(reference[index], mask, image, pooling),
                 rtol=1e-5,
                 atol=1e-5,
                 msg=lambda text, p=pooling, i=index: f"{p} pooling, hidden state {i}: {text}",
             )
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", FAMILY_PARAMS)
 def test_prefix_reuse_equals_the_full_forward(loaded, samples, references, family):
     """Prefix once per image, then every prompt's suffix on its cache: the pooled values equal
     the plain full forward's, for every pooling and hidden state."""
@@ -180,7 +204,7 @@ def test_prefix_reuse_equals_the_full_forward(loaded, samples, references, famil
     forward_cached = loaded.forward_cached
 
     def counting(inputs, cache, **kwargs):
-        if "pixel_values" in inputs:
+        if cache.get_seq_length() == 0:  # a prefix pass: it starts the cache
             prefix_passes.append(len(inputs["input_ids"]))
         return forward_cached(inputs, cache, **kwargs)
 
@@ -190,20 +214,41 @@ def test_prefix_reuse_equals_the_full_forward(loaded, samples, references, famil
             pooled = extractor.pool(paths, texts)
     finally:
         del loaded.forward_cached
-    assert extractor.plain_images == 0
-    assert sum(prefix_passes) == len(IMAGE_SIZES)  # one prefix per image
-    assert prefix_passes == [2, 2]
+    if family == "phi4_multimodal":
+        # nothing follows Phi-4's image tokens, so the image with an empty prompt cannot be
+        # split after them: its prefix batch (2 images) takes the plain path
+        assert extractor.plain_images == 2
+        assert prefix_passes == [2]
+    else:
+        assert extractor.plain_images == 0
+        assert prefix_passes == [2, 2]  # one prefix per image
     expected = {
         name: values[order].transpose(1, 0, 2) for name, values in references[family].items()
     }
     assert_pooled_equal(pooled, expected)
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", FAMILY_PARAMS)
 def test_plain_path_equals_the_full_forward(loaded, samples, references, family):
     loaded.padding_side = "right"
     pooled = pool_samples(loaded, samples, ALL_POOLINGS, STATES, 3, prefix_reuse=False)
     assert_pooled_equal(pooled, references[family])
+
+
+def test_a_prefix_lm_family_takes_the_plain_path(models, samples, references, monkeypatch):
+    """An adapter that declares its image prefix not reusable (a prefix-LM such as PaliGemma)
+    is never split: every sample runs whole, and pools as the full forward pass does."""
+    loaded = models["llava"]
+    monkeypatch.setattr(type(loaded), "prefix_reuse", False)
+    monkeypatch.setattr(loaded, "prefix_batch", lambda *args: pytest.fail("prefix split"))
+    pooled = pool_samples(loaded, samples, ALL_POOLINGS, STATES, 3)
+    assert_pooled_equal(pooled, references["llava"])
+
+
+def test_index_minus_one_is_the_last_token(references):
+    for family, pooled in references.items():
+        np.testing.assert_array_equal(pooled["index:-1"], pooled["last"], err_msg=family)
+        np.testing.assert_array_equal(pooled["index:0"], pooled["first"], err_msg=family)
 
 
 def test_prefetch_prepares_the_next_prefix_batch_in_a_thread(models, samples, references):
@@ -280,7 +325,8 @@ def test_extract_writes_every_shard_in_sample_order(tmp_path, models, samples, r
         )
     metadata = read_metadata(paths[0])
     assert metadata["task"] == "caption-tao"
-    assert metadata["poolings"] == {name: POOLINGS[name].definition for name in ALL_POOLINGS}
+    assert metadata["poolings"] == {name: pooling_of(name).definition for name in ALL_POOLINGS}
+    assert "position -6 of the unpadded sequence" in metadata["poolings"]["index:-6"]
     assert metadata["num_hidden_states"] == NUM_LAYERS + 1
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)
 
@@ -443,9 +489,15 @@ def test_bad_arguments_are_named(tmp_path, models, samples):
     loaded = models["llava"]
     out = [tmp_path / "x.parquet"]
     with pytest.raises(
-        ValueError, match=r"\['median'\].*one of \['last', 'mean', 'max', 'first'\]"
+        ValueError,
+        match=r"\['median'\].*one of \['last', 'mean', 'max', 'first', 'image_mean', "
+        r"'text_mean'\] or index:N",
     ):
         extract_activations(loaded, samples, ["median"], [(0, 1)], out, {}, 2)
+    with pytest.raises(ValueError, match=r"index:1\.5"):
+        extract_activations(loaded, samples, ["index:1.5"], [(0, 1)], out, {}, 2)
+    with pytest.raises(ValueError, match=r"pooling index:-500 is outside a sequence of \d+ tok"):
+        extract_activations(loaded, samples, ["index:-500"], [(0, 1)], out, {}, 2)
     with pytest.raises(ValueError, match=r"indices 0\.\.3"):
         extract_activations(loaded, samples, ["last"], [(0, 4)], out, {}, 2)
     with pytest.raises(ValueError, match=r"lack columns \['text'\]"):

@@ -1,5 +1,6 @@
 """Model registry and adapters, on tiny randomly initialised models of the real classes."""
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -11,14 +12,40 @@ from safetensors.torch import load_file
 
 from vlprobe.models import FAMILIES, ModelError, build_tiny_model, load_model
 from vlprobe.models.base import shared_prefix_length
+from vlprobe.models.fast_vlm import FastVlmAdapter
 
 NUM_LAYERS = 3
 MODEL_CLASSES = {
     "qwen2_vl": ("Qwen2VLForConditionalGeneration", "Qwen2VLProcessor"),
+    "qwen2_5_vl": ("Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor"),
     "llava": ("LlavaForConditionalGeneration", "LlavaProcessor"),
+    "llava_onevision": ("LlavaOnevisionForConditionalGeneration", "LlavaOnevisionProcessor"),
     "idefics3": ("Idefics3ForConditionalGeneration", "Idefics3Processor"),
     "gemma3": ("Gemma3ForConditionalGeneration", "Gemma3Processor"),
+    "fast_vlm": ("FastVlmForConditionalGeneration", "LlavaProcessor"),
+    "kosmos2": ("Kosmos2ForConditionalGeneration", "Kosmos2Processor"),
+    "internvl": ("InternVLForConditionalGeneration", "InternVLProcessor"),
+    "phi4_multimodal": ("Phi4MultimodalForCausalLM", "Phi4MultimodalProcessor"),
+    "minicpmv4_6": ("MiniCPMV4_6ForConditionalGeneration", "MiniCPMV4_6Processor"),
 }
+# optional packages that a family's model class needs
+REQUIRES = {"fast_vlm": "timm"}
+
+
+def available(family: str) -> bool:
+    return family not in REQUIRES or importlib.util.find_spec(REQUIRES[family]) is not None
+
+
+BUILT = [family for family in MODEL_CLASSES if available(family)]
+FAMILY_PARAMS = [
+    pytest.param(
+        family,
+        marks=pytest.mark.skipif(
+            not available(family), reason=f"{family} needs {REQUIRES.get(family)}"
+        ),
+    )
+    for family in MODEL_CLASSES
+]
 
 
 def drawing(size: tuple[int, int], colour: tuple[int, int, int]) -> Image.Image:
@@ -37,17 +64,18 @@ def entry(path: Path, family: str, num_layers: int = NUM_LAYERS) -> dict:
 @pytest.fixture(scope="module")
 def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny-models")
-    for family in FAMILIES:
+    for family in BUILT:
         build_tiny_model(family, root / family, {"num_layers": NUM_LAYERS, "seed": 0})
-    return {family: root / family for family in FAMILIES}
+    return {family: root / family for family in BUILT}
 
 
 def test_registry_covers_the_families():
     assert set(FAMILIES) == set(MODEL_CLASSES)
+    assert FAMILIES["qwen2_5_vl"].__mro__[1] is FAMILIES["qwen2_vl"]  # shares M-RoPE
     assert all(adapter.family == family for family, adapter in FAMILIES.items())
 
 
-@pytest.mark.parametrize("family", list(MODEL_CLASSES))
+@pytest.mark.parametrize("family", FAMILY_PARAMS)
 def test_tiny_model_loads_back_as_the_real_class(tiny_dirs, family):
     loaded = load_model("tiny", entry(tiny_dirs[family], family))
     model_class, processor_class = MODEL_CLASSES[family]
@@ -72,21 +100,21 @@ def test_tiny_model_loads_back_as_the_real_class(tiny_dirs, family):
     torch.testing.assert_close(seen[0], output.hidden_states[-1])
 
 
-@pytest.mark.parametrize("family", list(MODEL_CLASSES))
+@pytest.mark.parametrize("family", FAMILY_PARAMS)
 def test_image_placeholder_comes_before_the_text(tiny_dirs, family):
     loaded = load_model("tiny", entry(tiny_dirs[family], family))
     inputs = loaded.inputs([drawing((64, 64), (0, 0, 0))], ["a dog"])
     ids = inputs["input_ids"][0].tolist()
-    image_id = loaded.tokenizer.convert_tokens_to_ids(
-        loaded.tokenizer.image_token if family == "gemma3" else loaded.image_token
-    )
-    assert ids.count(image_id) >= 4  # expanded by the processor into several image tokens
-    text_ids = loaded.tokenizer("a dog", add_special_tokens=False)["input_ids"]
-    assert ids[-len(text_ids) :] == text_ids
-    assert max(i for i, token in enumerate(ids) if token == image_id) < len(ids) - len(text_ids)
+    image = loaded.image_token_mask(inputs)[0]
+    assert image.sum() >= 3  # expanded by the processor into several image tokens
+    if loaded.image_token_id is not None:  # Kosmos-2 marks the positions in its inputs
+        assert (inputs["input_ids"][0][image] == loaded.image_token_id).all()
+    last_image = int(image.nonzero().max())
+    assert loaded.tokenizer.decode(ids[last_image + 1 :]).endswith("a dog")
+    assert "a dog" not in loaded.tokenizer.decode(ids[: last_image + 1])
 
 
-@pytest.mark.parametrize("family", list(MODEL_CLASSES))
+@pytest.mark.parametrize("family", FAMILY_PARAMS)
 def test_the_image_changes_the_activations(tiny_dirs, family):
     loaded = load_model("tiny", entry(tiny_dirs[family], family))
     images = [drawing((64, 64), (230, 30, 30)), drawing((64, 64), (30, 30, 230))]
@@ -131,7 +159,8 @@ def test_tiny_keys_shape_the_model(tmp_path):
 
 
 def test_unknown_family_is_named_with_the_supported_ones(tiny_dirs):
-    with pytest.raises(ValueError, match=r"'my-model'.*'gpt5'.*qwen2_vl, llava") as error:
+    families = r"supported families: qwen2_vl, qwen2_5_vl, llava, .*minicpmv4_6$"
+    with pytest.raises(ValueError, match=rf"'my-model'.*'gpt5'.*{families}") as error:
         load_model("my-model", {**entry(tiny_dirs["llava"], "llava"), "family": "gpt5"})
     assert "\n" not in str(error.value)
     with pytest.raises(ModelError, match="unknown family 'gpt5'"):
@@ -150,8 +179,11 @@ def test_processor_without_image_token(tmp_path, tiny_dirs):
     processor_config = json.loads(config_path.read_text())
     processor_config["image_token"] = "<no_such_token>"
     config_path.write_text(json.dumps(processor_config))
-    with pytest.raises(ModelError, match=r"'text-only'.*no image token.*<no_such_token>"):
+    with pytest.raises(
+        ModelError, match=r"'text-only'.*no image token.*<no_such_token>.*supported families: qwen2"
+    ) as error:
         load_model("text-only", entry(broken, "llava"))
+    assert "\n" not in str(error.value)
 
 
 def test_bad_tiny_keys_are_named_and_nothing_is_written(tmp_path):
@@ -205,10 +237,18 @@ def test_shared_prefix_length_leaves_every_suffix_a_token():
 
 
 def test_every_family_reuses_its_image_prefix():
+    """All families are causal over their image tokens (Gemma-3's bidirectional attention stays
+    within the image), so none is a prefix-LM; test_extract checks reuse against the full pass."""
     assert all(adapter.prefix_reuse for adapter in FAMILIES.values())
 
 
-@pytest.mark.parametrize("family", list(MODEL_CLASSES))
+def test_a_prefix_lm_family_never_splits_a_prefix(tiny_dirs, monkeypatch):
+    loaded = load_model("tiny", entry(tiny_dirs["llava"], "llava"))
+    monkeypatch.setattr(type(loaded), "prefix_reuse", False)
+    assert loaded.prefix_batch([drawing((64, 64), (0, 0, 0))], [["a cat", "a dog"]]) is None
+
+
+@pytest.mark.parametrize("family", FAMILY_PARAMS)
 def test_prefix_and_suffix_are_the_processors_tokens(tiny_dirs, family):
     """Split on the full text's tokens: prefix + suffix are exactly the processor's token ids
     for the image and the prompt, the whole image is in the prefix, and text that all prompts
@@ -219,25 +259,38 @@ def test_prefix_and_suffix_are_the_processors_tokens(tiny_dirs, family):
         drawing((64, 120), (40, 160, 40)),
         drawing((64, 64), (0, 0, 200)),
     ]
-    prefix = loaded.prefix_batch(images, PROMPTS)
+    prompts_of_images = PROMPTS
+    if family == "phi4_multimodal":
+        # nothing follows Phi-4's image tokens: after an empty prompt the image ends the text,
+        # and a suffix cannot be cut after it; such images take the plain path
+        assert loaded.prefix_batch(images, PROMPTS) is None
+        prompts_of_images = [[text for text in texts if text] for texts in PROMPTS]
+    prefix = loaded.prefix_batch(images, prompts_of_images)
     assert prefix is not None
     ids, mask = prefix.inputs["input_ids"], prefix.attention_mask.bool()
     image_ids = set(loaded.image_token_ids)
-    for row, (image, prompts) in enumerate(zip(images, PROMPTS, strict=True)):
+    image = loaded.image_token_mask(prefix.inputs)
+    for row, (picture, prompts) in enumerate(zip(images, prompts_of_images, strict=True)):
         prefix_ids = ids[row][mask[row]].tolist()
         assert not mask[row, : ids.shape[1] - len(prefix_ids)].any()  # padded on the left
-        for text, suffix in zip(prompts, prefix.suffixes[row], strict=True):
-            expected = loaded.processor(images=[[image]], text=[loaded.prompt(text)])
-            assert prefix_ids + suffix == expected["input_ids"][0]
+        expected = [
+            loaded.process([picture], [loaded.prompt(text)], "left")["input_ids"][0].tolist()
+            for text in prompts
+        ]
+        full = loaded.process([picture], [loaded.prompt(prompts[0])], "left")
+        # every image feature of the full sequence is in the prefix
+        assert image[row].sum() == loaded.image_token_mask(full).sum() >= 3
+        for suffix, want in zip(prefix.suffixes[row], expected, strict=True):
+            assert prefix_ids + suffix == want
             assert suffix and not image_ids & set(suffix)
-        if len(prompts) == 2:  # both start with OBJECTS: its tokens but the last are shared
-            shared = loaded.tokenizer(OBJECTS, add_special_tokens=False)["input_ids"]
-            assert prefix_ids[-(len(shared) - 1) :] == shared[:-1]
-    assert set(prefix.inputs) >= {"input_ids", "attention_mask", "pixel_values"}
+        if len(prompts) == 2:  # OBJECTS and OBJECTS + " dog": all of OBJECTS but its last token
+            assert prefix_ids == expected[1][:-1]
+    assert set(prefix.inputs) >= {"input_ids", "attention_mask"}
 
 
-def test_qwen2_vl_suffix_positions_continue_the_m_rope_positions(tiny_dirs):
-    loaded = load_model("tiny", entry(tiny_dirs["qwen2_vl"], "qwen2_vl"))
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_qwen2_vl_suffix_positions_continue_the_m_rope_positions(tiny_dirs, family):
+    loaded = load_model("tiny", entry(tiny_dirs[family], family))
     images = [drawing((96, 64), (220, 40, 40)), drawing((64, 120), (40, 160, 40))]
     prompts = [["a cat", "a dog on a couch"], ["two people"]]
     prefix = loaded.prefix_batch(images, prompts)
@@ -278,3 +331,131 @@ def test_cache_rows_copies_and_leaves_the_prefix_cache_alone(tiny_dirs):
     assert torch.equal(cache.layers[0].keys, keys)
     assert torch.equal(selected.layers[0].keys[:, :, : keys.shape[2]], keys[[1, 0, 0]])
     assert selected.get_seq_length() == cache.get_seq_length() + 1
+
+
+def test_kosmos2_suffix_positions_continue_the_absolute_positions(tiny_dirs):
+    """Kosmos-2 numbers tokens from the padding id on, skipping padding: a suffix continues
+    from its own prefix's length, whatever the left padding of the prefix batch."""
+    loaded = load_model("tiny", entry(tiny_dirs["kosmos2"], "kosmos2"))
+    images = [drawing((96, 64), (220, 40, 40)), drawing((64, 120), (40, 160, 40))]
+    prompts = [["a cat on a couch near the window", "a cat on a couch"], ["two people"]]
+    prefix = loaded.prefix_batch(images, prompts)
+    lengths = prefix.attention_mask.sum(dim=1)
+    assert lengths[0] != lengths[1]  # so one prefix is left-padded
+    padding_idx = loaded.model.config.text_config.pad_token_id
+    assert prefix.next_position.tolist() == (padding_idx + 1 + lengths).tolist()
+    inputs, _ = loaded.suffix_inputs(prefix, torch.tensor([0, 1]), [[5, 6], [7]])
+    assert inputs["position_ids"][:, 0].tolist() == prefix.next_position.tolist()
+
+
+# ------------------------------------------------------------------ loading
+
+
+def remote_code_checkpoint(path: Path) -> Path:
+    """A config.json as Apple's FastVLM checkpoints have it: a model type that transformers
+    does not know, and the remote code's classes in auto_map."""
+    path.mkdir()
+    config = {
+        "model_type": "llava_qwen2",
+        "architectures": ["LlavaQwen2ForCausalLM"],
+        "auto_map": {
+            "AutoConfig": "llava_qwen.LlavaConfig",
+            "AutoModelForCausalLM": "llava_qwen.LlavaQwen2ForCausalLM",
+        },
+    }
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_remote_code_checkpoint_without_the_flag_is_one_clear_error(tmp_path):
+    checkpoint = remote_code_checkpoint(tmp_path / "FastVLM-0.5B")
+    with pytest.raises(
+        ModelError, match=r"'fastvlm'.*remote-code checkpoint.*llava_qwen2.*trust_remote_code: true"
+    ) as error:
+        load_model("fastvlm", entry(checkpoint, "fast_vlm"))
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.skipif(not available("fast_vlm"), reason="fast_vlm needs timm")
+def test_remote_code_loads_through_the_causal_lm_class_with_the_flag(
+    tmp_path, tiny_dirs, monkeypatch
+):
+    """With trust_remote_code, the flag reaches both loaders and the auto_map's class loads
+    the model; the adapter finds the decoder through get_decoder() when the native path is
+    missing. (The remote code itself cannot be downloaded here: the tiny native model stands
+    in for what it returns.)"""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from vlprobe.models import base
+
+    checkpoint = remote_code_checkpoint(tmp_path / "FastVLM-0.5B")
+    tiny_processor = AutoProcessor.from_pretrained(tiny_dirs["fast_vlm"])
+    tiny_model = AutoModelForImageTextToText.from_pretrained(tiny_dirs["fast_vlm"])
+    calls = []
+
+    def processor(hf_id, **kwargs):
+        calls.append(("processor", hf_id, kwargs))
+        return tiny_processor
+
+    def causal_lm(hf_id, **kwargs):
+        calls.append(("model", hf_id, kwargs))
+        return tiny_model
+
+    monkeypatch.setattr(base.AutoProcessor, "from_pretrained", processor)
+    monkeypatch.setattr(base.AutoModelForCausalLM, "from_pretrained", causal_lm)
+    remote = type("RemoteFastVlm", (FastVlmAdapter,), {"language_model_path": "no.such.path"})
+    loaded = remote.load("fastvlm", {**entry(checkpoint, "fast_vlm"), "trust_remote_code": True})
+    assert [(kind, hf_id) for kind, hf_id, _ in calls] == [
+        ("processor", str(checkpoint)),
+        ("model", str(checkpoint)),
+    ]
+    assert all(kwargs["trust_remote_code"] is True for _, _, kwargs in calls)
+    assert loaded.decoder_layers is loaded.model.get_decoder().layers
+    assert loaded.num_layers == NUM_LAYERS
+
+
+@pytest.mark.skipif(not available("fast_vlm"), reason="fast_vlm needs timm")
+def test_remote_code_model_without_image_token_names_the_families(tmp_path, tiny_dirs, monkeypatch):
+    from transformers import AutoProcessor, Qwen2Config, Qwen2ForCausalLM
+
+    from vlprobe.models import base
+
+    checkpoint = remote_code_checkpoint(tmp_path / "FastVLM-0.5B")
+    tiny_processor = AutoProcessor.from_pretrained(tiny_dirs["fast_vlm"])
+    text_model = Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=len(tiny_processor.tokenizer),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=NUM_LAYERS,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    )
+    monkeypatch.setattr(base.AutoProcessor, "from_pretrained", lambda *a, **k: tiny_processor)
+    monkeypatch.setattr(base.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: text_model)
+    with pytest.raises(
+        ModelError, match=r"'fastvlm'.*no image_token_id.*supported families: .*fast_vlm"
+    ) as error:
+        load_model("fastvlm", {**entry(checkpoint, "fast_vlm"), "trust_remote_code": True})
+    assert "\n" not in str(error.value)
+
+
+def test_phi4_multimodal_loads_and_activates_its_vision_lora(tmp_path, tiny_dirs):
+    """As the model card prescribes, the vision-lora subfolder is loaded and set active."""
+    peft = pytest.importorskip("peft")
+    checkpoint = tmp_path / "phi4"
+    shutil.copytree(tiny_dirs["phi4_multimodal"], checkpoint)
+    lora = peft.get_peft_model(
+        load_model("base", entry(checkpoint, "phi4_multimodal")).model,
+        peft.LoraConfig(r=4, target_modules=["qkv_proj", "o_proj"], init_lora_weights=False),
+    )
+    lora.save_pretrained(checkpoint / "vision-lora")
+    plain = load_model("plain", entry(tiny_dirs["phi4_multimodal"], "phi4_multimodal"))
+    with_lora = load_model("lora", entry(checkpoint, "phi4_multimodal"))
+    assert with_lora.model.active_adapters() == ["vision"]
+    inputs = with_lora.inputs([drawing((64, 64), (200, 0, 0))], ["a cat"])
+    with torch.inference_mode():
+        assert not torch.allclose(
+            with_lora.forward(inputs).logits, plain.forward(inputs).logits, atol=1e-4
+        )

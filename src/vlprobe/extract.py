@@ -29,13 +29,14 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ from PIL import Image
 from tqdm import tqdm
 from transformers import BatchFeature
 
+from vlprobe.baselines import load_blank_image
 from vlprobe.models import LoadedVLM, load_model
 from vlprobe.models.base import PrefixBatch
 from vlprobe.storage import atomic_path, shard_path, write_activations, write_text
@@ -59,16 +61,25 @@ CHUNK_FORMAT = 1  # bump when the chunk files change meaning
 
 @dataclass(frozen=True)
 class TokenMask:
-    """Which positions of a padded batch hold tokens, and where each sequence starts and ends."""
+    """Which positions of a padded batch hold tokens, and where each sequence starts and ends;
+    which of them hold image features; and, per ``index:N`` pooling, the (row, position) pairs
+    whose hidden states it gathers."""
 
     mask: torch.Tensor  # [batch, seq] bool
     first: torch.Tensor  # [batch] index of the first token
     last: torch.Tensor  # [batch] index of the last token
     count: torch.Tensor  # [batch, 1] float32 number of tokens
     rows: torch.Tensor  # [batch] arange, for gathering one position per row
+    image: torch.Tensor  # [batch, seq] bool: tokens that hold image features
+    picks: Mapping[int, tuple[torch.Tensor, torch.Tensor]]  # N -> (rows, positions)
 
     @classmethod
-    def from_attention_mask(cls, attention_mask: torch.Tensor) -> TokenMask:
+    def from_attention_mask(
+        cls,
+        attention_mask: torch.Tensor,
+        image_mask: torch.Tensor | None = None,
+        picks: Mapping[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> TokenMask:
         mask = attention_mask.bool()
         as_int = mask.int()
         # argmax returns the first maximal index: the first token, or (flipped) the last one;
@@ -77,13 +88,42 @@ class TokenMask:
         last = mask.shape[1] - 1 - as_int.flip(dims=[1]).argmax(dim=1)
         count = as_int.sum(dim=1, keepdim=True).float()
         rows = torch.arange(mask.shape[0], device=mask.device)
-        return cls(mask=mask, first=first, last=last, count=count, rows=rows)
+        image = torch.zeros_like(mask) if image_mask is None else mask & image_mask.bool()
+        return cls(mask, first, last, count, rows, image, dict(picks or {}))
+
+    def counts(self) -> dict[str, torch.Tensor]:
+        """Tokens per row [batch, 1] float32: all of them, image ones, text ones."""
+        image = self.image.sum(dim=1, keepdim=True).float()
+        return {"all": self.count, "image": image, "text": self.count - image}
+
+
+def index_positions(index: int, lengths: torch.Tensor) -> torch.Tensor:
+    """Position of token ``index`` (negative: counted from the end) in sequences of ``lengths``
+    tokens; an index outside a sequence is an error."""
+    positions = lengths + index if index < 0 else torch.full_like(lengths, index)
+    if ((positions < 0) | (positions >= lengths)).any():
+        raise ValueError(
+            f"pooling index:{index} is outside a sequence of {int(lengths.min())} tokens"
+        )
+    return positions
+
+
+def _masked_sum(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # float32 before summing: half-precision sums over hundreds of tokens overflow; `where`
+    # rather than multiplying by the mask, so that non-finite values at padding cannot leak in
+    return torch.where(mask[..., None], hidden.float(), 0.0).sum(dim=1)
 
 
 def _reduce_sum(hidden: torch.Tensor, tokens: TokenMask) -> torch.Tensor:
-    # float32 before summing: half-precision sums over hundreds of tokens overflow; `where`
-    # rather than multiplying by the mask, so that non-finite values at padding cannot leak in
-    return torch.where(tokens.mask[..., None], hidden.float(), 0.0).sum(dim=1)
+    return _masked_sum(hidden, tokens.mask)
+
+
+def _reduce_image_sum(hidden: torch.Tensor, tokens: TokenMask) -> torch.Tensor:
+    return _masked_sum(hidden, tokens.image)
+
+
+def _reduce_text_sum(hidden: torch.Tensor, tokens: TokenMask) -> torch.Tensor:
+    return _masked_sum(hidden, tokens.mask & ~tokens.image)
 
 
 def _reduce_max(hidden: torch.Tensor, tokens: TokenMask) -> torch.Tensor:
@@ -101,74 +141,136 @@ def _reduce_last(hidden: torch.Tensor, tokens: TokenMask) -> torch.Tensor:
 # what a hook computes from one hidden state [batch, tokens, hidden] -> [batch, hidden]
 REDUCTIONS: dict[str, Callable[[torch.Tensor, TokenMask], torch.Tensor]] = {
     "sum": _reduce_sum,
+    "image_sum": _reduce_image_sum,
+    "text_sum": _reduce_text_sum,
     "max": _reduce_max,
     "first": _reduce_first,
     "last": _reduce_last,
 }
 
 
+def reduce_hidden(name: str, hidden: torch.Tensor, tokens: TokenMask) -> torch.Tensor:
+    """Reduction ``name`` of one hidden state; ``index:N`` gathers ``tokens.picks[N]``
+    ([picks, hidden], one per sequence that takes token N from this pass)."""
+    if name.startswith("index:"):
+        rows, positions = tokens.picks[int(name.removeprefix("index:"))]
+        return hidden[rows, positions].float()
+    return REDUCTIONS[name](hidden, tokens)
+
+
 @dataclass(frozen=True)
 class Pooling:
-    """A pooling strategy: its definition (recorded in the output metadata) and the reductions
-    it needs over a whole sequence, over an image prefix and over a prompt suffix."""
+    """A pooling strategy: its definition (recorded in the output metadata), the reductions it
+    needs over a whole sequence, over an image prefix and over a prompt suffix, and the token
+    count ("all", "image", "text") that divides its sums (None: not a mean)."""
 
     definition: str
     whole: str
     prefix: str | None
     suffix: str | None
+    count: str | None = None
+    index: int | None = None  # N of index:N
 
 
 POOLINGS: dict[str, Pooling] = {
     "last": Pooling("hidden state of the last non-padding token", "last", None, "last"),
-    "mean": Pooling("mean over all non-padding tokens (image and text)", "sum", "sum", "sum"),
+    "mean": Pooling(
+        "mean over all non-padding tokens (image and text)", "sum", "sum", "sum", count="all"
+    ),
     "max": Pooling(
         "element-wise maximum over all non-padding tokens (image and text)", "max", "max", "max"
     ),
     "first": Pooling("hidden state of the first non-padding token", "first", "first", None),
+    "image_mean": Pooling(
+        "mean over the image tokens (the positions that the image features fill)",
+        "image_sum",
+        "image_sum",
+        "image_sum",
+        count="image",
+    ),
+    "text_mean": Pooling(
+        "mean over the non-image, non-padding tokens (prompt text and special tokens)",
+        "text_sum",
+        "text_sum",
+        "text_sum",
+        count="text",
+    ),
 }
+INDEX_POOLING = re.compile(r"index:(-?\d+)")
+
+
+def pooling_of(name: str) -> Pooling:
+    """The pooling called ``name``: one of :data:`POOLINGS`, or ``index:N``."""
+    if name in POOLINGS:
+        return POOLINGS[name]
+    match = INDEX_POOLING.fullmatch(name)
+    if match is None:
+        raise KeyError(name)
+    index = int(match.group(1))
+    reduction = f"index:{index}"
+    return Pooling(
+        f"hidden state of the token at position {index} of the unpadded sequence "
+        "(negative: counted from the end, -1 is the last token)",
+        reduction,
+        reduction,
+        reduction,
+        index=index,
+    )
 
 
 def check_poolings(poolings: Sequence[str]) -> None:
-    unknown = [name for name in poolings if name not in POOLINGS]
+    unknown = [
+        name for name in poolings if name not in POOLINGS and not INDEX_POOLING.fullmatch(name)
+    ]
     if unknown or not poolings:
-        raise ValueError(f"poolings {list(poolings)}: each must be one of {list(POOLINGS)}")
+        raise ValueError(
+            f"poolings {list(poolings)}: each must be one of {list(POOLINGS)} or index:N"
+        )
 
 
 def pool_whole(
-    poolings: Sequence[str], reduced: Mapping[str, torch.Tensor], count: torch.Tensor
+    poolings: Sequence[str], reduced: Mapping[str, torch.Tensor], counts: Mapping[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     """Pooled values [batch, states, hidden] from reductions over whole sequences."""
     pooled = {}
     for name in poolings:
-        values = reduced[POOLINGS[name].whole]
-        pooled[name] = values / count[:, :, None] if name == "mean" else values
+        pooling = pooling_of(name)
+        values = reduced[pooling.whole]
+        if pooling.count is not None:
+            values = values / counts[pooling.count][:, :, None]
+        pooled[name] = values
     return pooled
 
 
 def pool_parts(
     poolings: Sequence[str],
     prefix: Mapping[str, torch.Tensor],
-    prefix_count: torch.Tensor,
+    prefix_counts: Mapping[str, torch.Tensor],
     suffix: Mapping[str, torch.Tensor],
-    suffix_count: torch.Tensor,
-    rows: torch.Tensor,
+    suffix_counts: Mapping[str, torch.Tensor],
+    from_prefix: Mapping[int, torch.Tensor],
 ) -> dict[str, torch.Tensor]:
-    """Pooled values of sequences made of prefix ``rows[k]`` followed by suffix ``k``.
+    """Pooled values of sequences made of a prefix followed by a suffix.
 
     ``prefix`` and ``suffix`` hold reductions [batch, states, hidden] over the tokens of each
-    part; counts are [batch, 1] token numbers.
+    part, row ``k`` of both belonging to sequence ``k``; counts are [batch, 1] token numbers;
+    ``from_prefix[N]`` [batch] tells whether token N of a sequence is in its prefix.
     """
     pooled = {}
     for name in poolings:
+        pooling = pooling_of(name)
         if name == "last":
             pooled[name] = suffix["last"]
         elif name == "first":
-            pooled[name] = prefix["first"][rows]
-        elif name == "mean":
-            total = prefix_count[rows] + suffix_count
-            pooled[name] = (prefix["sum"][rows] + suffix["sum"]) / total[:, :, None]
+            pooled[name] = prefix["first"]
         elif name == "max":
-            pooled[name] = torch.maximum(prefix["max"][rows], suffix["max"])
+            pooled[name] = torch.maximum(prefix["max"], suffix["max"])
+        elif pooling.count is not None:  # means: sums and counts of both parts
+            total = prefix_counts[pooling.count] + suffix_counts[pooling.count]
+            pooled[name] = (prefix[pooling.prefix] + suffix[pooling.suffix]) / total[:, :, None]
+        else:  # index:N, from whichever part holds token N
+            in_prefix = from_prefix[pooling.index][:, None, None]
+            pooled[name] = torch.where(in_prefix, prefix[pooling.prefix], suffix[pooling.suffix])
     return pooled
 
 
@@ -191,6 +293,8 @@ class LayerPooler:
         self.model = model
         self.poolings = list(poolings)
         self.hidden_states = list(hidden_states)
+        # the N of the index:N poolings
+        self.indices = sorted({i for name in poolings if (i := pooling_of(name).index) is not None})
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._tokens: TokenMask | None = None
         self._reductions: list[str] = []
@@ -241,24 +345,24 @@ class LayerPooler:
             )
         self._seen[slot] = True
         for name in self._reductions:
-            self._reduced[name][:, slot] = REDUCTIONS[name](hidden, self._tokens)
+            values = reduce_hidden(name, hidden, self._tokens)
+            if name not in self._reduced:  # [rows of this reduction, states, hidden]
+                self._reduced[name] = values.new_empty(
+                    (values.shape[0], len(self.hidden_states), values.shape[1])
+                )
+            self._reduced[name][:, slot] = values
 
     def reduce(
-        self, run: Callable[[], object], token_mask: torch.Tensor, reductions: Sequence[str]
+        self, run: Callable[[], object], tokens: TokenMask, reductions: Sequence[str]
     ) -> dict[str, torch.Tensor]:
-        """Call ``run`` (one forward pass) and reduce the tokens that ``token_mask`` [batch,
-        tokens] marks in each hidden state it computes.
+        """Call ``run`` (one forward pass) and reduce the tokens that ``tokens`` marks in each
+        hidden state it computes.
 
-        Returns, per reduction, a float32 tensor [batch, len(hidden_states), hidden] on the
-        model's device.
+        Returns, per reduction, a float32 tensor [rows, len(hidden_states), hidden] on the
+        model's device: one row per sequence, or per pick for ``index:N``.
         """
-        tokens = TokenMask.from_attention_mask(token_mask)
-        shape = (tokens.mask.shape[0], len(self.hidden_states), self.model.hidden_size)
         self._reductions = sorted(set(reductions))
-        self._reduced = {
-            name: torch.empty(shape, dtype=torch.float32, device=tokens.mask.device)
-            for name in self._reductions
-        }
+        self._reduced = {}
         self._seen = [False] * len(self.hidden_states)
         self._tokens = tokens
         try:
@@ -274,13 +378,20 @@ class LayerPooler:
     def pool(self, inputs: BatchFeature) -> dict[str, torch.Tensor]:
         """Pool one plain batch; per pooling a float32 CPU tensor [batch, states, hidden]."""
         mask = inputs["attention_mask"]
+        tokens = TokenMask.from_attention_mask(mask, self.model.image_token_mask(inputs))
+        lengths = tokens.count[:, 0].long()
+        picks = {  # token N of each row: the rows' tokens are contiguous (left or right padding)
+            index: (tokens.rows, tokens.first + index_positions(index, lengths))
+            for index in self.indices
+        }
+        tokens = replace(tokens, picks=picks)
         reduced = self.reduce(
             lambda: self.model.forward(inputs),
-            mask,
-            [POOLINGS[name].whole for name in self.poolings],
+            tokens,
+            [pooling_of(name).whole for name in self.poolings],
         )
-        count = mask.sum(dim=1, keepdim=True).float()
-        return {k: v.cpu() for k, v in pool_whole(self.poolings, reduced, count).items()}
+        pooled = pool_whole(self.poolings, reduced, tokens.counts())
+        return {k: v.cpu() for k, v in pooled.items()}
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
@@ -362,6 +473,7 @@ class Extractor:
         batch_size: int,
         prefix_reuse: bool | None = None,
         prefetch: bool | None = None,
+        load: Callable[[str], Image.Image] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -372,6 +484,7 @@ class Extractor:
         self.prefix_reuse = model.prefix_reuse if prefix_reuse is None else prefix_reuse
         self.prefetch = model.device.type == "cuda" if prefetch is None else prefetch
         self.pooler = LayerPooler(model, poolings, hidden_states)
+        self.load = load or load_image  # the blank-image baseline swaps in its own
         self.plain_images = 0  # images that took the plain path although reuse was on
         self._worker: ThreadPoolExecutor | None = None
         self._round = 0  # calls of pool(), so that a batch prepared ahead is never misplaced
@@ -439,7 +552,7 @@ class Extractor:
             for path, _, _ in batch:
                 if path not in loaded:
                     loaded.clear()  # samples of one image are consecutive
-                    loaded[path] = load_image(path)
+                    loaded[path] = self.load(path)
                 pictures.append(loaded[path])
             pooled = self.pooler.pool(self.model.inputs(pictures, [text for _, text, _ in batch]))
             self._store(out, [position for _, _, position in batch], pooled)
@@ -449,7 +562,7 @@ class Extractor:
     def _prepare(self, images: Sequence[_Image]) -> PrefixBatch | None:
         """CPU work of a prefix batch: decode the images, run the processor, tokenise."""
         return self.model.prefix_batch(
-            [load_image(image.path) for image in images], [image.texts for image in images]
+            [self.load(image.path) for image in images], [image.texts for image in images]
         )
 
     def _prepared(self, images: Sequence[_Image], start: int, end: int) -> PrefixBatch | None:
@@ -486,52 +599,100 @@ class Extractor:
         cache = model.new_cache()
         extra = {} if prefix.position_ids is None else {"position_ids": prefix.position_ids}
         prefix_mask = prefix.attention_mask
-        prefix_reduced = self.pooler.reduce(
-            lambda: model.forward_cached(prefix.inputs, cache, **extra),
-            prefix_mask,
-            [r for name in self.poolings if (r := POOLINGS[name].prefix) is not None],
-        )
-        prefix_count = prefix_mask.sum(dim=1, keepdim=True).float()
         suffixes = [
             (row, ids, position)
             for row, image in enumerate(images)
             for ids, position in zip(prefix.suffixes[row], image.positions, strict=True)
         ]
+        # token N of every prompt, by its position in the whole sequence: the prefix pass
+        # gathers it for the prompts whose prefix holds it (the others' picks are clamped into
+        # the prefix and dropped in pool_parts)
+        prefix_lengths = prefix_mask.sum(dim=1)
+        item_rows = torch.tensor([row for row, _, _ in suffixes], device=model.device)
+        item_prefix = prefix_lengths[item_rows]
+        item_lengths = item_prefix + torch.tensor(
+            [len(ids) for _, ids, _ in suffixes], device=model.device
+        )
+        positions = {index: index_positions(index, item_lengths) for index in self.pooler.indices}
+        width = prefix_mask.shape[1]  # prefixes are left-padded
+        tokens = TokenMask.from_attention_mask(
+            prefix_mask,
+            model.image_token_mask(prefix.inputs),
+            {
+                index: (item_rows, width - item_prefix + torch.minimum(at, item_prefix - 1))
+                for index, at in positions.items()
+            },
+        )
+        prefix_reduced = self.pooler.reduce(
+            lambda: model.forward_cached(prefix.inputs, cache, **extra),
+            tokens,
+            [r for name in self.poolings if (r := pooling_of(name).prefix) is not None],
+        )
+        prefix_part = _PrefixPart(prefix, cache, prefix_reduced, tokens.counts(), positions)
         # suffix passes of about as many tokens as the prefix pass
         longest = max(len(ids) for _, ids, _ in suffixes)
-        per_pass = max(self.batch_size, self.batch_size * prefix_mask.shape[1] // longest)
+        per_pass = max(self.batch_size, self.batch_size * width // longest)
         for start in range(0, len(suffixes), per_pass):
-            self._pool_suffixes(
-                prefix, cache, prefix_reduced, prefix_count, suffixes[start : start + per_pass], out
-            )
+            items = torch.arange(start, min(start + per_pass, len(suffixes)), device=model.device)
+            self._pool_suffixes(prefix_part, items, suffixes[start : start + per_pass], out)
 
     def _pool_suffixes(
         self,
-        prefix: PrefixBatch,
-        cache: Any,
-        prefix_reduced: Mapping[str, torch.Tensor],
-        prefix_count: torch.Tensor,
+        prefix: _PrefixPart,
+        items: torch.Tensor,
         suffixes: Sequence[tuple[int, list[int], int]],
         out: dict[str, np.ndarray],
     ) -> None:
+        """Pool prompts ``items`` of a prefix batch: their suffixes in one pass on the cache."""
         model = self.model
         rows = torch.tensor([row for row, _, _ in suffixes], device=model.device)
-        inputs, suffix_mask = model.suffix_inputs(prefix, rows, [ids for _, ids, _ in suffixes])
-        suffix_cache = model.cache_rows(cache, rows)
+        inputs, suffix_mask = model.suffix_inputs(
+            prefix.batch, rows, [ids for _, ids, _ in suffixes]
+        )
+        suffix_cache = model.cache_rows(prefix.cache, rows)
+        prefix_lengths = prefix.counts["all"][rows, 0].long()
+        # no image tokens here: prefix_batch keeps them all in the prefix
+        tokens = TokenMask.from_attention_mask(
+            suffix_mask,
+            picks={
+                index: (
+                    torch.arange(len(suffixes), device=model.device),
+                    (at[items] - prefix_lengths).clamp(min=0),
+                )
+                for index, at in prefix.positions.items()
+            },
+        )
         suffix_reduced = self.pooler.reduce(
             lambda: model.forward_cached(inputs, suffix_cache),
-            suffix_mask,
-            [r for name in self.poolings if (r := POOLINGS[name].suffix) is not None],
+            tokens,
+            [r for name in self.poolings if (r := pooling_of(name).suffix) is not None],
         )
+        # the prefix's reductions of each suffix's own prefix (index:N ones are per prompt)
+        prefix_reduced = {
+            name: values[items if name.startswith("index:") else rows]
+            for name, values in prefix.reduced.items()
+        }
         pooled = pool_parts(
             self.poolings,
             prefix_reduced,
-            prefix_count,
+            {name: count[rows] for name, count in prefix.counts.items()},
             suffix_reduced,
-            suffix_mask.sum(dim=1, keepdim=True).float(),
-            rows,
+            tokens.counts(),
+            {index: at[items] < prefix_lengths for index, at in prefix.positions.items()},
         )
         self._store(out, [position for _, _, position in suffixes], pooled)
+
+
+@dataclass
+class _PrefixPart:
+    """A prefix batch after its forward pass: the KV cache, the reductions and token counts of
+    its rows, and per ``index:N`` pooling the position of token N in each prompt."""
+
+    batch: PrefixBatch
+    cache: Any
+    reduced: Mapping[str, torch.Tensor]
+    counts: Mapping[str, torch.Tensor]
+    positions: Mapping[int, torch.Tensor]
 
 
 def pool_samples(
@@ -680,6 +841,7 @@ def extract_activations(
     prefix_reuse: bool | None = None,
     prefetch: bool | None = None,
     on_chunk: Callable[[int, int], None] | None = None,
+    load: Callable[[str], Image.Image] | None = None,
 ) -> None:
     """Pool the hidden states of ``samples`` (sample_id, image_path, text) and write them.
 
@@ -707,7 +869,9 @@ def extract_activations(
     if chunk_samples < 1:
         raise ValueError(f"chunk_samples must be >= 1, got {chunk_samples}")
     hidden_states = sorted({i for first, last in shards for i in range(first, last + 1)})
-    extractor = Extractor(model, poolings, hidden_states, batch_size, prefix_reuse, prefetch)
+    extractor = Extractor(
+        model, poolings, hidden_states, batch_size, prefix_reuse, prefetch, load=load
+    )
 
     plan = plan_chunks(samples, chunk_samples)
     key = {
@@ -830,7 +994,7 @@ def _write_shards(
     slot_of = {index: slot for slot, index in enumerate(hidden_states)}
     shard_metadata = {
         **metadata,
-        "poolings": {name: POOLINGS[name].definition for name in poolings},
+        "poolings": {name: pooling_of(name).definition for name in poolings},
         "num_hidden_states": model.num_layers + 1,
     }
     sample_ids = samples["sample_id"].to_numpy()
@@ -866,8 +1030,12 @@ def run_extraction(
     metadata: Mapping[str, Any] | None = None,
     chunk_samples: int = CHUNK_SAMPLES,
     on_chunk: Callable[[int, int], None] | None = None,
+    batch_size: int | None = None,
 ) -> None:
     """One extraction job: load the model of a config entry, pool, write one file per shard.
+
+    ``batch_size`` overrides the entry's (the workflow halves it on each retry); it does not
+    change the pooled values, so chunks of an attempt with another batch size are reused.
 
     Finished chunks are kept in ``<out_dir>.chunks/`` (see :func:`chunk_dir_of`), so that a
     re-run after a kill resumes.
@@ -891,9 +1059,10 @@ def run_extraction(
             "dtype": model_entry.get("dtype", "float32"),
             **(metadata or {}),
         },
-        model_entry["batch_size"],
+        batch_size or model_entry["batch_size"],
         chunk_dir=chunk_dir_of(out_dir),
         chunk_samples=chunk_samples,
         resume_key={"model_name": model_name, "entry": dict(model_entry), "device": device},
         on_chunk=on_chunk,
+        load=load_blank_image if model_entry.get("baseline") == "blank_image" else None,
     )

@@ -24,11 +24,15 @@ rule extract:
         "logs/extract/{model}/{task}/part-{part}.log",
     benchmark:
         "benchmarks/out/extract/{model}/{task}/part-{part}.tsv"
+    wildcard_constraints:
+        model="[A-Za-z0-9_.-]+(@(random_init|blank_image))?",
+    retries: config["extract"].get("retries", 2)
     conda:
         "../../envs/extract.yaml"
     threads: 2
     resources:
         gpu=lambda wc: 0 if config["extract"]["device"] == "cpu" else 1,
+        batch_size=extract_batch_size,
     params:
         model=lambda wc: {**model_entry(wc.model), "hf_id": model_dir(wc.model)},
         images_dir=coco_sources()["images"],
@@ -39,3 +43,59 @@ rule extract:
         chunk_samples=config["extract"]["chunk_samples"],
     script:
         "../scripts/extract.py"
+
+
+rule text_embedding:
+    input:
+        task="results/tasks/{task}.parquet",
+    output:
+        directory(f"results/activations/{TEXT_EMBEDDING_MODEL}/{{task}}/part-0"),
+    log:
+        f"logs/extract/{TEXT_EMBEDDING_MODEL}/{{task}}/part-0.log",
+    benchmark:
+        f"benchmarks/out/extract/{TEXT_EMBEDDING_MODEL}/{{task}}/part-0.tsv"
+    wildcard_constraints:
+        task="caption-[A-Za-z0-9_]+",
+    conda:
+        "../../envs/tasks.yaml"
+    params:
+        embedding_model=config["caption"]["embedding_model"],
+    script:
+        "../scripts/text_embedding.py"
+
+
+rule first_tokens:
+    input:
+        tasks=expand(
+            "results/tasks/object-{prompt}.parquet", prompt=config["object"]["prompts"]
+        ),
+        images="results/data/images.parquet",
+        model=model_input,
+    output:
+        table="results/first_tokens/{model}.parquet",
+        tsv=report(
+            "results/first_tokens/{model}.tsv",
+            caption="../report/first_tokens.rst",
+            category="Tables",
+            labels={"table": "first tokens", "model": "{model}"},
+        ),
+    log:
+        "logs/first_tokens/{model}.log",
+    benchmark:
+        "benchmarks/out/first_tokens/{model}.tsv"
+    wildcard_constraints:
+        model="[A-Za-z0-9_.-]+",
+    conda:
+        "../../envs/extract.yaml"
+    threads: 2
+    resources:
+        gpu=lambda wc: 0 if config["extract"]["device"] == "cpu" else 1,
+    params:
+        model=lambda wc: {**model_entry(wc.model), "hf_id": model_dir(wc.model)},
+        prompts=list(config["object"]["prompts"]),
+        images_dir=coco_sources()["images"],
+        device=config["extract"]["device"],
+        category=config.get("first_tokens", {}).get("category", "person"),
+        top_k=config.get("first_tokens", {}).get("top_k", 10),
+    script:
+        "../scripts/first_tokens.py"

@@ -18,6 +18,7 @@ with job_log(snakemake.log[0]):
     run_extraction(
         model_name=snakemake.wildcards.model,
         model_entry=snakemake.params.model,
+        batch_size=snakemake.resources.batch_size,
         samples=samples,
         poolings=snakemake.params.poolings,
         shards=snakemake.params.shards,

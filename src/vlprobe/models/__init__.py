@@ -12,15 +12,34 @@ from typing import Any
 
 import torch
 
-from vlprobe.models.base import LoadedVLM, ModelError
+from vlprobe.models.base import LoadedVLM, ModelError, NoImageTokenError
+from vlprobe.models.fast_vlm import FastVlmAdapter
 from vlprobe.models.gemma3 import Gemma3Adapter
 from vlprobe.models.idefics3 import Idefics3Adapter
+from vlprobe.models.internvl import InternVLAdapter
+from vlprobe.models.kosmos2 import Kosmos2Adapter
 from vlprobe.models.llava import LlavaAdapter
+from vlprobe.models.llava_onevision import LlavaOnevisionAdapter
+from vlprobe.models.minicpmv4_6 import MiniCPMV4_6Adapter
+from vlprobe.models.phi4_multimodal import Phi4MultimodalAdapter
+from vlprobe.models.qwen2_5_vl import Qwen2_5VLAdapter
 from vlprobe.models.qwen2_vl import Qwen2VLAdapter
 
 FAMILIES: dict[str, type[LoadedVLM]] = {
     adapter.family: adapter
-    for adapter in (Qwen2VLAdapter, LlavaAdapter, Idefics3Adapter, Gemma3Adapter)
+    for adapter in (
+        Qwen2VLAdapter,
+        Qwen2_5VLAdapter,
+        LlavaAdapter,
+        LlavaOnevisionAdapter,
+        Idefics3Adapter,
+        Gemma3Adapter,
+        FastVlmAdapter,
+        Kosmos2Adapter,
+        InternVLAdapter,
+        Phi4MultimodalAdapter,
+        MiniCPMV4_6Adapter,
+    )
 }
 
 __all__ = [
@@ -33,13 +52,15 @@ __all__ = [
 ]
 
 
+def supported_families() -> str:
+    return f"supported families: {', '.join(FAMILIES)}"
+
+
 def family_adapter(family: str, name: str | None = None) -> type[LoadedVLM]:
     """The adapter class of a family; an unknown family is named in a one-line error."""
     if family not in FAMILIES:
         subject = f"model {name!r}: " if name else ""
-        raise ModelError(
-            f"{subject}unknown family {family!r}; supported families: {', '.join(FAMILIES)}"
-        )
+        raise ModelError(f"{subject}unknown family {family!r}; {supported_families()}")
     return FAMILIES[family]
 
 
@@ -50,8 +71,12 @@ def load_model(
 
     ``entry`` keys: family, hf_id (hub id or local directory), revision, dtype, num_layers
     (checked against the checkpoint), attn_implementation (default sdpa), trust_remote_code.
+    A checkpoint without an image token is not of any family: the error lists them.
     """
-    return family_adapter(entry["family"], name).load(name, entry, device=device)
+    try:
+        return family_adapter(entry["family"], name).load(name, entry, device=device)
+    except NoImageTokenError as err:
+        raise ModelError(f"{err}; {supported_families()}") from err
 
 
 def build_tiny_model(family: str, out_dir: str | os.PathLike, tiny: Mapping[str, Any]) -> None:
@@ -64,8 +89,9 @@ def build_tiny_model(family: str, out_dir: str | os.PathLike, tiny: Mapping[str,
     ``tiny`` keys (defaults in brackets): num_layers (required), hidden_size [64], seed [0],
     num_attention_heads [4], num_key_value_heads [2], intermediate_size [2 * hidden_size],
     vocab_size [1000, an upper bound], vision_hidden_size [32], vision_layers [2],
-    vision_attention_heads [2]; and per family: qwen2_vl min_image_tokens [16],
-    max_image_tokens [64]; llava image_size [56]; idefics3 image_size [64]; gemma3
-    image_size [64], image_tokens [16].
+    vision_attention_heads [2]; and per family: qwen2_vl and qwen2_5_vl min_image_tokens [16],
+    max_image_tokens [64]; gemma3 image_size [64], image_tokens [16]; image_size for llava
+    [56], llava_onevision [28], idefics3 [64], fast_vlm [64], kosmos2 [28], internvl [56],
+    minicpmv4_6 [112]. phi4_multimodal has no keys of its own (its crops are 448 pixels).
     """
     family_adapter(family).build_tiny(out_dir, tiny)

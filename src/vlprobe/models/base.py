@@ -2,10 +2,18 @@
 reuse, tiny models.
 
 A family is a subclass of :class:`LoadedVLM` that states only what differs between families:
-where the language model sits in the checkpoint, how the image placeholder reads before the
-prompt, its special tokens, whether its image prefix can be reused across prompts, its position
-ids when they are not the plain 0, 1, 2, ... (M-RoPE), and how to build a tiny randomly
-initialised model of the real class.
+where the language model sits in the checkpoint (and its Auto class), how the image placeholder
+reads before the prompt, which tokens hold the image features, its special tokens, whether its
+image prefix can be reused across prompts, its position ids when they are not the plain 0, 1,
+2, ... (M-RoPE, Kosmos-2's padding-skipping ones), and how to build a tiny randomly initialised
+model of the real class; and, where a family needs it, how the processor is called
+(:meth:`LoadedVLM.process`), how prompts are tokenised for prefix reuse
+(:meth:`LoadedVLM.prompt_token_ids`) and what is done to the model once loaded
+(:meth:`LoadedVLM.prepare_model`).
+
+Remote-code checkpoints (a model type that transformers does not have) load only with
+``trust_remote_code``, through the class their config's ``auto_map`` names; their decoder is
+found through ``get_decoder()`` if the family's path does not exist in them.
 
 Image prefix reuse. The prompts of one image share a prefix: the image block (the processor's
 expansion of the placeholder) and whatever text all of them start with. In a decoder that is causal
@@ -34,16 +42,21 @@ import torch
 from PIL import Image
 from torch import nn
 from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
     AutoModelForImageTextToText,
     AutoProcessor,
     BatchFeature,
     DynamicCache,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     ProcessorMixin,
 )
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.utils import ModelOutput
 
+from vlprobe.baselines import RANDOM_INIT_SEED
 from vlprobe.models.tiny import SpecialTokens, build_tokenizer
 
 log = logging.getLogger(__name__)
@@ -57,6 +70,7 @@ TOKEN_INPUTS: dict[str, int | None] = {
     "attention_mask": 0,
     "token_type_ids": 0,
     "mm_token_type_ids": 0,
+    "image_embeds_position_mask": 0,  # Kosmos-2: where the image features go
 }
 
 # Keys of a config entry's `tiny:` block that every family understands, with their defaults;
@@ -79,6 +93,10 @@ class ModelError(ValueError):
     """A model that cannot be used as configured; the message names the model."""
 
 
+class NoImageTokenError(ModelError):
+    """A checkpoint whose processor, tokenizer or config has no image token."""
+
+
 @dataclass
 class PrefixBatch:
     """The shared prefixes of several images, ready for one forward pass, and their prompts' rest.
@@ -99,6 +117,22 @@ class PrefixBatch:
         return self.inputs["attention_mask"]
 
 
+def random_init_model(
+    auto_model: type, hf_id: str, source: Mapping[str, Any], settings: Mapping[str, Any]
+) -> PreTrainedModel:
+    """The checkpoint's architecture with freshly initialised weights (the random-init baseline).
+
+    Built from the checkpoint's config alone, under a fixed seed, so no weights are read and
+    the baseline is the same in every run.
+    """
+    config = AutoConfig.from_pretrained(hf_id, **source)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        return auto_model.from_config(
+            config, trust_remote_code=source.get("trust_remote_code", False), **settings
+        )
+
+
 class LoadedVLM(abc.ABC):
     """A vision-language model and its processor, with what probing needs to know about them.
 
@@ -107,8 +141,12 @@ class LoadedVLM(abc.ABC):
     """
 
     family: ClassVar[str]
-    # dotted path, inside the loaded model, of the language model (it has .layers and .norm)
+    # dotted path, inside the loaded model, of the language model (it has .layers), and the
+    # name of its final norm in it
     language_model_path: ClassVar[str] = "model.language_model"
+    final_norm_name: ClassVar[str] = "norm"
+    # the Auto class that loads the family's checkpoints
+    auto_model_class: ClassVar[type] = AutoModelForImageTextToText
     # special tokens of the tiny model's tokenizer (those of the real checkpoints)
     special_tokens: ClassVar[SpecialTokens]
     # tiny keys of this family only, with their defaults
@@ -132,13 +170,14 @@ class LoadedVLM(abc.ABC):
         self.processor = processor
         self.device = torch.device(device)
         self.padding_side = padding_side
-        self.image_token = image_token_of(name, processor)
+        self.image_token = self.image_token_in(name, processor)
+        self.image_token_id = self.image_feature_token_id(name, model)
         if self.tokenizer.pad_token is None:
             # batches need padding; many causal LM checkpoints ship without a pad token
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        language_model = model.get_submodule(self.language_model_path)
+        language_model = self.find_language_model(name, model)
         self.decoder_layers: nn.ModuleList = language_model.layers
-        self.final_norm: nn.Module = language_model.norm
+        self.final_norm: nn.Module = getattr(language_model, self.final_norm_name)
 
     @classmethod
     def load(
@@ -154,18 +193,24 @@ class LoadedVLM(abc.ABC):
             "trust_remote_code": entry.get("trust_remote_code", False),
         }
         try:
+            auto_model = model_class_of(name, hf_id, source, cls.auto_model_class)
             processor = AutoProcessor.from_pretrained(hf_id, **source)
-            image_token_of(name, processor)  # before loading weights: fail fast
-            model = AutoModelForImageTextToText.from_pretrained(
-                hf_id,
-                dtype=DTYPES[dtype],
-                attn_implementation=entry.get("attn_implementation", "sdpa"),
-                **source,
-            )
+            cls.image_token_in(name, processor)  # before loading weights: fail fast
+            settings = {
+                "dtype": DTYPES[dtype],
+                "attn_implementation": entry.get("attn_implementation", "sdpa"),
+            }
+            if entry.get("baseline") == "random_init":
+                model = random_init_model(auto_model, hf_id, source, settings)
+            else:
+                model = auto_model.from_pretrained(hf_id, **settings, **source)
+            model = cls.prepare_model(name, model, hf_id, source)
         except (OSError, ValueError) as err:
             if isinstance(err, ModelError):
                 raise
-            raise ModelError(f"model {name!r}: cannot load {hf_id}: {err}") from err
+            # transformers' messages span lines; the job log wants one
+            reason = " ".join(str(err).split())
+            raise ModelError(f"model {name!r}: cannot load {hf_id}: {reason}") from err
         loaded = cls(name, model, processor, device=device)
         if loaded.num_layers != entry["num_layers"]:
             raise ModelError(
@@ -173,6 +218,44 @@ class LoadedVLM(abc.ABC):
                 f"{loaded.num_layers} decoder layers"
             )
         return loaded
+
+    @classmethod
+    def prepare_model(
+        cls, name: str, model: PreTrainedModel, hf_id: str, source: Mapping[str, Any]
+    ) -> PreTrainedModel:
+        """The loaded model made ready for probing (e.g. an adapter of the checkpoint loaded)."""
+        return model
+
+    @classmethod
+    def image_token_in(cls, name: str, processor: ProcessorMixin) -> str:
+        """The placeholder token that the processor expands into the image's tokens."""
+        return image_token_of(name, processor)
+
+    def image_feature_token_id(self, name: str, model: PreTrainedModel) -> int | None:
+        """The id of the tokens whose embeddings the model replaces by image features."""
+        token_id = getattr(model.config, "image_token_id", None)
+        if token_id is None:
+            raise NoImageTokenError(
+                f"model {name!r}: its config ({type(model.config).__name__}) has no "
+                "image_token_id; is it a vision-language checkpoint?"
+            )
+        return token_id
+
+    def find_language_model(self, name: str, model: PreTrainedModel) -> nn.Module:
+        """The decoder (with ``.layers`` and the final norm): at ``language_model_path``, else
+        (remote code) wherever the model's ``get_decoder`` points."""
+        try:
+            language_model = model.get_submodule(self.language_model_path)
+        except AttributeError:
+            language_model = model.get_decoder()
+        if not isinstance(getattr(language_model, "layers", None), nn.ModuleList) or not hasattr(
+            language_model, self.final_norm_name
+        ):
+            raise ModelError(
+                f"model {name!r}: cannot find the decoder layers of {type(model).__name__} "
+                f"(looked at {self.language_model_path!r} and get_decoder())"
+            )
+        return language_model
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
@@ -187,10 +270,13 @@ class LoadedVLM(abc.ABC):
     def hidden_size(self) -> int:
         return self.model.config.get_text_config().hidden_size
 
+    # text after the image token, before the prompt (a newline where the chat template has one)
+    image_token_suffix: ClassVar[str] = ""
+
     @property
     def image_placeholder(self) -> str:
         """The text put before the prompt where the image goes; the processor expands it."""
-        return self.image_token
+        return self.image_token + self.image_token_suffix
 
     def prompt(self, text: str) -> str:
         """The model's text input for a prompt: the image placeholder, then the prompt."""
@@ -202,14 +288,29 @@ class LoadedVLM(abc.ABC):
             raise ValueError(
                 f"padding_side must be one of {PADDING_SIDES}, got {self.padding_side!r}"
             )
-        batch = self.processor(
-            images=[[image] for image in images],  # one image per prompt
-            text=[self.prompt(text) for text in texts],
-            padding=True,
-            padding_side=self.padding_side,
-            return_tensors="pt",
-        )
+        batch = self.process(images, [self.prompt(text) for text in texts], self.padding_side)
         return batch.to(device=self.device, dtype=self.model.dtype)
+
+    def process(
+        self,
+        images: Sequence[Image.Image],
+        texts: Sequence[str],
+        padding_side: str,
+        **kwargs: Any,
+    ) -> BatchFeature:
+        """The processor's tensors for (image, model text) pairs, padded on ``padding_side``."""
+        return self.processor(
+            images=[[image] for image in images],  # one image per text
+            text=list(texts),
+            padding=True,
+            padding_side=padding_side,
+            return_tensors="pt",
+            **kwargs,
+        )
+
+    def image_token_mask(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Where the image features go in a batch of model inputs: [batch, tokens] bool."""
+        return inputs["input_ids"] == self.image_token_id
 
     def forward(self, inputs: BatchFeature, **kwargs: Any) -> ModelOutput:
         """One forward pass without KV cache; logits only at the last position."""
@@ -222,42 +323,24 @@ class LoadedVLM(abc.ABC):
     ) -> PrefixBatch | None:
         """The shared prefixes of ``images`` and the suffixes of their ``prompts`` (per image).
 
-        Each image is processed once. Every prompt is tokenised as the processor does it (the
-        prompt with the image placeholder expanded to this image's replacement text, then the
-        tokenizer), so its token ids equal the plain path's; this is checked against the
-        processor's own ids for the first prompt of each image. An image's prefix is the longest
-        run of token ids that all its prompts start with, stopping one token before the end of
-        the shortest prompt, so no suffix is empty. None if the prompts cannot share a prefix
-        (the ids differ from the processor's, or an image token would fall into a suffix); the
-        caller then takes the plain path.
+        Every prompt's token ids are those of the plain path (:meth:`prompt_token_ids`); this is
+        checked against the processor's own ids for the first prompt of each image. An image's
+        prefix is the longest run of token ids that all its prompts start with, stopping one
+        token before the end of the shortest prompt, so no suffix is empty. None if the prompts
+        cannot share a prefix (the ids differ from the processor's, or an image token would fall
+        into a suffix); the caller then takes the plain path.
         """
         if not self.prefix_reuse:
             return None
-        processed = self.processor(
-            images=[[image] for image in images],
-            text=[self.prompt(texts[0]) for texts in prompts],
-            padding=True,
-            padding_side="left",
-            return_tensors="pt",
-            return_text_replacement_offsets=True,
-        )
-        replacements = [
-            [offset["replacement"] for offset in row]
-            for row in processed.pop("text_replacement_offsets")
-        ]
-        expanded: list[str] = []
-        for image_replacements, texts in zip(replacements, prompts, strict=True):
-            image_texts, _ = self.processor.get_text_with_replacements(
-                [self.prompt(text) for text in texts], image_replacements * len(texts)
-            )
-            expanded.extend(image_texts)
-        all_ids = self.tokenizer(expanded)["input_ids"]
-        image_token_ids = set(self.image_token_ids)
+        processed, all_ids = self.prompt_token_ids(images, prompts)
         mask = processed["attention_mask"].bool()
-        lengths, suffixes, start = [], [], 0
-        for row, texts in enumerate(prompts):
-            ids = all_ids[start : start + len(texts)]
-            start += len(texts)
+        # every token that depends on the image must be in the prefix: the features' positions
+        # and the tokens around them (e.g. InternVL's <img> ... </img>)
+        image_related = self.image_token_mask(processed) | torch.isin(
+            processed["input_ids"], torch.tensor(self.image_token_ids)
+        )
+        lengths, suffixes = [], []
+        for row, ids in enumerate(all_ids):
             if ids[0] != processed["input_ids"][row][mask[row]].tolist():
                 log.warning(
                     "%s: a prompt tokenised apart from its image differs from the processor's "
@@ -266,8 +349,7 @@ class LoadedVLM(abc.ABC):
                 )
                 return None
             length = shared_prefix_length(ids)
-            n_image_tokens = sum(token in image_token_ids for token in ids[0])
-            if sum(token in image_token_ids for token in ids[0][:length]) != n_image_tokens:
+            if image_related[row][mask[row]][length:].any():
                 log.warning(
                     "%s: image tokens end less than one token before the end of a prompt; "
                     "these images take the plain path",
@@ -295,11 +377,40 @@ class LoadedVLM(abc.ABC):
             next_position.to(self.device),
         )
 
+    def prompt_token_ids(
+        self, images: Sequence[Image.Image], prompts: Sequence[Sequence[str]]
+    ) -> tuple[BatchFeature, list[list[list[int]]]]:
+        """The processor's output for each image with its first prompt (left-padded), and the
+        token ids of every prompt of every image as the plain path has them.
+
+        Each image is processed once: the other prompts get the same replacement text for the
+        image placeholder, then the tokenizer, as the processor does it.
+        """
+        processed = self.process(
+            images,
+            [self.prompt(texts[0]) for texts in prompts],
+            "left",
+            return_text_replacement_offsets=True,
+        )
+        replacements = [
+            [offset["replacement"] for offset in row]
+            for row in processed.pop("text_replacement_offsets")
+        ]
+        expanded: list[str] = []
+        for image_replacements, texts in zip(replacements, prompts, strict=True):
+            image_texts, _ = self.processor.get_text_with_replacements(
+                [self.prompt(text) for text in texts], image_replacements * len(texts)
+            )
+            expanded.extend(image_texts)
+        flat = iter(self.tokenizer(expanded)["input_ids"])
+        return processed, [[next(flat) for _ in texts] for texts in prompts]
+
     @property
     def image_token_ids(self) -> list[int]:
-        """Ids of the tokens that the image features replace; they must all be in the prefix."""
-        ids = getattr(self.processor, "image_token_ids", None)
-        return list(ids) if ids else [self.tokenizer.convert_tokens_to_ids(self.image_token)]
+        """Ids of the tokens that mark the image (the features' placeholder and, per processor,
+        the tokens around it); they must all be in the prefix."""
+        ids = [i for i in getattr(self.processor, "image_token_ids", None) or [] if i is not None]
+        return ids or [self.tokenizer.convert_tokens_to_ids(self.image_token)]
 
     def prefix_positions(self, inputs: BatchFeature) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Position ids of the prefix pass (None: the model's default) and, per image, the
@@ -349,7 +460,9 @@ class LoadedVLM(abc.ABC):
         The copy's own later updates concatenate into new tensors; ``cache`` stays as it is.
         """
         selected = copy.deepcopy(cache)
-        selected.batch_select_indices(rows)
+        # reorder_cache (beam search's row selection) knows every kind of cache layer: keys and
+        # values, and the recurrent states of linear-attention layers
+        selected.reorder_cache(rows)
         return selected
 
     def forward_cached(
@@ -422,12 +535,35 @@ def left_padded(rows: Sequence[torch.Tensor], pad: int) -> torch.Tensor:
     return out
 
 
+def model_class_of(name: str, hf_id: str, source: Mapping[str, Any], native: type) -> type:
+    """The Auto class that loads a checkpoint, read from its config.json before any code runs:
+    ``native`` for model types that transformers has; for a remote-code checkpoint (only with
+    ``trust_remote_code``), the class that its ``auto_map`` names."""
+    config, _ = PretrainedConfig.get_config_dict(hf_id, revision=source["revision"])
+    model_type = config.get("model_type")
+    if model_type in CONFIG_MAPPING:
+        return native
+    if not source["trust_remote_code"]:
+        raise ModelError(
+            f"model {name!r}: {hf_id} is a remote-code checkpoint (model_type {model_type!r} is "
+            "not in transformers); set trust_remote_code: true in its entry to run its code"
+        )
+    auto_map = config.get("auto_map", {})
+    for auto_class in (AutoModelForImageTextToText, AutoModelForCausalLM):
+        if auto_class.__name__ in auto_map:
+            return auto_class
+    raise ModelError(
+        f"model {name!r}: the remote code of {hf_id} has no AutoModelForImageTextToText or "
+        f"AutoModelForCausalLM in its auto_map ({sorted(auto_map)})"
+    )
+
+
 def image_token_of(name: str, processor: ProcessorMixin) -> str:
     """The processor's image placeholder token, which its tokenizer must know as one token."""
     image_token = getattr(processor, "image_token", None)
     tokenizer = getattr(processor, "tokenizer", None)
     if image_token is None or tokenizer is None or image_token not in tokenizer.get_vocab():
-        raise ModelError(
+        raise NoImageTokenError(
             f"model {name!r}: its processor {type(processor).__name__} has no image token in its "
             f"tokenizer (image_token={image_token!r}); is it a vision-language checkpoint?"
         )

@@ -33,11 +33,8 @@ class LlavaAdapter(LoadedVLM):
         bos="<s>", eos="</s>", pad="<pad>", unk="<unk>", extra=("<image>",)
     )
     tiny_defaults = {"image_size": 56}
-
-    @property
-    def image_placeholder(self) -> str:
-        # LLaVA-1.5 puts the image on its own line before the question
-        return f"{self.image_token}\n"
+    # LLaVA-1.5 puts the image on its own line before the question
+    image_token_suffix = "\n"
 
     @classmethod
     def tiny_model_and_processor(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from transformers import (
@@ -30,6 +30,11 @@ class Qwen2VLAdapter(LoadedVLM):
     Tiny keys: ``min_image_tokens`` (16) and ``max_image_tokens`` (64) bound the image tokens
     per image, through the image processor's pixel limits.
     """
+
+    # the real classes; Qwen2.5-VL swaps them and its vision tower
+    config_class: ClassVar[type] = Qwen2VLConfig
+    model_class: ClassVar[type] = Qwen2VLForConditionalGeneration
+    processor_class: ClassVar[type] = Qwen2VLProcessor
 
     family = "qwen2_vl"
     special_tokens = SpecialTokens(
@@ -68,11 +73,24 @@ class Qwen2VLAdapter(LoadedVLM):
         return super().suffix_position_ids(next_position, width).expand(3, -1, -1)
 
     @classmethod
+    def tiny_vision_config(cls, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """The vision tower of a tiny model: a small ViT with the real patch and merge sizes."""
+        return {
+            "depth": spec["vision_layers"],
+            "embed_dim": spec["vision_hidden_size"],
+            "num_heads": spec["vision_attention_heads"],
+            "mlp_ratio": 2,
+            "hidden_size": spec["hidden_size"],  # the merger's output feeds the decoder
+            "patch_size": PATCH_SIZE,
+            "spatial_merge_size": MERGE_SIZE,
+        }
+
+    @classmethod
     def tiny_model_and_processor(
         cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]
     ) -> tuple[Qwen2VLForConditionalGeneration, Qwen2VLProcessor]:
         pixels_per_token = (PATCH_SIZE * MERGE_SIZE) ** 2
-        processor = Qwen2VLProcessor(
+        processor = cls.processor_class(
             image_processor=Qwen2VLImageProcessor(
                 min_pixels=spec["min_image_tokens"] * pixels_per_token,
                 max_pixels=spec["max_image_tokens"] * pixels_per_token,
@@ -84,7 +102,7 @@ class Qwen2VLAdapter(LoadedVLM):
         # the real model's proportions: 16/24/24 of 64
         rotary_half = spec["hidden_size"] // spec["num_attention_heads"] // 2
         spatial = 3 * rotary_half // 8
-        config = Qwen2VLConfig(
+        config = cls.config_class(
             text_config={
                 **text_config_kwargs(tokenizer, spec),
                 "rope_parameters": {
@@ -92,15 +110,7 @@ class Qwen2VLAdapter(LoadedVLM):
                     "mrope_section": [rotary_half - 2 * spatial, spatial, spatial],
                 },
             },
-            vision_config={
-                "depth": spec["vision_layers"],
-                "embed_dim": spec["vision_hidden_size"],
-                "num_heads": spec["vision_attention_heads"],
-                "mlp_ratio": 2,
-                "hidden_size": spec["hidden_size"],  # the merger's output feeds the decoder
-                "patch_size": PATCH_SIZE,
-                "spatial_merge_size": MERGE_SIZE,
-            },
+            vision_config=cls.tiny_vision_config(spec),
             **{
                 f"{kind}_token_id": tokenizer.convert_tokens_to_ids(token)
                 for kind, token in [
@@ -111,4 +121,4 @@ class Qwen2VLAdapter(LoadedVLM):
                 ]
             },
         )
-        return Qwen2VLForConditionalGeneration(config), processor
+        return cls.model_class(config), processor
