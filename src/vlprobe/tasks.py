@@ -28,7 +28,8 @@ from vlprobe.storage import METADATA_KEY, atomic_path
 log = logging.getLogger(__name__)
 
 TASK_KINDS = ("caption", "object")
-CATEGORY_MODES = ("none", "others")
+CATEGORY_MODES = ("none", "others", "self")
+CATEGORY_PLACEHOLDER = "{category}"
 ENTAILMENT = "entailment"
 
 
@@ -65,7 +66,10 @@ def embed_captions(texts: list[str], model_spec: str, batch_size: int = 256) -> 
     """Unit-norm sentence embeddings [len(texts), dim] as float32."""
     model = _sentence_model(model_spec)
     if not texts:
-        return np.zeros((0, model.get_sentence_embedding_dimension()), dtype=np.float32)
+        dimension = getattr(model, "get_embedding_dimension", None) or (
+            model.get_sentence_embedding_dimension  # sentence-transformers < 6
+        )
+        return np.zeros((0, dimension()), dtype=np.float32)
     vectors = model.encode(
         texts,
         batch_size=batch_size,
@@ -82,39 +86,148 @@ def _embedding_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+CANDIDATE_BLOCK = 256  # positives whose candidates are drawn together, one generator per block
+SCORE_BUDGET = 32_000_000  # similarity scores held at once (float32: 128 MB)
+
+
+def _pool_groups(pool_image_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pool sorted by image: ``(order, start, count)``.
+
+    ``order`` lists pool rows image by image; for every pool row, its image's captions are
+    positions ``start .. start + count - 1`` of ``order``.
+    """
+    order = np.argsort(pool_image_ids, kind="stable")
+    _, first, inverse, counts = np.unique(
+        pool_image_ids[order], return_index=True, return_inverse=True, return_counts=True
+    )
+    start = np.empty(len(order), dtype=np.int64)
+    count = np.empty(len(order), dtype=np.int64)
+    start[order], count[order] = first[inverse], counts[inverse]
+    return order, start, count
+
+
+def _draw_other_positions(
+    rng: np.random.Generator, start: np.ndarray, count: np.ndarray, n_pool: int, k: int
+) -> np.ndarray:
+    """``[len(start), k]`` distinct positions in ``0..n_pool-1`` per row, none in its own
+    ``start .. start + count - 1``: a uniform k-subset of the other images' captions.
+
+    Vectorised over the rows. A row's draws index the ``n_pool - count`` other positions; a
+    draw ``u`` at or past ``start`` is shifted by ``count`` (the offset trick), so the own
+    image is never drawn. Usual case (k at most half the others): draws with replacement,
+    of which the first k distinct ones in draw order are kept - the same distribution as
+    sampling without replacement. Rows short of k distinct draws draw again, more.
+    Otherwise: the k smallest of uniform random keys over the whole pool, own ones excluded.
+    """
+    n_other = n_pool - count
+    smallest = int(n_other.min())
+    if 2 * k > smallest:
+        column = np.arange(n_pool)
+        chunk = max(1, SCORE_BUDGET // n_pool)  # rows of keys held at once
+        positions = []
+        for first in range(0, len(start), chunk):
+            rows = slice(first, first + chunk)
+            keys = rng.random((len(start[rows]), n_pool))
+            own = (column >= start[rows, None]) & (column < (start + count)[rows, None])
+            keys[own] = np.inf
+            positions.append(np.argpartition(keys, k - 1, axis=1)[:, :k])
+        return np.concatenate(positions)
+    # expected draws until k distinct of N: N ln(N / (N - k)); spread below sqrt(2k)
+    expected = smallest * np.log(smallest / (smallest - k))
+    n_draws = int(expected + 4 * np.sqrt(2 * k) + 32)
+    drawn = np.empty((len(start), k), dtype=np.int64)
+    todo = np.arange(len(start))
+    while len(todo):
+        draws = rng.integers(0, n_other[todo][:, None], size=(len(todo), n_draws))
+        # sorting (value, draw index) as one key finds each value's first draw
+        keys = draws * n_draws + np.arange(n_draws)
+        keys.sort(axis=1)
+        values = keys // n_draws
+        leading = np.ones(keys.shape, dtype=bool)
+        leading[:, 1:] = values[:, 1:] != values[:, :-1]
+        # draw indices of first draws (others past the end); the k earliest are kept
+        first_draw = np.where(leading, keys - values * n_draws, n_draws)
+        done = leading.sum(axis=1) >= k
+        kept = np.partition(first_draw[done], k - 1, axis=1)[:, :k]
+        drawn[todo[done]] = np.take_along_axis(draws[done], kept, axis=1)
+        todo, n_draws = todo[~done], 2 * n_draws
+    return drawn + count[:, None] * (drawn >= start[:, None])
+
+
+def candidate_sets(
+    positive_rows: np.ndarray,
+    pool_image_ids: np.ndarray,
+    n_candidates: int,
+    seed: int,
+    block_size: int = CANDIDATE_BLOCK,
+):
+    """The candidates of every positive, block by block: yields ``(offset, [block, k] rows)``.
+
+    Each positive (a pool row) gets ``k = min(n_candidates, n_pool - largest image's caption
+    count)`` distinct pool rows of other images, drawn uniformly. Block ``b`` (positives
+    ``b * block_size`` on) draws from its own generator ``default_rng([seed, b])``: the sets
+    depend on the seed and the block size only.
+    """
+    positive_rows = np.asarray(positive_rows)
+    pool_image_ids = np.asarray(pool_image_ids)
+    order, start, count = _pool_groups(pool_image_ids)
+    k = min(n_candidates, len(pool_image_ids) - int(count.max(initial=0)))
+    if k <= 0:
+        raise TaskError("the caption pool has no caption of another image")
+    for block, offset in enumerate(range(0, len(positive_rows), block_size)):
+        rows = positive_rows[offset : offset + block_size]
+        rng = np.random.default_rng([seed, block])
+        positions = _draw_other_positions(rng, start[rows], count[rows], len(order), k)
+        yield offset, order[positions]
+
+
 def mine_hard_negatives(
     positive_rows: np.ndarray,
     pool_image_ids: np.ndarray,
     embeddings: np.ndarray,
     n_candidates: int,
     seed: int,
-    block_size: int = 256,
+    block_size: int = CANDIDATE_BLOCK,
+    pool_text_ids: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each positive caption (a row of the pool), the most similar of sampled candidates.
 
-    Candidates are ``n_candidates`` pool captions drawn without replacement from captions of
-    other images. Similarities of a block of positives against the whole pool are one matrix
-    product; the candidates' scores are then gathered from it. Returns ``(negative rows,
+    Candidates are :func:`candidate_sets`: ``n_candidates`` pool captions of other images,
+    drawn without replacement, vectorised per block of positives. Similarities of a slice of
+    positives against the whole pool are one matrix product (BLAS; cheaper on CPU than
+    gathering each positive's candidate vectors, even for a train2017-sized pool); the
+    candidates' scores are then gathered from it and the best taken (first on ties).
+    ``pool_text_ids`` (optional, equal for captions of the same text): a candidate with the
+    positive's own text is never taken (COCO repeats some captions across images; as a
+    negative such a caption would describe the image). Returns ``(negative rows,
     similarities)``.
     """
-    rng = np.random.default_rng(seed)
-    n_pool = len(pool_image_ids)
-    max_own = int(np.bincount(np.unique(pool_image_ids, return_inverse=True)[1]).max())
-    n_draw = min(n_candidates + max_own, n_pool)
+    positive_rows = np.asarray(positive_rows)
     negatives = np.empty(len(positive_rows), dtype=np.int64)
     similarities = np.empty(len(positive_rows), dtype=np.float32)
-    for start in range(0, len(positive_rows), block_size):
-        rows = positive_rows[start : start + block_size]
-        scores = embeddings[rows] @ embeddings.T  # [block, pool]
-        for offset, row in enumerate(rows):
-            drawn = rng.choice(n_pool, size=n_draw, replace=False)
-            candidates = drawn[pool_image_ids[drawn] != pool_image_ids[row]][:n_candidates]
-            if len(candidates) == 0:
-                raise TaskError("the caption pool has no caption of another image")
-            best = candidates[np.argmax(scores[offset, candidates])]
-            negatives[start + offset] = best
-            similarities[start + offset] = scores[offset, best]
+    per_product = max(1, SCORE_BUDGET // max(len(pool_image_ids), 1))
+    for offset, candidates in candidate_sets(
+        positive_rows, pool_image_ids, n_candidates, seed, block_size
+    ):
+        for sub in range(0, len(candidates), per_product):
+            chosen = candidates[sub : sub + per_product]
+            rows = positive_rows[offset + sub : offset + sub + len(chosen)]
+            scores = embeddings[rows] @ embeddings.T  # [slice, pool]
+            candidate_scores = np.take_along_axis(scores, chosen, axis=1)
+            if pool_text_ids is not None:
+                same_text = pool_text_ids[chosen] == pool_text_ids[rows][:, None]
+                candidate_scores[same_text] = -np.inf
+            best = np.argmax(candidate_scores, axis=1)
+            at = slice(offset + sub, offset + sub + len(chosen))
+            negatives[at] = np.take_along_axis(chosen, best[:, None], axis=1)[:, 0]
+            similarities[at] = np.take_along_axis(candidate_scores, best[:, None], axis=1)[:, 0]
     return negatives, similarities
+
+
+def caption_text_ids(texts: list[str]) -> np.ndarray:
+    """Ids equal for captions that read the same (case, spacing and a final period aside)."""
+    normalised = [" ".join(text.lower().split()).rstrip(" .") for text in texts]
+    return np.unique(np.asarray(normalised, dtype=object), return_inverse=True)[1]
 
 
 def build_caption_pairs(
@@ -132,7 +245,8 @@ def build_caption_pairs(
     captions are its negative pool (all captions of the split's source annotation file).
     Columns: pair_id, image_id, split, caption_id, caption, label (1/0), positive_caption_id,
     similarity (negatives: cosine similarity to the positive), source_image_id (the image the
-    caption belongs to).
+    caption belongs to). A negative never reads the same as its positive (see
+    :func:`caption_text_ids`).
     """
     rng = np.random.default_rng(seed)
     frames = []
@@ -169,8 +283,14 @@ def build_caption_pairs(
             [embedded[pool_file], embed_captions(pool_texts[n_pool_file:], embedding_model)]
         )
         positive_rows = np.array([pool_row[caption_id] for _, _, caption_id, _ in positives])
+        text_ids = caption_text_ids(pool_texts)
         negative_rows, similarity = mine_hard_negatives(
-            positive_rows, np.asarray(pool_images), embeddings, n_candidates, seed
+            positive_rows,
+            np.asarray(pool_images),
+            embeddings,
+            n_candidates,
+            seed,
+            pool_text_ids=text_ids,
         )
         pos = pl.DataFrame(
             positives, schema=["image_id", "split", "caption_id", "caption"], orient="row"
@@ -188,19 +308,93 @@ def build_caption_pairs(
             similarity=pl.Series(similarity),
             source_image_id=pl.Series(np.asarray(pool_images)[negative_rows]),
         )
+        repeated = np.bincount(text_ids)[text_ids[positive_rows]] > 1
         log.info(
-            "%s: %d positives, %d hard negatives (mean similarity %.3f), pool of %d captions",
+            "%s: %d positives, %d hard negatives (mean similarity %.3f), pool of %d captions; "
+            "%d positives' text recurs in the pool (never taken as their negative)",
             split,
             pos.height,
             neg.height,
             float(similarity.mean()),
             len(pool_ids),
+            int(repeated.sum()),
         )
         frames += [pos, neg]
     pairs = pl.concat(frames).sort(
         "image_id", "positive_caption_id", "label", descending=[False, False, True]
     )
     return pairs.with_row_index("pair_id").with_columns(pl.col("pair_id").cast(pl.Int64))
+
+
+def negative_examples(pairs: pl.DataFrame, n: int, seed: int) -> pl.DataFrame:
+    """An audit sample of the mined hard negatives: ``n`` positives drawn with the seed.
+
+    One row per sampled positive, most similar negative first: image_id, split, positive
+    (its caption) and positive_caption_id, negative (the mined caption), negative_caption_id,
+    source_image_id (the image the negative belongs to) and similarity (cosine, sentence
+    embeddings).
+    """
+    positives = pairs.filter(pl.col("label") == 1).select("positive_caption_id", positive="caption")
+    negatives = (
+        pairs.filter(pl.col("label") == 0)
+        .sort("pair_id")
+        .select(
+            "image_id",
+            "split",
+            "positive_caption_id",
+            "source_image_id",
+            "similarity",
+            negative_caption_id="caption_id",
+            negative="caption",
+        )
+    )
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(negatives.height, size=min(n, negatives.height), replace=False))
+    return (
+        negatives[chosen]
+        .join(positives, on="positive_caption_id", how="left")
+        .select(
+            "image_id",
+            "split",
+            "positive",
+            "negative",
+            "similarity",
+            "source_image_id",
+            "positive_caption_id",
+            "negative_caption_id",
+        )
+        .sort("similarity", "positive_caption_id", descending=[True, False])
+    )
+
+
+def write_html_table(frame: pl.DataFrame, path: str | os.PathLike, title: str) -> None:
+    """A self-contained HTML page with ``frame`` as a table (for ``snakemake --report``)."""
+    from html import escape
+
+    def cell(value: Any) -> str:
+        return escape(f"{value:.3f}" if isinstance(value, float) else str(value))
+
+    header = "".join(f"<th>{escape(column)}</th>" for column in frame.columns)
+    body = "\n".join(
+        "<tr>" + "".join(f"<td>{cell(value)}</td>" for value in row) + "</tr>"
+        for row in frame.iter_rows()
+    )
+    page = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{escape(title)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 1em; }}
+table {{ border-collapse: collapse; font-size: 0.9em; }}
+th, td {{ border: 1px solid #ccc; padding: 0.3em 0.5em; text-align: left; vertical-align: top; }}
+th {{ background: #f2f2f2; }}
+</style></head>
+<body><h3>{escape(title)}</h3>
+<table><thead><tr>{header}</tr></thead>
+<tbody>
+{body}
+</tbody></table></body></html>
+"""
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(page, encoding="utf-8")
 
 
 def build_object_rows(
@@ -220,8 +414,17 @@ def build_object_rows(
             present, default=[], return_dtype=pl.List(pl.String)
         )
     )
-    empty = rows.filter(pl.col("present").list.len() == 0).height
-    log.info("%d images, %d without any annotated object", rows.height, empty)
+    counts = rows.group_by("split").agg(
+        pl.len().alias("images"), (pl.col("present").list.len() == 0).sum().alias("empty")
+    )
+    per_split = {split: (n, empty) for split, n, empty in counts.iter_rows()}
+    log.info(
+        "images without any annotated object (kept, every label negative): %s",
+        ", ".join(
+            f"{split} {per_split.get(split, (0, 0))[1]} of {per_split.get(split, (0, 0))[0]}"
+            for split in ("train", "eval")
+        ),
+    )
     return rows
 
 
@@ -239,7 +442,14 @@ def caption_task(pairs: pl.DataFrame, template: str) -> pl.DataFrame:
     return pairs.rename({"pair_id": "sample_id"}).with_columns(text=pl.Series(texts))
 
 
-def object_task(objects: pl.DataFrame, template: str, categories: str, seed: int) -> pl.DataFrame:
+def object_task(
+    objects: pl.DataFrame,
+    template: str,
+    categories: str,
+    seed: int,
+    names: list[str] | None = None,
+    absent_per_image: int | None = None,
+) -> pl.DataFrame:
     """Fill an object prompt variant.
 
     ``categories='none'`` (NoCat): one row per image, the template as is.
@@ -247,30 +457,73 @@ def object_task(objects: pl.DataFrame, template: str, categories: str, seed: int
     (``held_out`` = that category; the other present ones follow the template, shuffled with
     the seed) and one row listing all present categories (``held_out`` null), used for every
     absent category. No prompt names its own held-out category.
+    ``categories='self'`` (statement, the compact-model study): one row per (image,
+    category), the template's ``{category}`` placeholder filled with that category
+    (``category`` column); its label is that category's presence alone. Rows per image:
+    every category of ``names`` if ``absent_per_image`` is None (80 rows per image: 1.76M
+    at paper scale), else its present categories plus ``absent_per_image`` absent ones
+    sampled with the seed (about 6 rows per image on COCO with 3). Sampling thins each
+    category's negatives by the same factor (about ``absent_per_image`` / 77), so a
+    category's positive rate, and with it precision and F1, is higher than under NoCat.
+    Images without any annotated object (``present`` empty) keep their rows, all negative.
     """
     if categories not in CATEGORY_MODES:
         raise TaskError(
             f"object prompt categories must be one of {CATEGORY_MODES}, got {categories!r}"
         )
+    statement = categories == "self"
+    if statement and CATEGORY_PLACEHOLDER not in template:
+        raise TaskError(
+            f"object prompt {template!r}: categories 'self' needs a {CATEGORY_PLACEHOLDER} "
+            "placeholder"
+        )
+    if not statement and CATEGORY_PLACEHOLDER in template:
+        raise TaskError(
+            f"object prompt {template!r}: a {CATEGORY_PLACEHOLDER} placeholder needs "
+            f"categories 'self', not {categories!r}"
+        )
+    if absent_per_image is not None and (not statement or absent_per_image < 0):
+        raise TaskError("object prompt absent_per_image: a count >= 0, with categories 'self' only")
+    if statement and not names:
+        raise TaskError("object prompt categories 'self' needs the category names")
     rng = np.random.default_rng(seed)
     rows = []
     for image_id, split, present in objects.select("image_id", "split", "present").iter_rows():
         if categories == "none":
             rows.append((image_id, split, template, None, present))
-            continue
-        for held_out in [*present, None]:
-            others = [c for c in present if c != held_out]
-            listed = ", ".join(others[i] for i in rng.permutation(len(others)))
-            rows.append((image_id, split, f"{template} {listed}".rstrip(), held_out, present))
+        elif categories == "others":
+            for held_out in [*present, None]:
+                others = [c for c in present if c != held_out]
+                listed = ", ".join(others[i] for i in rng.permutation(len(others)))
+                rows.append((image_id, split, f"{template} {listed}".rstrip(), held_out, present))
+        else:
+            for category in _statement_categories(names, present, absent_per_image, rng):
+                text = template.replace(CATEGORY_PLACEHOLDER, category)
+                rows.append((image_id, split, text, category, present))
     schema = {
         "image_id": pl.Int64,
         "split": pl.String,
         "text": pl.String,
-        "held_out": pl.String,
+        "category" if statement else "held_out": pl.String,
         "present": pl.List(pl.String),
     }
     frame = pl.DataFrame(rows, schema=schema, orient="row")
     return frame.with_row_index("sample_id").with_columns(pl.col("sample_id").cast(pl.Int64))
+
+
+def _statement_categories(
+    names: list[str], present: list[str], absent_per_image: int | None, rng: np.random.Generator
+) -> list[str]:
+    """The categories an image gets a statement row for, in ``names`` order."""
+    if absent_per_image is None:
+        return list(names)
+    unknown = set(present) - set(names)
+    if unknown:
+        raise TaskError(f"present categories {sorted(unknown)} are not among the label names")
+    absent = [c for c in names if c not in present]
+    sampled = rng.choice(len(absent), size=min(absent_per_image, len(absent)), replace=False)
+    chosen = set(present) | {absent[i] for i in sampled}
+    return [c for c in names if c in chosen]
 
 
 def write_task(frame: pl.DataFrame, path: str | os.PathLike, metadata: Mapping[str, Any]) -> None:
@@ -296,6 +549,8 @@ def label_matrix(
     Caption task: one label (entailment), every row belongs. Object task: one binary label per
     category. NoCat: every row belongs to every category's task. WithCat: for category c, an
     image contributes the row that leaves c out if c is present, else its full-list row.
+    Statement (``self``): a row belongs to its own category's task only, labelled with that
+    category's presence (its other labels stay 0 and count for nothing).
     """
     names = list(metadata["label_names"])
     sample_ids = task["sample_id"].to_numpy()
@@ -305,6 +560,11 @@ def label_matrix(
     index = {name: k for k, name in enumerate(names)}
     labels = np.zeros((task.height, len(names)), dtype=np.int8)
     mask = np.zeros((task.height, len(names)), dtype=bool)
+    if metadata["categories"] == "self":
+        for row, (present, category) in enumerate(task.select("present", "category").iter_rows()):
+            labels[row, index[category]] = category in present
+            mask[row, index[category]] = True
+        return sample_ids, labels, mask, names
     withcat = metadata["categories"] == "others"
     for row, (present, held_out) in enumerate(task.select("present", "held_out").iter_rows()):
         columns = [index[c] for c in present]

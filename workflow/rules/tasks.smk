@@ -64,3 +64,25 @@ rule object_task:
         seed=config["object"]["seed"],
     script:
         "../scripts/object_task.py"
+
+
+rule negative_examples:
+    input:
+        "results/tasks/labels/caption_pairs.parquet",
+    output:
+        table="results/tasks/negative_examples.parquet",
+        html=report(
+            "results/tasks/negative_examples.html",
+            caption="../report/negative_examples.rst",
+            category="Tasks",
+            labels={"table": "hard negatives: examples"},
+        ),
+    log:
+        "logs/tasks/negative_examples.log",
+    conda:
+        "../../envs/tasks.yaml"
+    params:
+        n=config["caption"]["audit_examples"],
+        seed=config["caption"]["seed"],
+    script:
+        "../scripts/negative_examples.py"

@@ -1,0 +1,16 @@
+"""A seeded sample of positives with their mined hard negative, as Parquet and as HTML."""
+
+import polars as pl
+
+from vlprobe.joblog import job_log
+from vlprobe.storage import write_parquet
+from vlprobe.tasks import negative_examples, write_html_table
+
+with job_log(snakemake.log[0]):
+    examples = negative_examples(
+        pl.read_parquet(snakemake.input[0]), snakemake.params.n, snakemake.params.seed
+    )
+    write_parquet(examples, snakemake.output.table)
+    write_html_table(
+        examples, snakemake.output.html, "Hard negatives: sampled positives and their negative"
+    )
