@@ -3,7 +3,18 @@ import polars as pl
 import pytest
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
-from vlprobe.metrics import binary_counts, binary_scores, layer_summary
+from vlprobe.metrics import (
+    SUMMARY_SCHEMA,
+    best_layers,
+    binary_counts,
+    binary_scores,
+    bootstrap_weights,
+    layer_scores,
+    layer_summary,
+    summarise,
+    write_best_layers,
+    write_summary,
+)
 
 
 def test_scores_match_sklearn_per_masked_task():
@@ -75,9 +86,16 @@ def test_layer_summary_caption():
     ).with_columns(pl.col("layer").cast(pl.Int16))
     summary = layer_summary(table, "caption")
     assert summary.schema == pl.Schema(
-        {"layer": pl.Int16, "metric": pl.String, "value": pl.Float64}
+        {
+            "layer": pl.Int16,
+            "metric": pl.String,
+            "value": pl.Float64,
+            "std": pl.Float64,
+            "n_seeds": pl.Int64,
+        }
     )
-    assert summary.rows() == [
+    assert summary["std"].is_null().all()  # one seed: no spread
+    assert summary.select("layer", "metric", "value").rows() == [
         (2, "accuracy", 0.85),
         (2, "precision", 0.7),
         (2, "recall", 0.9),
@@ -100,7 +118,9 @@ def test_layer_summary_object_macro_over_eligible_categories_and_seeds():
             _probe_rows(1, "zebra", seed, 0, 4, 0.0, 0.0, 0.0, 0.99),
         ]
     summary = layer_summary(pl.DataFrame(rows), "object")
-    values = {(layer, metric): value for layer, metric, value in summary.rows()}
+    values = {(layer, metric): value for layer, metric, value, _, _ in summary.rows()}
+    spread = {(layer, metric): std for layer, metric, _, std, _ in summary.rows()}
+    assert spread[(0, "macro_f1")] == pytest.approx(np.std([0.6, 0.7], ddof=1))
     assert values[(0, "macro_f1")] == pytest.approx(0.65)  # mean over seeds of (0.4, 0.8) + shift
     assert values[(0, "macro_precision")] == pytest.approx(0.6)
     assert values[(0, "macro_recall")] == pytest.approx(0.6)
@@ -124,3 +144,220 @@ def test_layer_summary_rejects_bad_input():
         layer_summary(two_labels, "caption")
     with pytest.raises(ValueError, match="task_kind"):
         layer_summary(two_labels, "objects")
+
+
+def test_balanced_majority_fraction_tells_rare_labels_from_collapse():
+    truth = np.array([1] * 5 + [0] * 95)
+    good = truth.copy()  # a perfect probe of a rare label predicts 95% negatives
+    silent = np.zeros(100)  # a collapsed probe answers "no" to everything
+    scores = binary_scores(binary_counts(truth[:, None], np.stack([good, silent], axis=1)))
+    assert scores["majority_fraction"].tolist() == [0.95, 1.0]
+    assert scores["balanced_majority_fraction"].tolist() == [0.5, 1.0]
+    balanced = np.array([0, 1] * 50)
+    half = binary_scores(binary_counts(balanced, np.ones(100)))
+    assert half["balanced_majority_fraction"] == half["majority_fraction"] == 1.0
+
+
+def test_bootstrap_weights_resample_with_replacement():
+    weights = bootstrap_weights(50, 200, seed=0)
+    assert weights.shape == (200, 50)
+    assert (weights.sum(axis=1) == 50).all()
+    assert (weights == 0).any() and (weights > 1).any()
+    assert np.array_equal(weights, bootstrap_weights(50, 200, seed=0))
+
+
+def _noisy_predictions(n_rows, accuracy, n_layers=1, seed=0):
+    rng = np.random.default_rng(seed)
+    truth = (rng.random(n_rows) < 0.5).astype(np.int8)
+    right = rng.random((1, n_rows, n_layers, 1)) < accuracy
+    predictions = np.where(right, truth[None, :, None, None], 1 - truth[None, :, None, None])
+    return truth[:, None], predictions
+
+
+def _caption_scores(truth, predictions, **options):
+    return layer_scores(
+        "caption",
+        list(range(predictions.shape[2])),
+        truth,
+        np.ones_like(truth, bool),
+        predictions,
+        np.ones(1, bool),
+        **options,
+    )
+
+
+def _interval(scores, metric="accuracy", layer=0):
+    row = scores.filter((pl.col("metric") == metric) & (pl.col("layer") == layer)).row(
+        0, named=True
+    )
+    return row["ci_low"], row["value"], row["ci_high"]
+
+
+def test_bootstrap_intervals_contain_the_estimate_and_shrink_with_samples():
+    widths = []
+    for n_rows in (200, 3200):
+        truth, predictions = _noisy_predictions(n_rows, accuracy=0.8, n_layers=2)
+        scores = _caption_scores(truth, predictions, n_boot=500, seed=1)
+        for layer in (0, 1):
+            for metric in ("accuracy", "precision", "recall", "f1"):
+                low, value, high = _interval(scores, metric, layer)
+                assert low <= value <= high
+        low, value, high = _interval(scores)
+        assert value == pytest.approx((predictions[0, :, 0, 0] == truth[:, 0]).mean())
+        widths.append(high - low)
+    assert widths[1] < widths[0] / 2.5  # ~1 / sqrt(n): 16x the rows, 1/4 the width
+    # the binomial standard error for comparison: 95% width ~ 4 * sqrt(p (1 - p) / n)
+    assert widths[0] == pytest.approx(4 * np.sqrt(0.8 * 0.2 / 200), rel=0.3)
+
+
+def test_bootstrap_resamples_images_not_rows():
+    truth, predictions = _noisy_predictions(100, accuracy=0.7)
+    # every image has 8 identical rows: 800 rows but only 100 independent units
+    truth, predictions = np.repeat(truth, 8, axis=0), np.repeat(predictions, 8, axis=1)
+    images = np.repeat(np.arange(100) * 7 + 3, 8)
+    by_image = _caption_scores(truth, predictions, n_boot=500, groups=images)
+    by_row = _caption_scores(truth, predictions, n_boot=500)
+    low_i, value, high_i = _interval(by_image)
+    low_r, _, high_r = _interval(by_row)
+    assert high_i - low_i > 2 * (high_r - low_r)  # sqrt(8) wider in truth
+    assert low_i <= value <= high_i
+
+
+def test_layer_scores_object_macro_control_selectivity_and_collapse():
+    rng = np.random.default_rng(0)
+    n_rows, n_labels = 400, 3
+    truth = (rng.random((n_rows, n_labels)) < [0.3, 0.5, 0.2]).astype(np.int8)
+    mask = rng.random((n_rows, n_labels)) < 0.8
+    perfect = np.broadcast_to(truth[None, :, None, :], (2, n_rows, 1, n_labels))
+    silent = np.zeros_like(perfect)  # layer 1: every probe answers "no"
+    predictions = np.concatenate([perfect, silent], axis=2)
+    control = np.stack([rng.permutation(truth) for _ in range(2)])
+    control_predictions = rng.random(predictions.shape) < 0.5
+    eligible = np.array([True, True, False])
+    scores = layer_scores(
+        "object",
+        [10, 11],
+        truth,
+        mask,
+        predictions,
+        eligible,
+        control_labels=control,
+        control_predictions=control_predictions,
+        n_boot=200,
+    )
+    value = {(r["layer"], r["metric"]): r for r in scores.iter_rows(named=True)}
+    assert value[(10, "macro_f1")]["value"] == 1.0
+    assert value[(10, "n_categories")]["value"] == 2
+    assert value[(10, "collapsed")]["value"] == 0.0
+    assert value[(11, "collapsed")]["value"] == 1.0
+    assert value[(11, "macro_f1")]["value"] == 0.0
+    control_f1 = value[(10, "control_macro_f1")]["value"]
+    assert 0.2 < control_f1 < 0.6
+    assert value[(10, "selectivity_macro_f1")]["value"] == pytest.approx(1 - control_f1)
+    low, high = (
+        value[(10, "selectivity_macro_f1")]["ci_low"],
+        value[(10, "selectivity_macro_f1")]["ci_high"],
+    )
+    assert low <= 1 - control_f1 <= high
+    assert value[(10, "macro_f1")]["std"] == 0.0  # both seeds identical
+    assert value[(10, "control_macro_f1")]["std"] > 0
+
+
+def _score_table(model, task, prompt, values, collapsed=()):
+    rows = []
+    for layer, value in enumerate(values):
+        for metric, v in (("accuracy" if task == "caption" else "macro_f1", value),):
+            rows.append(
+                (
+                    model,
+                    task,
+                    prompt,
+                    "mean",
+                    "logreg",
+                    layer,
+                    metric,
+                    v,
+                    0.01,
+                    v - 0.05,
+                    v + 0.05,
+                    3,
+                )
+            )
+        rows.append(
+            (
+                model,
+                task,
+                prompt,
+                "mean",
+                "logreg",
+                layer,
+                "collapsed",
+                float(layer in collapsed),
+                None,
+                None,
+                None,
+                3,
+            )
+        )
+    columns = [
+        "model",
+        "task",
+        "prompt",
+        "pooling",
+        "probe",
+        "layer",
+        "metric",
+        "value",
+        "std",
+        "ci_low",
+        "ci_high",
+        "n_seeds",
+    ]
+    return pl.DataFrame(rows, schema=columns, orient="row").with_columns(
+        pl.col("layer").cast(pl.Int16)
+    )
+
+
+def test_summary_from_score_and_probe_tables_and_best_layers():
+    scores = _score_table("deep", "caption", "tao", [0.5, 0.6, 0.8, 0.78, 0.7], collapsed=(0,))
+    probe_rows = pl.DataFrame(
+        [
+            {**_probe_rows(layer, "cat", 0, 5, 3, f1, 0.5, 0.5, 0.9), "layer": layer}
+            for layer, f1 in enumerate([0.2, 0.5, 0.4])
+        ]
+    ).with_columns(
+        model=pl.lit("shallow"),
+        task=pl.lit("object"),
+        prompt=pl.lit("nocat"),
+        pooling=pl.lit("mean"),
+        probe=pl.lit("linear"),
+        layer=pl.col("layer").cast(pl.Int16),
+    )
+    summary = summarise([scores, probe_rows])
+    assert summary.schema == SUMMARY_SCHEMA
+    flagged = (
+        summary.filter(pl.col("model") == "deep").group_by("layer").agg(pl.col("collapsed").all())
+    )
+    assert dict(flagged.iter_rows()) == {0: True, 1: False, 2: False, 3: False, 4: False}
+    from_probes = summary.filter(pl.col("model") == "shallow")
+    assert from_probes["ci_low"].is_null().all()  # no predictions, no intervals
+
+    best = best_layers(summary)
+    rows = {r["model"]: r for r in best.iter_rows(named=True)}
+    assert rows["deep"]["layer"] == 2 and rows["deep"]["value"] == 0.8
+    assert rows["deep"]["relative_depth"] == pytest.approx(0.5)
+    assert rows["deep"]["ci_low"] == pytest.approx(0.75)
+    assert rows["deep"]["near_best_layers"] == [2, 3]  # 0.78 lies within [0.75, 0.85]
+    assert rows["deep"]["n_layers"] == 5
+    assert rows["shallow"]["metric"] == "macro_f1" and rows["shallow"]["layer"] == 1
+    assert rows["shallow"]["near_best_layers"] == [1]
+
+
+def test_summary_and_best_layers_files(tmp_path):
+    scores = _score_table("deep", "caption", "tao", [0.5, 0.9, 0.7])
+    scores.write_parquet(tmp_path / "scores.parquet")
+    summary = write_summary([tmp_path / "scores.parquet"], tmp_path / "summary.parquet")
+    assert pl.read_parquet(tmp_path / "summary.parquet").equals(summary)
+    best = write_best_layers(tmp_path / "summary.parquet", tmp_path / "best.parquet")
+    assert pl.read_parquet(tmp_path / "best.parquet").equals(best)
+    assert best["layer"].to_list() == [1]

@@ -1,18 +1,32 @@
+import logging
+
 import numpy as np
 import polars as pl
 import pytest
+from sklearn.linear_model import LogisticRegression
 
+from vlprobe.metrics import layer_scores, summarise
 from vlprobe.probes import (
     PROBE_TABLE_SCHEMA,
+    EvaluationConfig,
+    LinearConfig,
+    LogregConfig,
+    MlpConfig,
     ProbeConfig,
+    _log_collapsed,
+    control_labels,
     fit_linear_probes,
+    fit_logreg_probes,
+    probe_layers,
+    probe_settings,
+    run_probe_job,
     train_and_evaluate,
 )
 
 LAYERS = [4, 5, 6]  # hidden-state indices of the shard; only 5 carries the signal
 SIGNAL_POSITION = 1
 LABELS = ["cat", "dog", "kite"]
-FAST = {"lr": 0.01, "epochs": 40, "batch_size": 64, "dropout": 0.1, "patience": 5, "seed": 0}
+FAST = {"lr": 0.01, "epochs": 40, "batch_size": 64, "dropout": 0.1, "patience": 5, "seeds": [0]}
 
 
 def _synthetic(n_train=500, n_eval=300, hidden=12, seed=0):
@@ -85,7 +99,7 @@ def test_same_seed_same_table_other_seed_differs():
     train, evaluation = _synthetic()
     first = _run(train, evaluation)
     assert _run(train, evaluation).equals(first)
-    other = _run(train, evaluation, seed=1)
+    other = _run(train, evaluation, seeds=[1])
     assert (other["seed"] == 1).all()
     assert other["train_loss"].to_list() != first["train_loss"].to_list()
 
@@ -144,6 +158,14 @@ def test_early_stopping_keeps_best_validation_epoch():
 
 def test_probe_config_names_bad_settings():
     assert ProbeConfig.from_dict({"lr": 0.1, "weight_decay": 0}).lr == 0.1
+    assert ProbeConfig.from_dict({"seed": 3}).seeds == (3,)  # shorthand for seeds: [3]
+    assert ProbeConfig.from_dict({"seeds": [0, 1, 2]}).seeds == (0, 1, 2)
+    with pytest.raises(ValueError, match="not both"):
+        ProbeConfig.from_dict({"seed": 0, "seeds": [1]})
+    with pytest.raises(ValueError, match="'seeds' repeats"):
+        ProbeConfig.from_dict({"seeds": [1, 1]})
+    with pytest.raises(ValueError, match="'seeds' must be"):
+        ProbeConfig.from_dict({"seeds": []})
     with pytest.raises(ValueError, match="learning_rate"):
         ProbeConfig.from_dict({"learning_rate": 0.1})
     with pytest.raises(ValueError, match="'lr'.*1.0e-3"):
@@ -160,3 +182,282 @@ def test_shape_mismatch_is_named():
         _run(train, (x_eval, y_eval, m_eval[:, :2]))
     with pytest.raises(ValueError, match="x_train"):
         _run(train, (x_eval, y_eval, m_eval), layers=[0, 1])
+
+
+# ----------------------------------------------------------------------------- kinds and settings
+
+
+def test_probe_kinds_from_config_entries():
+    assert isinstance(probe_settings("linear", {"lr": 0.1}), LinearConfig)
+    logreg = probe_settings("logreg", {"c": 0.5, "seeds": [0, 1]})
+    assert isinstance(logreg, LogregConfig) and logreg.c == 0.5 and logreg.seeds == (0, 1)
+    mlp = probe_settings("mlp", {"hidden_units": 32, "share_hidden": False})
+    assert isinstance(mlp, MlpConfig) and mlp.hidden_units == 32 and not mlp.share_hidden
+    # a named variant of a kind
+    assert probe_settings("logreg_strong", {"kind": "logreg", "c": 0.01}).c == 0.01
+    with pytest.raises(ValueError, match=r"probes\.svm: unknown probe kind 'svm'"):
+        probe_settings("svm", {})
+    with pytest.raises(ValueError, match=r"probes\.logreg: .*'C'"):
+        probe_settings("logreg", {"C": 1.0})  # sklearn's spelling is not ours
+    with pytest.raises(ValueError, match="'hidden_units' out of range"):
+        probe_settings("mlp", {"hidden_units": 0})
+    with pytest.raises(ValueError, match="'share_hidden' must be bool"):
+        probe_settings("mlp", {"share_hidden": 1})
+    with pytest.raises(ValueError, match="unknown evaluation setting.*'boot'"):
+        EvaluationConfig.from_dict({"boot": 10})
+    with pytest.raises(ValueError, match="'collapse_threshold' out of range"):
+        EvaluationConfig.from_dict({"collapse_threshold": 0.3})
+
+
+# ----------------------------------------------------------------------------- logreg
+
+
+def _standardised(x_train, x):
+    mean, std = x_train.mean(axis=0), x_train.std(axis=0)
+    return (x - mean) / std
+
+
+def test_logreg_matches_sklearn_per_layer_and_label():
+    rng = np.random.default_rng(3)
+    n, hidden = 1500, 40
+    x = rng.normal(3.0, 8.0, size=(n, 2, hidden)).astype(np.float32)
+    x[:, :, :5] += rng.normal(0, 25, size=(n, 1, 5)).astype(np.float32)  # correlated units
+    direction = rng.standard_normal(hidden)
+    noisy = (x[:, 1] - 3.0) @ direction + rng.normal(0, 40, n)
+    y = np.stack([noisy > 0, rng.random(n) < 0.3], axis=1).astype(np.int8)
+    mask = np.ones_like(y, bool)
+    mask[:400, 1] = False  # the second label's task leaves rows out
+    train, evaluate = slice(0, 1000), slice(1000, n)
+    config = LogregConfig(c=0.5, tol=1e-6)
+    probes = fit_logreg_probes(x[train], y[train], mask[train], config)
+    decisions = probes.logits(x[evaluate]) > 0
+    for layer in range(2):
+        for label in range(2):
+            rows = mask[train][:, label]
+            features = _standardised(x[train][:, layer], x[:, layer])
+            reference = LogisticRegression(C=0.5, tol=1e-8, max_iter=5000).fit(
+                features[train][rows], y[train][rows, label]
+            )
+            np.testing.assert_allclose(
+                probes.weight[layer, :, label].numpy(), reference.coef_[0], atol=2e-3
+            )
+            assert probes.bias[layer, label].item() == pytest.approx(
+                reference.intercept_[0], abs=2e-3
+            )
+            theirs = reference.predict(features[evaluate]) == y[evaluate][:, label]
+            ours = decisions[:, layer, label] == y[evaluate][:, label]
+            assert abs(ours.mean() - theirs.mean()) <= 0.01
+    assert (probes.best_epoch >= 1).all()
+    assert probes.val_loss.shape[0] == 0
+    # the objective falls monotonically per probe
+    curve = probes.train_loss[:, 1, 0]
+    assert np.all(np.diff(curve) <= 1e-7)
+
+
+def test_logreg_one_class_label_predicts_its_class():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 2, 6)).astype(np.float32)
+    y = np.zeros((200, 2), np.int8)
+    y[:, 1] = rng.random(200) < 0.5
+    probes = fit_logreg_probes(x, y, np.ones_like(y, bool), LogregConfig())
+    logits = probes.logits(x)
+    assert (logits[..., 0] < 0).all()  # never seen a positive: always negative
+    assert (probes.weight[:, :, 0] == 0).all()
+    assert (probes.best_epoch[:, 0] == 0).all()
+
+
+def test_logreg_probe_table_is_deterministic_across_seeds():
+    train, evaluation = _synthetic()
+    config = LogregConfig(seeds=(0, 1))
+    table = train_and_evaluate(*train, *evaluation, LAYERS, LABELS, config)
+    assert table.height == 2 * len(LAYERS) * len(LABELS)
+    by_seed = {seed: part for (seed,), part in table.group_by("seed")}
+    assert by_seed[0]["accuracy"].to_list() == by_seed[1]["accuracy"].to_list()
+    # only the control task changes with the seed
+    assert by_seed[0]["control_accuracy"].to_list() != by_seed[1]["control_accuracy"].to_list()
+    signal = table.filter(pl.col("layer") == LAYERS[SIGNAL_POSITION])
+    assert signal["accuracy"].min() > 0.9
+    lengths = table["train_loss"].list.len().to_list()
+    assert lengths == table["best_epoch"].to_list()  # one objective value per iteration
+
+
+# ----------------------------------------------------------------------------- mlp
+
+
+def test_mlp_learns_what_a_linear_probe_cannot():
+    rng = np.random.default_rng(1)
+    n, hidden = 1200, 6
+    x = rng.normal(size=(n, 1, hidden)).astype(np.float32)
+    y = ((x[:, 0, 0] * x[:, 0, 1]) > 0).astype(np.int8)[:, None]  # XOR of two signs
+    mask = np.ones_like(y, bool)
+    train, evaluation = (x[:900], y[:900], mask[:900]), (x[900:], y[900:], mask[900:])
+    settings = {"lr": 0.01, "epochs": 80, "batch_size": 64, "dropout": 0.0, "patience": 10}
+    common = (*train, *evaluation, [7], ["entailment"])
+    linear = train_and_evaluate(*common, LinearConfig(**settings))
+    mlp = train_and_evaluate(*common, MlpConfig(**settings, hidden_units=32))
+    assert linear["accuracy"].item() < 0.65
+    assert mlp["accuracy"].item() > 0.85
+
+
+def test_mlp_shared_and_independent_hidden_layers():
+    train, evaluation = _synthetic()
+    settings = {**FAST, "hidden_units": 8}
+    shared = train_and_evaluate(*train, *evaluation, LAYERS, LABELS, MlpConfig.from_dict(settings))
+    alone = train_and_evaluate(
+        *train,
+        *evaluation,
+        LAYERS,
+        LABELS,
+        MlpConfig.from_dict({**settings, "share_hidden": False}),
+    )
+    for table in (shared, alone):
+        signal = table.filter(pl.col("layer") == LAYERS[SIGNAL_POSITION])
+        assert signal["accuracy"].min() > 0.85
+        assert table.filter(pl.col("layer") != LAYERS[SIGNAL_POSITION])["accuracy"].max() < 0.7
+    # a shared network stops as a whole; independent ones per label
+    epochs = shared.group_by("layer").agg(pl.col("best_epoch").n_unique())["best_epoch"]
+    assert (epochs == 1).all()
+
+
+# ------------------------------------------------------------------- seeds, control, collapse
+
+
+def test_control_labels_permute_within_each_label_task():
+    rng = np.random.default_rng(0)
+    labels = (rng.random((300, 4)) < [0.5, 0.1, 0.3, 0.9]).astype(np.int8)
+    mask = rng.random((300, 4)) < 0.7
+    shuffled = control_labels(labels, mask, seed=5, stratum=0)
+    assert ((labels & mask).sum(axis=0) == (shuffled & mask).sum(axis=0)).all()
+    assert (shuffled[~mask] == labels[~mask]).all()  # rows outside a task are untouched
+    assert (shuffled[mask] != labels[mask]).mean() > 0.1
+    assert np.array_equal(shuffled, control_labels(labels, mask, seed=5, stratum=0))
+    assert not np.array_equal(shuffled, control_labels(labels, mask, seed=5, stratum=1))
+
+
+def test_seeds_give_spread_and_control_stays_near_chance():
+    train, evaluation = _synthetic()
+    one_label = [(x, y[:, :1], m[:, :1]) for x, y, m in (train, evaluation)]
+    groups = np.arange(len(one_label[1][0])) // 3  # three rows per image
+    config = LinearConfig.from_dict({**FAST, "seeds": [0, 1, 2]})
+    results = probe_layers(
+        *one_label[0],
+        *one_label[1],
+        LAYERS,
+        ["entailment"],
+        config,
+        EvaluationConfig(bootstrap=300),
+        eval_groups=groups,
+    )
+    table, scores = results.table, results.scores
+    assert table.height == 3 * len(LAYERS)
+    assert sorted(table["seed"].unique().to_list()) == [0, 1, 2]
+    value = {(r["layer"], r["metric"]): r for r in scores.iter_rows(named=True)}
+    signal = LAYERS[SIGNAL_POSITION]
+    assert value[(signal, "accuracy")]["value"] > 0.9
+    assert value[(signal, "accuracy")]["n_seeds"] == 3
+    assert value[(signal, "accuracy")]["std"] > 0  # seeds differ
+    assert 0.35 < value[(signal, "control_accuracy")]["value"] < 0.65  # shuffled: chance
+    assert value[(signal, "selectivity_accuracy")]["value"] > 0.3
+    for (_, metric), row in value.items():
+        if row["ci_low"] is not None:
+            assert row["ci_low"] <= row["value"] + 1e-9 <= row["ci_high"] + 2e-9, metric
+    # a noise layer is at chance, its selectivity near zero
+    assert abs(value[(LAYERS[0], "selectivity_accuracy")]["value"]) < 0.15
+
+
+def test_collapsed_probes_are_flagged_and_logged(caplog):
+    train, evaluation = _synthetic()
+    one_label = [(x.copy(), y[:, :1], m[:, :1]) for x, y, m in (train, evaluation)]
+    for x, _, _ in one_label:
+        x[:, 0] = 1.0  # a constant layer: the probe can only answer one class
+    results = probe_layers(
+        *one_label[0],
+        *one_label[1],
+        LAYERS,
+        ["entailment"],
+        LinearConfig.from_dict(FAST),
+        EvaluationConfig(bootstrap=0),
+    )
+    collapsed = dict(results.table.select("layer", "collapsed").iter_rows())
+    assert collapsed == {LAYERS[0]: True, LAYERS[1]: False, LAYERS[2]: False}
+    flags = results.scores.filter(pl.col("metric") == "collapsed")
+    assert dict(flags.select("layer", "value").iter_rows())[LAYERS[0]] == 1.0
+    keys = {"model": "m", "task": "caption", "prompt": "tao", "pooling": "mean", "probe": "linear"}
+    with caplog.at_level(logging.WARNING, logger="vlprobe.probes"):
+        _log_collapsed(results.scores, keys)
+    assert f"m/caption/tao/mean/linear: layer {LAYERS[0]} collapsed" in caplog.text
+    assert f"layer {LAYERS[1]} collapsed" not in caplog.text
+
+
+def test_probe_job_writes_table_and_scores_resampling_images(tmp_path, caplog, monkeypatch):
+    from vlprobe.storage import write_activations
+    from vlprobe.tasks import write_task
+
+    rng = np.random.default_rng(0)
+    n_images, per_image, hidden = 60, 4, 8
+    image_id = np.repeat(np.arange(n_images) + 1000, per_image)
+    label = np.tile([1, 0, 1, 0], n_images).astype(np.int8)
+    sample_id = np.arange(len(image_id)) + 7
+    task = pl.DataFrame(
+        {
+            "sample_id": sample_id,
+            "image_id": image_id,
+            "split": np.where(image_id < 1040, "train", "eval"),
+            "text": ["t"] * len(image_id),
+            "label": label,
+        }
+    )
+    metadata = {"kind": "caption", "prompt": "tao", "label_names": ["entailment"]}
+    write_task(task, tmp_path / "caption-tao.parquet", metadata)
+    features = rng.normal(size=(len(sample_id), 3, hidden)).astype(np.float32)
+    features[:, 1, 0] += 3 * (2 * label - 1)  # layer 1 carries the label
+    features[:, 0] = 0.0  # layer 0 is constant: its probe collapses
+    parts = []
+    for part, rows in enumerate((slice(0, 120), slice(120, None))):
+        part_dir = tmp_path / f"part-{part}"
+        order = np.arange(len(sample_id))[rows][::-1]  # stored out of task order
+        write_activations(
+            part_dir / "layers-0-2.parquet",
+            sample_id[order],
+            [0, 1, 2],
+            {"mean": features[order]},
+            {},
+        )
+        parts.append(part_dir)
+    out, scores_path = tmp_path / "probe.parquet", tmp_path / "scores.parquet"
+    seen = {}
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return layer_scores(*args, **kwargs)
+
+    monkeypatch.setattr("vlprobe.probes.layer_scores", spy)
+    with caplog.at_level(logging.WARNING, logger="vlprobe.probes"):
+        results = run_probe_job(
+            tmp_path / "caption-tao.parquet",
+            parts,
+            (0, 2),
+            "mean",
+            "logreg",
+            {"c": 1.0, "seeds": [0, 1]},
+            "tiny",
+            out,
+            evaluation={"bootstrap": 200},
+            scores_path=scores_path,
+        )
+    table, scores = pl.read_parquet(out), pl.read_parquet(scores_path)
+    assert table.equals(results.table) and scores.equals(results.scores)
+    assert table.columns[:5] == ["model", "task", "prompt", "pooling", "probe"]
+    assert table.row(0, named=True)["probe"] == "logreg"
+    assert table.height == 3 * 2  # layers x seeds
+    value = {(r["layer"], r["metric"]): r for r in scores.iter_rows(named=True)}
+    assert value[(1, "accuracy")]["value"] > 0.95
+    assert value[(0, "collapsed")]["value"] == 1.0
+    assert "tiny/caption/tao/mean/logreg: layer 0 collapsed" in caplog.text
+    # the bootstrap resamples the 20 eval images (4 rows each), in the eval rows' order
+    assert seen["groups"].tolist() == np.repeat(np.arange(1040, 1060), per_image).tolist()
+    assert seen["n_boot"] == 200
+    low, high = value[(2, "accuracy")]["ci_low"], value[(2, "accuracy")]["ci_high"]
+    assert low < value[(2, "accuracy")]["value"] < high
+    summary = summarise([scores])
+    assert summary.filter(pl.col("layer") == 0)["collapsed"].all()

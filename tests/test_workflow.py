@@ -51,6 +51,8 @@ def test_paper_scale_dag_plans_every_task_model_and_shard(tmp_path):
     assert counts["probe"] == (
         shards * n_tasks * len(config["extract"]["poolings"]) * len(config["probes"])
     )
+    assert counts["first_tokens"] == len(config["models"])
+    assert counts["figure"] == 7 and counts["best_layers"] == 1  # no baselines configured
     assert counts["caption_pairs"] == 1 and counts["summary"] == 1
     assert counts["coco_annotations"] == 1 and counts["images_table"] == 1
 
@@ -82,8 +84,19 @@ def test_demo_summary_has_one_row_per_layer_and_metric(demo_run):
     objects = summary.filter(pl.col("task") == "object")
     assert set(objects["prompt"]) == {"nocat", "withcat"}
     assert "macro_f1" in set(objects["metric"])
-    expected_groups = len(config["models"]) * 3 * len(config["extract"]["poolings"])
-    assert summary.select("model", "task", "prompt", "pooling").n_unique() == expected_groups
+    models = {*config["models"], "tiny-qwen2-vl@random_init", "tiny-qwen2-vl@blank_image"}
+    vlm_rows = summary.filter(pl.col("model") != "captions@text_embedding")
+    assert set(vlm_rows["model"]) == models
+    expected_groups = len(models) * 3 * len(config["extract"]["poolings"])
+    assert vlm_rows.select("model", "task", "prompt", "pooling").n_unique() == expected_groups
+    text = summary.filter(pl.col("model") == "captions@text_embedding")
+    assert set(text["task"]) == {"caption"} and set(text["layer"]) == {0}
+    # intervals from the bootstrap around every point, control and selectivity rows
+    accuracy = caption.filter(pl.col("metric") == "accuracy")
+    assert (accuracy["ci_low"] <= accuracy["value"]).all()
+    assert (accuracy["value"] <= accuracy["ci_high"]).all()
+    assert {"control_accuracy", "selectivity_accuracy"} <= set(caption["metric"])
+    assert (summary.filter(pl.col("metric") == "accuracy")["n_seeds"] == 2).all()
 
 
 def test_demo_tasks_are_balanced_split_by_image_and_leak_free(demo_run):
@@ -103,9 +116,16 @@ def test_demo_tasks_are_balanced_split_by_image_and_leak_free(demo_run):
 
 
 def test_demo_figures_and_report(demo_run):
-    for figure in ("caption_accuracy", "object_f1"):
+    figures = sorted(p.stem for p in (demo_run / "results/figures").glob("*.svg"))
+    assert len(figures) == N_FIGURES and "baselines" in figures
+    for figure in figures:
         assert (demo_run / f"results/figures/{figure}.html").stat().st_size > 1000
         assert (demo_run / f"results/figures/{figure}.png").read_bytes()[:4] == b"\x89PNG"
+    best = pl.read_csv(demo_run / "results/metrics/best_layers.tsv", separator="\t")
+    assert best.select("model", "task", "prompt", "pooling", "probe").is_duplicated().sum() == 0
+    assert (best["ci_low"] <= best["value"]).all()
+    tokens = pl.read_parquet(demo_run / "results/first_tokens/tiny-llava.parquet")
+    assert set(tokens["prompt"]) == {"nocat", "withcat"} and tokens["rank"].max() <= 10
     config = str(demo_run / "config.yaml")
     snakemake(demo_run, "--configfile", config, "--report", "results/report.html")
     report = (demo_run / "results/report.html").read_text(errors="replace")
@@ -124,39 +144,42 @@ TINY_IDEFICS3 = {
     "num_layers": 4,
     "tiny": {"hidden_size": 64, "seed": 0},
 }
-OBJECT_JOBS = {"object_task": 1}
+N_FIGURES = 8  # every registered figure: the demo has control probes and baselines
+DOWNSTREAM = {"summary": 1, "best_layers": 1, "figure": N_FIGURES, "all": 1}
+# the demo run probes 4 models (tiny-qwen2-vl, its 2 baselines, tiny-llava) on 3 tasks, with
+# 1 pooling, 1 part and 1 layer-shard each, plus the text-embedding baseline on the caption task
 EVERYTHING_AFTER_SAMPLING = {
     "images_table": 1,
     "caption_pairs": 1,
+    "negative_examples": 1,
+    "negative_similarity": 1,
     "object_rows": 1,
     "caption_task": 1,
     "object_task": 2,
-    "extract": 6,
-    "probe": 12,
-    "summary": 1,
-    "figure": 2,
-    "all": 1,
+    "extract": 12,
+    "text_embedding": 1,
+    "first_tokens": 2,
+    "probe": 13,
+    **DOWNSTREAM,
 }
-DOWNSTREAM = {"summary": 1, "figure": 2, "all": 1}
 
-# config edit -> exactly the jobs it must rerun (demo run: 2 models, 3 tasks, 2 poolings,
-# 1 part and 1 layer-shard per model)
+# config edit -> exactly the jobs it must rerun
 RERUNS = {
     "probe hyperparameter": (
         {"probes.linear.lr": 0.01},
-        {"probe": 12, **DOWNSTREAM},
+        {"probe": 13, **DOWNSTREAM},
     ),
     "added model": (
         {"models.tiny-idefics3": TINY_IDEFICS3},
-        {"tiny_model": 1, "extract": 3, "probe": 6, **DOWNSTREAM},
+        {"tiny_model": 1, "extract": 3, "probe": 3, "first_tokens": 1, **DOWNSTREAM},
     ),
     "added pooling (pooled during extraction)": (
-        {"extract.poolings": ["last", "mean", "max"]},
-        {"extract": 6, "probe": 18, **DOWNSTREAM},
+        {"extract.poolings": ["mean", "max"]},
+        {"extract": 12, "probe": 24, **DOWNSTREAM},
     ),
     "prompt variant text": (
         {"object.prompts.withcat.template": "Objects in this picture:"},
-        {**OBJECT_JOBS, "extract": 2, "probe": 4, **DOWNSTREAM},
+        {"object_task": 1, "extract": 4, "probe": 4, "first_tokens": 2, **DOWNSTREAM},
     ),
     "sampling seed": (
         {"coco.seed": 1},
@@ -168,7 +191,11 @@ RERUNS = {
     ),
     "figure styling": (
         {"figures.width": 400},
-        {"figure": 2, "all": 1},
+        {"figure": N_FIGURES, "negative_similarity": 1, "all": 1},
+    ),
+    "evaluation setting": (
+        {"evaluation.bootstrap": 200},
+        {"probe": 13, **DOWNSTREAM},
     ),
 }
 

@@ -56,6 +56,7 @@ DEMO_RUN = {
     # several resumable chunks per extraction job (the kill test interrupts between them)
     "extract.chunk_samples": 24,
     "extract.layers_per_shard": 5,
+    "extract.poolings": ["mean"],
 }
 
 

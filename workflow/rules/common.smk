@@ -4,17 +4,31 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from vlprobe.baselines import (
+    TEXT_EMBEDDING_MODEL,
+    TEXT_EMBEDDING_POOLING,
+    baseline_entry,
+    split_model_name,
+)
 from vlprobe.figures import FIGURES
+from vlprobe.probes import EvaluationConfig, probe_settings
 from vlprobe.storage import layer_shards
 
 validate(config, schema="../schemas/config.schema.yaml")
+# probe entries named other than their kind are checked here, before any job runs
+try:
+    for name, settings in config["probes"].items():
+        probe_settings(name, settings)
+    EvaluationConfig.from_dict(config.get("evaluation", {}))
+except ValueError as error:
+    raise WorkflowError(f"config: {error}") from None
 
 
 wildcard_constraints:
-    model="[A-Za-z0-9_.-]+",
+    model="[A-Za-z0-9_.-]+(@[a-z_]+)?",
     task="(caption|object)-[A-Za-z0-9_]+",
     prompt="[A-Za-z0-9_]+",
-    pooling="[a-z_]+",
+    pooling="[a-z_]+(:-?[0-9]+)?",
     probe="[a-z_]+",
     part="[0-9]+",
     first="[0-9]+",
@@ -110,14 +124,31 @@ def task_prompt(task):
     return task.split("-", 1)[1]
 
 
+def model_names():
+    """Every configured model, then each model's baselines as '<model>@<baseline>'."""
+    return list(config["models"]) + [
+        f"{model}@{baseline}"
+        for model, entry in config["models"].items()
+        for baseline in entry.get("baselines", [])
+    ]
+
+
 def model_entry(model):
-    return config["models"][model]
+    """The config entry a model (or a model's baseline) runs with."""
+    name, baseline = split_model_name(model)
+    return baseline_entry(config["models"][name], baseline)
+
+
+def extract_batch_size(wildcards, attempt):
+    """The model's batch size, halved on every retry of a failed extraction job."""
+    return max(1, model_entry(wildcards.model)["batch_size"] // 2 ** (attempt - 1))
 
 
 def model_dir(model):
     """A tiny model is built by the workflow; any other is loaded from its hub id or path."""
     entry = model_entry(model)
-    return f"resources/models/{model}" if "tiny" in entry else entry["hf_id"]
+    name = split_model_name(model)[0]
+    return f"resources/models/{name}" if "tiny" in entry else entry["hf_id"]
 
 
 def model_input(wildcards):
@@ -135,28 +166,67 @@ def shards_of(model):
 
 
 def activation_parts(wildcards):
+    if wildcards.model == TEXT_EMBEDDING_MODEL:
+        return [f"results/activations/{TEXT_EMBEDDING_MODEL}/{wildcards.task}/part-0"]
     return [
         f"results/activations/{wildcards.model}/{wildcards.task}/part-{part}"
         for part in range(config["extract"]["parts"])
     ]
 
 
-def probe_tables():
-    return [
-        f"results/probes/{model}/{task}/{pooling}/{probe}/layers-{first}-{last}.parquet"
-        for model in config["models"]
+def probe_tables(kind="probes"):
+    """Every probe job's output of one kind: 'probes' (probe tables) or 'scores'."""
+    jobs = [
+        (model, task, pooling, first, last)
+        for model in model_names()
         for task in task_names()
         for pooling in config["extract"]["poolings"]
-        for probe in config["probes"]
         for first, last in shards_of(model)
+    ]
+    if config["caption"].get("embedding_baseline", False):
+        jobs += [
+            (TEXT_EMBEDDING_MODEL, task, TEXT_EMBEDDING_POOLING, 0, 0)
+            for task in task_names()
+            if task_kind(task) == "caption"
+        ]
+    return [
+        f"results/{kind}/{model}/{task}/{pooling}/{probe}/layers-{first}-{last}.parquet"
+        for model, task, pooling, first, last in jobs
+        for probe in config["probes"]
     ]
 
 
+def figure_input(wildcards):
+    """A figure reads the summary or every probe table (loss curves, per-category F1)."""
+    if FIGURES[wildcards.figure].input == "summary":
+        return "results/metrics/summary.parquet"
+    return probe_tables()
+
+
 def figure_names():
-    return list(FIGURES)
+    """The registered figures whose rows this config produces."""
+    skip = set()
+    if not config.get("evaluation", {}).get("control", True):
+        skip.add("selectivity")
+    if not config["caption"].get("embedding_baseline", False) and not any(
+        entry.get("baselines") for entry in config["models"].values()
+    ):
+        skip.add("baselines")
+    return [name for name in FIGURES if name not in skip]
 
 
 def final_outputs():
-    return ["results/metrics/summary.parquet"] + expand(
-        "results/figures/{figure}.{ext}", figure=figure_names(), ext=["html", "png"]
+    return (
+        ["results/metrics/summary.parquet", "results/metrics/best_layers.tsv"]
+        + expand("results/first_tokens/{model}.tsv", model=config["models"])
+        + expand(
+            "results/figures/{figure}.{ext}",
+            figure=figure_names(),
+            ext=["html", "png", "svg"],
+        )
+        + [
+            "results/tasks/negative_examples.html",
+            "results/figures/negative_similarity.html",
+            "results/figures/negative_similarity.png",
+        ]
     )

@@ -3,7 +3,8 @@ rule probe:
         task="results/tasks/{task}.parquet",
         parts=activation_parts,
     output:
-        "results/probes/{model}/{task}/{pooling}/{probe}/layers-{first}-{last}.parquet",
+        table="results/probes/{model}/{task}/{pooling}/{probe}/layers-{first}-{last}.parquet",
+        scores="results/scores/{model}/{task}/{pooling}/{probe}/layers-{first}-{last}.parquet",
     log:
         "logs/probes/{model}/{task}/{pooling}/{probe}/layers-{first}-{last}.log",
     benchmark:
@@ -13,5 +14,6 @@ rule probe:
     threads: 1
     params:
         probe=lambda wc: config["probes"][wc.probe],
+        evaluation=config.get("evaluation", {}),
     script:
         "../scripts/probe.py"

@@ -1,6 +1,6 @@
 rule summary:
     input:
-        probe_tables(),
+        probe_tables("scores"),
     output:
         report(
             "results/metrics/summary.parquet",
@@ -15,9 +15,26 @@ rule summary:
         "../scripts/summary.py"
 
 
-rule figure:
+rule best_layers:
     input:
         "results/metrics/summary.parquet",
+    output:
+        report(
+            "results/metrics/best_layers.tsv",
+            caption="../report/best_layers.rst",
+            category="Tables",
+        ),
+    log:
+        "logs/report/best_layers.log",
+    conda:
+        "../../envs/probe.yaml"
+    script:
+        "../scripts/best_layers.py"
+
+
+rule figure:
+    input:
+        figure_input,
     output:
         html=report(
             "results/figures/{figure}.html",
@@ -31,6 +48,7 @@ rule figure:
             category="Figures",
             labels={"figure": "{figure}", "format": "image"},
         ),
+        svg="results/figures/{figure}.svg",
     log:
         "logs/report/{figure}.log",
     wildcard_constraints:
@@ -41,3 +59,30 @@ rule figure:
         style=config["figures"],
     script:
         "../scripts/figure.py"
+
+
+rule negative_similarity:
+    input:
+        "results/tasks/labels/caption_pairs.parquet",
+    output:
+        html=report(
+            "results/figures/negative_similarity.html",
+            caption="../report/negative_similarity.rst",
+            category="Tasks",
+            labels={"figure": "negative_similarity", "format": "interactive"},
+        ),
+        png=report(
+            "results/figures/negative_similarity.png",
+            caption="../report/negative_similarity.rst",
+            category="Tasks",
+            labels={"figure": "negative_similarity", "format": "image"},
+        ),
+    log:
+        "logs/report/negative_similarity.log",
+    conda:
+        "../../envs/report.yaml"
+    params:
+        width=config["figures"]["width"],
+        height=config["figures"]["height"],
+    script:
+        "../scripts/negative_similarity.py"

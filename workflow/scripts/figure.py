@@ -1,11 +1,9 @@
-"""Draw one figure from the summary as HTML and PNG."""
+"""Draw one figure from the summary or the probe tables as HTML, PNG and SVG."""
 
-import polars as pl
-
-from vlprobe.figures import FIGURES, save_chart
+from vlprobe.figures import FIGURES, figure_frame, save_chart
 from vlprobe.joblog import job_log
 
 with job_log(snakemake.log[0]):
-    draw = FIGURES[snakemake.wildcards.figure]
-    chart = draw(pl.read_parquet(snakemake.input[0]), **snakemake.params.style)
-    save_chart(chart, snakemake.output.html, snakemake.output.png)
+    figure = FIGURES[snakemake.wildcards.figure]
+    chart = figure(figure_frame(figure, snakemake.input), **snakemake.params.style)
+    save_chart(chart, snakemake.output.html, snakemake.output.png, snakemake.output.svg)

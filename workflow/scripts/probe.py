@@ -12,5 +12,7 @@ with job_log(snakemake.log[0]):
         probe=snakemake.wildcards.probe,
         probe_config=snakemake.params.probe,
         model=snakemake.wildcards.model,
-        out_path=snakemake.output[0],
+        out_path=snakemake.output.table,
+        evaluation=snakemake.params.evaluation,
+        scores_path=snakemake.output.scores,
     )
