@@ -8,7 +8,7 @@ import os
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
-from slurm_jobs import check, read_jobs
+from slurm_jobs import check, read_jobs, rule_of
 from workflow_run import DEMO_RUN, ROOT, demo_config, snakemake, write_config
 
 pytestmark = [
@@ -17,7 +17,8 @@ pytestmark = [
 ]
 
 # The same threads as a local run, so probes sum in the same order and the tables match exactly;
-# device auto makes the extraction jobs request a GPU (this host's is declared on /dev/null).
+# device auto makes the extraction and first-token jobs request a GPU (this host's is declared on
+# /dev/null).
 SAME_AS_LOCAL = ["--set-threads", "extract=2", "probe=1", "caption_pairs=1"]
 TABLES = [
     "results/data/images.parquet",
@@ -46,5 +47,7 @@ def test_demo_on_slurm_matches_a_local_run_and_requests_gpus(tmp_path):
     for table in TABLES:
         assert_frame_equal(pl.read_parquet(cluster / table), pl.read_parquet(local / table))
     jobs = [job for job in read_jobs() if str(cluster) in job.get("WorkDir", "")]
-    assert not check(jobs, {"extract"}, gpu_partition="gpu")
-    assert sum(job.get("Comment", "").startswith("rule_extract") for job in jobs) == 6
+    assert not check(jobs, {"extract", "first_tokens"}, gpu_partition="gpu")
+    # 4 models (2 configured, 2 baselines) x 3 tasks x 1 part; one first-token job per model
+    assert sum(rule_of(job) == "extract" for job in jobs) == 12
+    assert sum(rule_of(job) == "first_tokens" for job in jobs) == 2
