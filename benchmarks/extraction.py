@@ -75,16 +75,20 @@ def reference_extraction(model, samples: pl.DataFrame, poolings) -> dict[str, np
     """(a) One prompt at a time: the processor, a forward pass with output_hidden_states=True,
     pooling each hidden state afterwards."""
     out = {name: [] for name in poolings}
+    image_token_id = model.tokenizer.convert_tokens_to_ids(model.image_token)
     with torch.inference_mode():
         for path, text in samples.select("image_path", "text").iter_rows():
             inputs = model.inputs([load_image(path)], [text])
             states = model.model(**inputs, output_hidden_states=True, use_cache=False).hidden_states
             hidden = torch.stack([state[0] for state in states]).float()  # [states, tokens, h]
+            image = inputs["input_ids"][0] == image_token_id
             pooled = {
                 "last": hidden[:, -1],
                 "first": hidden[:, 0],
                 "mean": hidden.mean(dim=1),
                 "max": hidden.amax(dim=1),
+                "image_mean": hidden[:, image].mean(dim=1),
+                "text_mean": hidden[:, ~image].mean(dim=1),
             }
             for name in poolings:
                 out[name].append(pooled[name].numpy())
