@@ -12,7 +12,6 @@ from vlprobe.probes import (
     LinearConfig,
     LogregConfig,
     MlpConfig,
-    ProbeConfig,
     _log_collapsed,
     control_labels,
     fit_linear_probes,
@@ -20,13 +19,17 @@ from vlprobe.probes import (
     probe_layers,
     probe_settings,
     run_probe_job,
-    train_and_evaluate,
 )
 
 LAYERS = [4, 5, 6]  # hidden-state indices of the shard; only 5 carries the signal
 SIGNAL_POSITION = 1
 LABELS = ["cat", "dog", "kite"]
 FAST = {"lr": 0.01, "epochs": 40, "batch_size": 64, "dropout": 0.1, "patience": 5, "seeds": [0]}
+
+
+def _table(*args):
+    """The probe table of probe_layers(*args), without bootstrap intervals."""
+    return probe_layers(*args, EvaluationConfig(bootstrap=0)).table
 
 
 def _synthetic(n_train=500, n_eval=300, hidden=12, seed=0):
@@ -46,8 +49,8 @@ def _synthetic(n_train=500, n_eval=300, hidden=12, seed=0):
 
 
 def _run(train, evaluation, layers=LAYERS, labels=LABELS, **overrides):
-    config = ProbeConfig.from_dict({**FAST, **overrides})
-    return train_and_evaluate(*train, *evaluation, layers, labels, config)
+    config = LinearConfig.from_dict({**FAST, **overrides})
+    return _table(*train, *evaluation, layers, labels, config)
 
 
 def test_probes_learn_signal_layer_and_stay_at_chance_on_noise():
@@ -126,7 +129,7 @@ def test_batched_probes_equal_probes_trained_alone():
 
 def test_standardisation_uses_training_rows_only():
     (x_train, y_train, m_train), (x_eval, y_eval, m_eval) = _synthetic()
-    probes = fit_linear_probes(x_train, y_train, m_train, ProbeConfig.from_dict(FAST))
+    probes = fit_linear_probes(x_train, y_train, m_train, LinearConfig.from_dict(FAST))
     np.testing.assert_allclose(probes.feature_mean.numpy(), x_train.mean(axis=0), rtol=1e-5)
     np.testing.assert_allclose(probes.feature_std.numpy(), x_train.std(axis=0), rtol=1e-5)
 
@@ -157,23 +160,23 @@ def test_early_stopping_keeps_best_validation_epoch():
 
 
 def test_probe_config_names_bad_settings():
-    assert ProbeConfig.from_dict({"lr": 0.1, "weight_decay": 0}).lr == 0.1
-    assert ProbeConfig.from_dict({"seed": 3}).seeds == (3,)  # shorthand for seeds: [3]
-    assert ProbeConfig.from_dict({"seeds": [0, 1, 2]}).seeds == (0, 1, 2)
+    assert LinearConfig.from_dict({"lr": 0.1, "weight_decay": 0}).lr == 0.1
+    assert LinearConfig.from_dict({"seed": 3}).seeds == (3,)  # shorthand for seeds: [3]
+    assert LinearConfig.from_dict({"seeds": [0, 1, 2]}).seeds == (0, 1, 2)
     with pytest.raises(ValueError, match="not both"):
-        ProbeConfig.from_dict({"seed": 0, "seeds": [1]})
+        LinearConfig.from_dict({"seed": 0, "seeds": [1]})
     with pytest.raises(ValueError, match="'seeds' repeats"):
-        ProbeConfig.from_dict({"seeds": [1, 1]})
+        LinearConfig.from_dict({"seeds": [1, 1]})
     with pytest.raises(ValueError, match="'seeds' must be"):
-        ProbeConfig.from_dict({"seeds": []})
+        LinearConfig.from_dict({"seeds": []})
     with pytest.raises(ValueError, match="learning_rate"):
-        ProbeConfig.from_dict({"learning_rate": 0.1})
+        LinearConfig.from_dict({"learning_rate": 0.1})
     with pytest.raises(ValueError, match="'lr'.*1.0e-3"):
-        ProbeConfig.from_dict({"lr": "1e-3"})
+        LinearConfig.from_dict({"lr": "1e-3"})
     with pytest.raises(ValueError, match="'epochs'"):
-        ProbeConfig.from_dict({"epochs": 2.5})
+        LinearConfig.from_dict({"epochs": 2.5})
     with pytest.raises(ValueError, match="'dropout' out of range"):
-        ProbeConfig.from_dict({"dropout": 1.0})
+        LinearConfig.from_dict({"dropout": 1.0})
 
 
 def test_shape_mismatch_is_named():
@@ -269,7 +272,7 @@ def test_logreg_one_class_label_predicts_its_class():
 def test_logreg_probe_table_is_deterministic_across_seeds():
     train, evaluation = _synthetic()
     config = LogregConfig(seeds=(0, 1))
-    table = train_and_evaluate(*train, *evaluation, LAYERS, LABELS, config)
+    table = _table(*train, *evaluation, LAYERS, LABELS, config)
     assert table.height == 2 * len(LAYERS) * len(LABELS)
     by_seed = {seed: part for (seed,), part in table.group_by("seed")}
     assert by_seed[0]["accuracy"].to_list() == by_seed[1]["accuracy"].to_list()
@@ -293,8 +296,8 @@ def test_mlp_learns_what_a_linear_probe_cannot():
     train, evaluation = (x[:900], y[:900], mask[:900]), (x[900:], y[900:], mask[900:])
     settings = {"lr": 0.01, "epochs": 80, "batch_size": 64, "dropout": 0.0, "patience": 10}
     common = (*train, *evaluation, [7], ["entailment"])
-    linear = train_and_evaluate(*common, LinearConfig(**settings))
-    mlp = train_and_evaluate(*common, MlpConfig(**settings, hidden_units=32))
+    linear = _table(*common, LinearConfig(**settings))
+    mlp = _table(*common, MlpConfig(**settings, hidden_units=32))
     assert linear["accuracy"].item() < 0.65
     assert mlp["accuracy"].item() > 0.85
 
@@ -302,8 +305,8 @@ def test_mlp_learns_what_a_linear_probe_cannot():
 def test_mlp_shared_and_independent_hidden_layers():
     train, evaluation = _synthetic()
     settings = {**FAST, "hidden_units": 8}
-    shared = train_and_evaluate(*train, *evaluation, LAYERS, LABELS, MlpConfig.from_dict(settings))
-    alone = train_and_evaluate(
+    shared = _table(*train, *evaluation, LAYERS, LABELS, MlpConfig.from_dict(settings))
+    alone = _table(
         *train,
         *evaluation,
         LAYERS,

@@ -25,6 +25,7 @@ import altair as alt
 import polars as pl
 
 from vlprobe.baselines import TEXT_EMBEDDING_MODEL, split_model_name
+from vlprobe.metrics import HEADLINE_METRIC
 from vlprobe.storage import atomic_path
 
 SUMMARY_COLUMNS = ("model", "task", "pooling", "prompt", "probe", "layer", "metric", "value")
@@ -33,9 +34,8 @@ LAYER_AXIS = alt.Axis(format="d", tickMinStep=1)
 DEPTH_AXIS = alt.Axis(format=".1f")
 TOOLTIP_FIELDS = ("model:N", "pooling:N", "prompt:N", "probe:N", "layer:Q")
 XAxis = Literal["layer", "relative_depth"]
-SELECTIVITY_METRICS = {"caption": "selectivity_accuracy", "object": "selectivity_macro_f1"}
+SELECTIVITY_METRICS = {task: f"selectivity_{m}" for task, m in HEADLINE_METRIC.items()}
 TASK_TITLES = {"caption": "caption entailment", "object": "object recognition"}
-HEADLINE = {"caption": "accuracy", "object": "macro_f1"}
 TEXT_EMBEDDING_BASE = split_model_name(TEXT_EMBEDDING_MODEL)[0]
 
 
@@ -467,7 +467,7 @@ def baselines_chart(
     floor a layer must beat to show it uses the image. Needs a summary with baselines.
     """
     panels = []
-    for task, metric in HEADLINE.items():
+    for task, metric in HEADLINE_METRIC.items():
         if summary.filter((pl.col("task") == task) & (pl.col("metric") == metric)).is_empty():
             continue
         rows = _rows(summary, task, metric)
@@ -483,13 +483,10 @@ def baselines_chart(
         curves = named.filter(pl.col("base") != TEXT_EMBEDDING_BASE)
         if curves["input"].n_unique() < 2 and text.is_empty():
             continue
-        curves = _with_depth(
-            curves.drop("relative_depth").with_columns(
-                pl.col("model").alias("full_model"), pl.col("base").alias("model")
-            )
-        )
+        # a baseline has its model's depth, so relative_depth from _rows stays right
         curves = curves.with_columns(
-            pl.concat_str(pl.col("prompt"), pl.lit(" / "), pl.col("pooling")).alias("setting")
+            pl.col("base").alias("model"),
+            pl.concat_str(pl.col("prompt"), pl.lit(" / "), pl.col("pooling")).alias("setting"),
         )
         curves, dash_title = _with_variant(curves, "setting")
         chart = _lines(

@@ -202,9 +202,6 @@ class LinearConfig(_Settings):
         }
 
 
-ProbeConfig = LinearConfig  # the name of the first probe's settings
-
-
 @dataclass(frozen=True)
 class MlpConfig(LinearConfig):
     """Hyperparameters of the one-hidden-layer probe (``probes.mlp``); see the module doc."""
@@ -336,9 +333,6 @@ class FittedProbes:
     @property
     def bias(self) -> torch.Tensor:  # [layers, labels]
         return self.network.bias.detach()
-
-
-LinearProbes = FittedProbes  # the name of the first probe's result
 
 
 def _linear(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -1266,35 +1260,6 @@ def _decisions(probes: FittedProbes, x_eval: np.ndarray, layers: Sequence[int]) 
     return logits > 0
 
 
-def train_and_evaluate(
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    m_train: np.ndarray,
-    x_eval: np.ndarray,
-    y_eval: np.ndarray,
-    m_eval: np.ndarray,
-    layers: Sequence[int],
-    label_names: Sequence[str],
-    config: AnyProbeConfig,
-    evaluation: EvaluationConfig | None = None,
-    eval_groups: np.ndarray | None = None,
-) -> pl.DataFrame:
-    """The probe table of :func:`probe_layers`: one row per (layer, label, seed)."""
-    return probe_layers(
-        x_train,
-        y_train,
-        m_train,
-        x_eval,
-        y_eval,
-        m_eval,
-        layers,
-        label_names,
-        config,
-        evaluation or EvaluationConfig(bootstrap=0),
-        eval_groups,
-    ).table
-
-
 def run_probe_job(
     task_path: str | os.PathLike,
     part_dirs: Sequence[str | os.PathLike],
@@ -1391,7 +1356,6 @@ __all__ = [
     "LinearConfig",
     "LogregConfig",
     "MlpConfig",
-    "ProbeConfig",
     "ProbeResults",
     "control_labels",
     "fit_linear_probes",
@@ -1400,5 +1364,4 @@ __all__ = [
     "probe_settings",
     "probe_layers",
     "run_probe_job",
-    "train_and_evaluate",
 ]

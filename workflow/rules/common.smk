@@ -19,7 +19,7 @@ validate(config, schema="../schemas/config.schema.yaml")
 try:
     for name, settings in config["probes"].items():
         probe_settings(name, settings)
-    EvaluationConfig.from_dict(config.get("evaluation", {}))
+    EVALUATION = EvaluationConfig.from_dict(config.get("evaluation", {}))
 except ValueError as error:
     raise WorkflowError(f"config: {error}") from None
 
@@ -206,7 +206,7 @@ def figure_input(wildcards):
 def figure_names():
     """The registered figures whose rows this config produces."""
     skip = set()
-    if not config.get("evaluation", {}).get("control", True):
+    if not EVALUATION.control:
         skip.add("selectivity")
     if not config["caption"].get("embedding_baseline", False) and not any(
         entry.get("baselines") for entry in config["models"].values()
