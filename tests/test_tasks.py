@@ -239,7 +239,7 @@ def test_parts_keep_images_together_and_cover_the_task(demo, pairs):
     )
 
 
-def test_real_coco_full_val_pool(coco_mini, sentence_model):
+def test_real_coco_full_val_pool(coco_mini, sentence_model, all_cores):
     files = CocoFiles.in_directory(coco_mini)
     images, _ = build_images_table(both(files), {"train": 10, "eval": 5}, 0, "error")
     pool = coco_mini / "annotations" / "captions_val2017_full.json"

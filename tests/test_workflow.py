@@ -1,6 +1,7 @@
 """The workflow for real: config validation, the paper-scale DAG, and the demo run end to end."""
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -210,50 +211,110 @@ def test_config_edit_reruns_exactly_the_affected_jobs(demo_run, tmp_path, edit):
     assert planned_jobs(result) == expected
 
 
+def copy_of_run(run: Path, workdir: Path, *removed: str) -> Path:
+    """A finished run copied with its metadata and timestamps, ``removed`` outputs deleted:
+    Snakemake plans exactly their jobs again."""
+    shutil.copytree(run, workdir, symlinks=True)
+    for output in removed:
+        shutil.rmtree(workdir / output)
+    return workdir
+
+
+def assert_same_shards(actual: Path, expected: Path, exact: bool = True) -> None:
+    shards = sorted(expected.glob("layers-*.parquet"))
+    assert shards and sorted(p.name for p in actual.glob("layers-*.parquet")) == [
+        p.name for p in shards
+    ]
+    for shard in shards:
+        tolerance = {} if exact else {"rel_tol": 0, "abs_tol": 1e-5}
+        assert_frame_equal(
+            pl.read_parquet(actual / shard.name),
+            pl.read_parquet(shard),
+            check_exact=exact,
+            **tolerance,
+        )
+
+
+# two extraction jobs of the demo, run side by side by the tests below
+EXTRACTIONS = [
+    "results/activations/tiny-qwen2-vl/object-withcat/part-0",
+    "results/activations/tiny-llava/object-withcat/part-0",
+]
+
+
 def test_killed_run_resumes_from_finished_chunks_and_matches(demo_run, tmp_path):
     """SIGKILL to the whole process group during extraction, then the same command again."""
-    write_config(tmp_path, demo_config(**DEMO_RUN))
-    command = [
-        *SNAKEMAKE,
-        "--directory",
-        str(tmp_path),
-        "--cores",
-        "2",
-        "--configfile",
-        "config.yaml",
-    ]
+    workdir = copy_of_run(demo_run, tmp_path / "run", *EXTRACTIONS)
+    command = [*SNAKEMAKE, "--directory", str(workdir), *EXTRACTIONS]
+    command += ["--cores", "2", "--configfile", "config.yaml"]
     with open(tmp_path / "killed.log", "w") as log:
         run = subprocess.Popen(
             command,
-            cwd=tmp_path,
+            cwd=workdir,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, killed as a whole below
             env={**os.environ, "HF_HUB_OFFLINE": "1"},
         )
-        deadline = time.monotonic() + 600
-        while not list((tmp_path / "results/activations").glob("*/*/*.chunks/*/*.done")):
+        deadline = time.monotonic() + 300
+        while not list((workdir / "results/activations").glob("*/*/*.chunks/*/*.done")):
             assert run.poll() is None, "the run ended before any chunk was finished"
             assert time.monotonic() < deadline, "no extraction chunk finished in time"
             time.sleep(0.05)
         os.killpg(run.pid, signal.SIGKILL)
         run.wait()
     finished = {
-        p.relative_to(tmp_path) for p in tmp_path.glob("results/activations/*/*/*.chunks/*/*.done")
+        p.relative_to(workdir) for p in workdir.glob("results/activations/*/*/*.chunks/*/*.done")
     }
-    snakemake(tmp_path, "--unlock", "--configfile", "config.yaml")
-    snakemake(tmp_path, "--cores", "2", "--configfile", "config.yaml")
+    snakemake(workdir, "--unlock", "--configfile", "config.yaml")
+    snakemake(workdir, *command[command.index(EXTRACTIONS[0]) :])
     resumed = [
         line
-        for log in (tmp_path / "logs/extract").rglob("*.log")
+        for log in (workdir / "logs/extract").rglob("*.log")
         for line in log.read_text().splitlines()
         if "resuming:" in line
     ]
     assert resumed, f"no extraction job resumed from {sorted(map(str, finished))}"
-    assert not list((tmp_path / "results/activations").glob("*/*/*.chunks"))
-    for table in ["results/metrics/summary.parquet", "results/tasks/object-withcat.parquet"]:
-        assert_frame_equal(pl.read_parquet(tmp_path / table), pl.read_parquet(demo_run / table))
-    for shard in (demo_run / "results/activations").rglob("layers-*.parquet"):
-        assert_frame_equal(
-            pl.read_parquet(tmp_path / shard.relative_to(demo_run)), pl.read_parquet(shard)
-        )
+    assert not list((workdir / "results/activations").glob("*/*/*.chunks"))
+    for output in EXTRACTIONS:
+        assert_same_shards(workdir / output, demo_run / output)
+
+
+# Loaded by every Python process of the run (PYTHONPATH); acts in extraction jobs only. A batch
+# larger than VLPROBE_TEST_MAX_BATCH kills the job as the kernel's out-of-memory killer would:
+# no Python exception, so only Snakemake's retry (with the attempt-halved batch size) recovers.
+OOM_KILLER = """
+import os, signal, sys
+
+if sys.argv and sys.argv[0].endswith(".extract.py"):
+    from vlprobe import extract
+
+    pool = extract.Extractor.pool
+
+    def pool_or_die(self, paths, texts):
+        if self.batch_size > int(os.environ["VLPROBE_TEST_MAX_BATCH"]):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return pool(self, paths, texts)
+
+    extract.Extractor.pool = pool_or_die
+"""
+
+
+def test_killed_extraction_is_retried_with_half_the_batch_size(demo_run, tmp_path):
+    workdir = copy_of_run(demo_run, tmp_path / "run", EXTRACTIONS[0])
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(OOM_KILLER)
+    batch_size = demo_config()["models"]["tiny-qwen2-vl"]["batch_size"]
+    env = {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(inject), os.environ.get("PYTHONPATH")])),
+        "VLPROBE_TEST_MAX_BATCH": str(batch_size // 2),
+    }
+    result = snakemake(
+        workdir, EXTRACTIONS[0], "--cores", "2", "--configfile", "config.yaml", env=env
+    )
+    assert "Trying to restart job" in result.stdout + result.stderr
+    log = (workdir / "logs/extract/tiny-qwen2-vl/object-withcat/part-0.log").read_text()
+    assert f"batch size {batch_size // 2} instead of the entry's {batch_size}" in log
+    # another batch size pads the batches differently: equal up to float rounding
+    assert_same_shards(workdir / EXTRACTIONS[0], demo_run / EXTRACTIONS[0], exact=False)

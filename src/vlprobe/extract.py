@@ -1045,6 +1045,13 @@ def run_extraction(
     if torch.device(device).type == "cpu":
         torch.set_num_threads(threads)
     model = load_model(model_name, model_entry, device=device)
+    if batch_size is not None and batch_size != model_entry["batch_size"]:
+        log.warning(
+            "%s: batch size %d instead of the entry's %d (retry after a failed attempt)",
+            model_name,
+            batch_size,
+            model_entry["batch_size"],
+        )
     extract_activations(
         model,
         samples,
