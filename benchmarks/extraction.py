@@ -276,6 +276,13 @@ def main() -> None:
         worst = max(worst, diff / scale)
         print(f"max abs diff, {name} pooling: {diff:.2e} (values up to {scale:.2f})")
     print("pooled values identical within tolerance:", "yes" if worst < 1e-4 else "NO")
+    prompts_per_image = samples.height / n_images
+    print(
+        f"bound: with the vision tower and image prefix dominating, one pass per image against "
+        f"one per prompt gives at most about {prompts_per_image:.2f}x (prompts per image) on a "
+        f"CPU that single prompts already keep busy; vlprobe reaches "
+        f"{vlprobe_rate / reference_rate / prompts_per_image:.0%} of it"
+    )
     for line in h100_estimate():
         print(line)
     print(f"ratio: {vlprobe_rate / reference_rate:.2f}")
