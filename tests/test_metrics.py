@@ -264,41 +264,15 @@ def test_layer_scores_object_macro_control_selectivity_and_collapse():
 
 
 def _score_table(model, task, prompt, values, collapsed=()):
+    headline = "accuracy" if task == "caption" else "macro_f1"
     rows = []
     for layer, value in enumerate(values):
-        for metric, v in (("accuracy" if task == "caption" else "macro_f1", value),):
-            rows.append(
-                (
-                    model,
-                    task,
-                    prompt,
-                    "mean",
-                    "logreg",
-                    layer,
-                    metric,
-                    v,
-                    0.01,
-                    v - 0.05,
-                    v + 0.05,
-                    3,
-                )
-            )
-        rows.append(
-            (
-                model,
-                task,
-                prompt,
-                "mean",
-                "logreg",
-                layer,
-                "collapsed",
-                float(layer in collapsed),
-                None,
-                None,
-                None,
-                3,
-            )
-        )
+        # (metric, value, std, ci_low, ci_high) of this layer's score and of its collapse flag
+        for scored in (
+            (headline, value, 0.01, value - 0.05, value + 0.05),
+            ("collapsed", float(layer in collapsed), None, None, None),
+        ):
+            rows.append((model, task, prompt, "mean", "logreg", layer, *scored, 3))
     columns = [
         "model",
         "task",

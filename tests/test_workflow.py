@@ -17,6 +17,7 @@ from workflow_run import (
     SNAKEMAKE,
     demo_config,
     planned_jobs,
+    run_env,
     snakemake,
     write_config,
 )
@@ -254,7 +255,7 @@ def test_killed_run_resumes_from_finished_chunks_and_matches(demo_run, tmp_path)
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, killed as a whole below
-            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            env=run_env(),
         )
         deadline = time.monotonic() + 300
         while not list((workdir / "results/activations").glob("*/*/*.chunks/*/*.done")):

@@ -12,15 +12,19 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
 
 
+def run_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a workflow run from the tests: offline, plus ``extra``."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", **(extra or {})}
+
+
 def snakemake(
     workdir: Path, *args: str, check: bool = True, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     result = subprocess.run(
         [*SNAKEMAKE, "--directory", str(workdir), *args],
         capture_output=True,
         text=True,
-        env=env,
+        env=run_env(env),
         cwd=workdir,
     )
     if check and result.returncode != 0:
