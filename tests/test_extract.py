@@ -3,6 +3,7 @@ plain full forward pass, sharded output, out-of-memory halving, and resuming fro
 
 import importlib.util
 import threading
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 import torch
+from apple_fastvlm import APPLE, APPLE_ENTRY, apple_forward, build_apple_fastvlm
 from PIL import Image, ImageDraw
 
 from vlprobe.extract import (
@@ -34,9 +36,11 @@ NUM_LAYERS = 3
 # prompt's suffix of others
 ALL_POOLINGS = [*POOLINGS, "index:0", "index:5", "index:-1", "index:-6"]
 REQUIRES = {"fast_vlm": "timm"}  # optional packages that a family's model class needs
+# every family, and Apple's remote-code FastVLM
+FAMILIES_AND_LAYOUTS = [*FAMILIES, APPLE]
 BUILT = [
     family
-    for family in FAMILIES
+    for family in FAMILIES_AND_LAYOUTS
     if family not in REQUIRES or importlib.util.find_spec(REQUIRES[family]) is not None
 ]
 FAMILY_PARAMS = [
@@ -44,7 +48,7 @@ FAMILY_PARAMS = [
         family,
         marks=pytest.mark.skipif(family not in BUILT, reason=f"needs {REQUIRES.get(family)}"),
     )
-    for family in FAMILIES
+    for family in FAMILIES_AND_LAYOUTS
 ]
 STATES = list(range(NUM_LAYERS + 1))
 IMAGE_SIZES = [(96, 64), (64, 96), (120, 90), (64, 64)]
@@ -93,15 +97,19 @@ def reference_pooling(
 def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny-models")
     for family in BUILT:
-        build_tiny_model(family, root / family, {"num_layers": NUM_LAYERS, "seed": 0})
+        if family == APPLE:
+            build_apple_fastvlm(root / family, NUM_LAYERS)
+        else:
+            build_tiny_model(family, root / family, {"num_layers": NUM_LAYERS, "seed": 0})
     return {family: root / family for family in BUILT}
 
 
 @pytest.fixture(scope="module")
 def models(tiny_dirs):
+    entries = {family: {"family": family} for family in FAMILIES} | {APPLE: APPLE_ENTRY}
     return {
         family: load_model(
-            family, {"family": family, "hf_id": str(tiny_dirs[family]), "num_layers": NUM_LAYERS}
+            family, {**entries[family], "hf_id": str(tiny_dirs[family]), "num_layers": NUM_LAYERS}
         )
         for family in BUILT
     }
@@ -137,15 +145,16 @@ def samples(tmp_path_factory) -> pl.DataFrame:
     )
 
 
-def single_sample_reference(loaded, samples) -> dict[str, np.ndarray]:
+def single_sample_reference(loaded, samples, forward=None) -> dict[str, np.ndarray]:
     """Per pooling [samples, states, hidden]: each sample alone in the plain full forward pass
-    with output_hidden_states=True, pooled afterwards."""
+    (``forward``, by default the adapter's) with output_hidden_states=True, pooled afterwards."""
+    forward = forward or loaded.forward
     pooled = {pooling: [] for pooling in ALL_POOLINGS}
     for path, text in samples.select("image_path", "text").iter_rows():
         inputs = loaded.inputs([load_image(path)], [text])
         mask, image = inputs["attention_mask"], loaded.image_token_mask(inputs)
         with torch.inference_mode():
-            states = loaded.forward(inputs, output_hidden_states=True).hidden_states
+            states = forward(inputs, output_hidden_states=True).hidden_states
         for pooling in ALL_POOLINGS:
             pooled[pooling].append(
                 torch.stack([reference_pooling(h, mask, image, pooling)[0] for h in states])
@@ -155,7 +164,13 @@ def single_sample_reference(loaded, samples) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def references(models, samples) -> dict[str, dict[str, np.ndarray]]:
-    return {family: single_sample_reference(model, samples) for family, model in models.items()}
+    """Per family, the single-sample reference; for Apple's FastVLM, of Apple's own forward."""
+    return {
+        family: single_sample_reference(
+            model, samples, partial(apple_forward, model) if family == APPLE else None
+        )
+        for family, model in models.items()
+    }
 
 
 def assert_pooled_equal(actual, expected, atol=1e-5):

@@ -7,14 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from apple_fastvlm import APPLE, APPLE_ENTRY, apple_forward, build_apple_fastvlm
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
 from vlprobe.models import FAMILIES, ModelError, build_tiny_model, load_model
 from vlprobe.models.base import shared_prefix_length
-from vlprobe.models.fast_vlm import FastVlmAdapter
 
 NUM_LAYERS = 3
+# per family, and for Apple's remote-code FastVLM: the model and processor classes that load
 MODEL_CLASSES = {
     "qwen2_vl": ("Qwen2VLForConditionalGeneration", "Qwen2VLProcessor"),
     "qwen2_5_vl": ("Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor"),
@@ -27,6 +28,7 @@ MODEL_CLASSES = {
     "internvl": ("InternVLForConditionalGeneration", "InternVLProcessor"),
     "phi4_multimodal": ("Phi4MultimodalForCausalLM", "Phi4MultimodalProcessor"),
     "minicpmv4_6": ("MiniCPMV4_6ForConditionalGeneration", "MiniCPMV4_6Processor"),
+    APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 # optional packages that a family's model class needs
 REQUIRES = {"fast_vlm": "timm"}
@@ -58,19 +60,24 @@ def drawing(size: tuple[int, int], colour: tuple[int, int, int]) -> Image.Image:
 
 
 def entry(path: Path, family: str, num_layers: int = NUM_LAYERS) -> dict:
-    return {"family": family, "hf_id": str(path), "dtype": "float32", "num_layers": num_layers}
+    """A config entry; ``family`` may be :data:`APPLE`."""
+    layout = APPLE_ENTRY if family == APPLE else {"family": family}
+    return {**layout, "hf_id": str(path), "dtype": "float32", "num_layers": num_layers}
 
 
 @pytest.fixture(scope="module")
 def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny-models")
     for family in BUILT:
-        build_tiny_model(family, root / family, {"num_layers": NUM_LAYERS, "seed": 0})
+        if family == APPLE:
+            build_apple_fastvlm(root / family, NUM_LAYERS)
+        else:
+            build_tiny_model(family, root / family, {"num_layers": NUM_LAYERS, "seed": 0})
     return {family: root / family for family in BUILT}
 
 
 def test_registry_covers_the_families():
-    assert set(FAMILIES) == set(MODEL_CLASSES)
+    assert set(FAMILIES) == set(MODEL_CLASSES) - {APPLE}
     assert FAMILIES["qwen2_5_vl"].__mro__[1] is FAMILIES["qwen2_vl"]  # shares M-RoPE
     assert all(adapter.family == family for family, adapter in FAMILIES.items())
 
@@ -84,7 +91,7 @@ def test_tiny_model_loads_back_as_the_real_class(tiny_dirs, family):
     assert loaded.num_layers == NUM_LAYERS
     assert loaded.model.config.get_text_config().num_hidden_layers == NUM_LAYERS
     assert loaded.hidden_size == 64
-    assert isinstance(loaded, FAMILIES[family])
+    assert isinstance(loaded, FAMILIES[entry(tiny_dirs[family], family)["family"]])
 
     images = [drawing((96, 64), (220, 40, 40)), drawing((80, 120), (40, 160, 40))]
     inputs = loaded.inputs(images, ["a cat", "This image contains the following types of objects:"])
@@ -352,43 +359,86 @@ def test_kosmos2_suffix_positions_continue_the_absolute_positions(tiny_dirs):
 
 
 def remote_code_checkpoint(path: Path) -> Path:
-    """A config.json as Apple's FastVLM checkpoints have it: a model type that transformers
-    does not know, and the remote code's classes in auto_map."""
+    """A config.json of a remote-code checkpoint that no adapter knows the layout of: a model
+    type that transformers does not know, and the remote code's classes in auto_map."""
     path.mkdir()
     config = {
-        "model_type": "llava_qwen2",
-        "architectures": ["LlavaQwen2ForCausalLM"],
+        "model_type": "my_vlm",
+        "architectures": ["MyVlmForCausalLM"],
         "auto_map": {
-            "AutoConfig": "llava_qwen.LlavaConfig",
-            "AutoModelForCausalLM": "llava_qwen.LlavaQwen2ForCausalLM",
+            "AutoConfig": "my_vlm.MyVlmConfig",
+            "AutoModelForCausalLM": "my_vlm.MyVlmForCausalLM",
         },
     }
     (path / "config.json").write_text(json.dumps(config))
     return path
 
 
-def test_remote_code_checkpoint_without_the_flag_is_one_clear_error(tmp_path):
-    checkpoint = remote_code_checkpoint(tmp_path / "FastVLM-0.5B")
+def test_remote_code_checkpoint_without_the_flag_is_one_clear_error(tiny_dirs):
+    without_flag = {**entry(tiny_dirs[APPLE], APPLE), "trust_remote_code": False}
     with pytest.raises(
         ModelError, match=r"'fastvlm'.*remote-code checkpoint.*llava_qwen2.*trust_remote_code: true"
     ) as error:
-        load_model("fastvlm", entry(checkpoint, "fast_vlm"))
+        load_model("fastvlm", without_flag)
     assert "\n" not in str(error.value)
+
+
+def test_apple_fastvlm_runs_its_remote_code_and_gets_an_image_placeholder(tiny_dirs):
+    """Apple's checkpoint: its own code (llava_qwen.py beside the weights) builds the model, and
+    the tokenizer, which has no image token, gets a placeholder that the processor expands into
+    one token per image feature."""
+    from transformers import AutoTokenizer
+
+    from vlprobe.models.fast_vlm import AppleFastVlmAdapter
+
+    assert "<image>" not in AutoTokenizer.from_pretrained(tiny_dirs[APPLE]).get_vocab()
+    loaded = load_model("fastvlm", entry(tiny_dirs[APPLE], APPLE))
+    assert type(loaded) is AppleFastVlmAdapter
+    assert type(loaded.model).__module__.startswith("transformers_modules.")
+    image = drawing((96, 64), (220, 40, 40))
+    inputs = loaded.inputs([image], ["a cat"])
+    features = loaded.model.encode_images(inputs["pixel_values"])
+    assert loaded.image_token_mask(inputs).sum() == features.shape[1] == 16
+    # as the config says (image_aspect_ratio: pad), the tower sees the whole image, padded to
+    # a square in the mean colour (black here), not its centre cropped
+    square = Image.new("RGB", (96, 96), (0, 0, 0))
+    square.paste(image, (0, 16))
+    tower = loaded.model.get_vision_tower().image_processor
+    expected = tower(images=square, return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(inputs["pixel_values"], expected)
+    cropped = tower(images=image, return_tensors="pt")["pixel_values"]
+    assert not torch.allclose(inputs["pixel_values"], cropped)
+
+
+@pytest.mark.parametrize("text", ["a cat", "This image contains the following types of objects:"])
+def test_apple_fastvlm_adapter_computes_what_its_own_forward_does(tiny_dirs, text):
+    """The adapter splices the image features into the embeddings itself: every hidden state
+    and the last position's logits equal those of Apple's forward on its -200 token."""
+    loaded = load_model("fastvlm", entry(tiny_dirs[APPLE], APPLE))
+    inputs = loaded.inputs([drawing((96, 64), (220, 40, 40))], [text])
+    with torch.inference_mode():
+        ours = loaded.forward(inputs, output_hidden_states=True)
+        own = apple_forward(loaded, inputs, output_hidden_states=True)
+    assert len(ours.hidden_states) == len(own.hidden_states) == NUM_LAYERS + 1
+    states = zip(ours.hidden_states, own.hidden_states, strict=True)
+    for index, (state, expected) in enumerate(states):
+        torch.testing.assert_close(state, expected, msg=lambda m, i=index: f"state {i}: {m}")
+    torch.testing.assert_close(ours.logits, own.logits[:, -1:])
 
 
 @pytest.mark.skipif(not available("fast_vlm"), reason="fast_vlm needs timm")
 def test_remote_code_loads_through_the_causal_lm_class_with_the_flag(
     tmp_path, tiny_dirs, monkeypatch
 ):
-    """With trust_remote_code, the flag reaches both loaders and the auto_map's class loads
-    the model; the adapter finds the decoder through get_decoder() when the native path is
-    missing. (The remote code itself cannot be downloaded here: the tiny native model stands
-    in for what it returns.)"""
+    """For a remote-code layout that no adapter knows, the flag reaches both loaders, the
+    auto_map's class loads the model, and the decoder is found through get_decoder() when the
+    family's path is missing in it (the tiny native model stands in for what the code returns)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from vlprobe.models import base
+    from vlprobe.models.fast_vlm import FastVlmAdapter
 
-    checkpoint = remote_code_checkpoint(tmp_path / "FastVLM-0.5B")
+    checkpoint = remote_code_checkpoint(tmp_path / "my-vlm")
     tiny_processor = AutoProcessor.from_pretrained(tiny_dirs["fast_vlm"])
     tiny_model = AutoModelForImageTextToText.from_pretrained(tiny_dirs["fast_vlm"])
     calls = []
@@ -404,7 +454,7 @@ def test_remote_code_loads_through_the_causal_lm_class_with_the_flag(
     monkeypatch.setattr(base.AutoProcessor, "from_pretrained", processor)
     monkeypatch.setattr(base.AutoModelForCausalLM, "from_pretrained", causal_lm)
     remote = type("RemoteFastVlm", (FastVlmAdapter,), {"language_model_path": "no.such.path"})
-    loaded = remote.load("fastvlm", {**entry(checkpoint, "fast_vlm"), "trust_remote_code": True})
+    loaded = remote.load("my-vlm", {**entry(checkpoint, "fast_vlm"), "trust_remote_code": True})
     assert [(kind, hf_id) for kind, hf_id, _ in calls] == [
         ("processor", str(checkpoint)),
         ("model", str(checkpoint)),
@@ -420,7 +470,7 @@ def test_remote_code_model_without_image_token_names_the_families(tmp_path, tiny
 
     from vlprobe.models import base
 
-    checkpoint = remote_code_checkpoint(tmp_path / "FastVLM-0.5B")
+    checkpoint = remote_code_checkpoint(tmp_path / "my-vlm")
     tiny_processor = AutoProcessor.from_pretrained(tiny_dirs["fast_vlm"])
     text_model = Qwen2ForCausalLM(
         Qwen2Config(
@@ -435,9 +485,9 @@ def test_remote_code_model_without_image_token_names_the_families(tmp_path, tiny
     monkeypatch.setattr(base.AutoProcessor, "from_pretrained", lambda *a, **k: tiny_processor)
     monkeypatch.setattr(base.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: text_model)
     with pytest.raises(
-        ModelError, match=r"'fastvlm'.*no image_token_id.*supported families: .*fast_vlm"
+        ModelError, match=r"'my-vlm'.*no image_token_id.*supported families: .*fast_vlm"
     ) as error:
-        load_model("fastvlm", {**entry(checkpoint, "fast_vlm"), "trust_remote_code": True})
+        load_model("my-vlm", {**entry(checkpoint, "fast_vlm"), "trust_remote_code": True})
     assert "\n" not in str(error.value)
 
 

@@ -8,8 +8,10 @@ image prefix can be reused across prompts, its position ids when they are not th
 2, ... (M-RoPE, Kosmos-2's padding-skipping ones), and how to build a tiny randomly initialised
 model of the real class; and, where a family needs it, how the processor is called
 (:meth:`LoadedVLM.process`), how prompts are tokenised for prefix reuse
-(:meth:`LoadedVLM.prompt_token_ids`) and what is done to the model once loaded
-(:meth:`LoadedVLM.prepare_model`).
+(:meth:`LoadedVLM.prompt_token_ids`), how its processor is loaded
+(:meth:`LoadedVLM.load_processor`) and what is done to model and processor once loaded
+(:meth:`LoadedVLM.prepare`). A family whose checkpoints come in another layout too (Apple's
+remote-code FastVLM) names that layout's adapter by model type (:meth:`LoadedVLM.for_model_type`).
 
 Remote-code checkpoints (a model type that transformers does not have) load only with
 ``trust_remote_code``, through the class their config's ``auto_map`` names; their decoder is
@@ -193,9 +195,10 @@ class LoadedVLM(abc.ABC):
             "trust_remote_code": entry.get("trust_remote_code", False),
         }
         try:
-            auto_model = model_class_of(name, hf_id, source, cls.auto_model_class)
-            processor = AutoProcessor.from_pretrained(hf_id, **source)
-            cls.image_token_in(name, processor)  # before loading weights: fail fast
+            checkpoint, _ = PretrainedConfig.get_config_dict(hf_id, revision=source["revision"])
+            adapter = cls.for_model_type(checkpoint.get("model_type"))
+            auto_model = model_class_of(name, hf_id, checkpoint, source, adapter.auto_model_class)
+            processor = adapter.load_processor(name, hf_id, source)
             settings = {
                 "dtype": DTYPES[dtype],
                 "attn_implementation": entry.get("attn_implementation", "sdpa"),
@@ -204,14 +207,14 @@ class LoadedVLM(abc.ABC):
                 model = random_init_model(auto_model, hf_id, source, settings)
             else:
                 model = auto_model.from_pretrained(hf_id, **settings, **source)
-            model = cls.prepare_model(name, model, hf_id, source)
+            model, processor = adapter.prepare(name, model, processor, hf_id, source)
         except (OSError, ValueError) as err:
             if isinstance(err, ModelError):
                 raise
             # transformers' messages span lines; the job log wants one
             reason = " ".join(str(err).split())
             raise ModelError(f"model {name!r}: cannot load {hf_id}: {reason}") from err
-        loaded = cls(name, model, processor, device=device)
+        loaded = adapter(name, model, processor, device=device)
         if loaded.num_layers != entry["num_layers"]:
             raise ModelError(
                 f"model {name!r}: config says num_layers={entry['num_layers']} but {hf_id} has "
@@ -220,11 +223,32 @@ class LoadedVLM(abc.ABC):
         return loaded
 
     @classmethod
-    def prepare_model(
-        cls, name: str, model: PreTrainedModel, hf_id: str, source: Mapping[str, Any]
-    ) -> PreTrainedModel:
-        """The loaded model made ready for probing (e.g. an adapter of the checkpoint loaded)."""
-        return model
+    def for_model_type(cls, model_type: str | None) -> type[LoadedVLM]:
+        """The adapter of this family for checkpoints of ``model_type`` (config.json's): this
+        class, unless the family's checkpoints come in layouts that need their own."""
+        return cls
+
+    @classmethod
+    def load_processor(
+        cls, name: str, hf_id: str, source: Mapping[str, Any]
+    ) -> ProcessorMixin | PreTrainedTokenizerBase:
+        """The checkpoint's processor, checked for an image token before any weights are read."""
+        processor = AutoProcessor.from_pretrained(hf_id, **source)
+        cls.image_token_in(name, processor)
+        return processor
+
+    @classmethod
+    def prepare(
+        cls,
+        name: str,
+        model: PreTrainedModel,
+        processor: ProcessorMixin | PreTrainedTokenizerBase,
+        hf_id: str,
+        source: Mapping[str, Any],
+    ) -> tuple[PreTrainedModel, ProcessorMixin]:
+        """The loaded model and processor made ready for probing (e.g. an adapter of the
+        checkpoint loaded into the model)."""
+        return model, processor
 
     @classmethod
     def image_token_in(cls, name: str, processor: ProcessorMixin) -> str:
@@ -535,11 +559,12 @@ def left_padded(rows: Sequence[torch.Tensor], pad: int) -> torch.Tensor:
     return out
 
 
-def model_class_of(name: str, hf_id: str, source: Mapping[str, Any], native: type) -> type:
-    """The Auto class that loads a checkpoint, read from its config.json before any code runs:
-    ``native`` for model types that transformers has; for a remote-code checkpoint (only with
-    ``trust_remote_code``), the class that its ``auto_map`` names."""
-    config, _ = PretrainedConfig.get_config_dict(hf_id, revision=source["revision"])
+def model_class_of(
+    name: str, hf_id: str, config: Mapping[str, Any], source: Mapping[str, Any], native: type
+) -> type:
+    """The Auto class that loads a checkpoint, read from its config.json (``config``) before any
+    code runs: ``native`` for model types that transformers has; for a remote-code checkpoint
+    (only with ``trust_remote_code``), the class that its ``auto_map`` names."""
     model_type = config.get("model_type")
     if model_type in CONFIG_MAPPING:
         return native

@@ -1,38 +1,44 @@
-"""FastVLM: a FastViTHD (hybrid convolutional) vision encoder from timm, a two-layer projector and
-a Qwen2 decoder; LLaVA's processor and image placeholder."""
+"""FastVLM: a FastViTHD (hybrid convolutional) vision encoder, a two-layer projector and a Qwen2
+decoder; LLaVA's processor and image placeholder. Checkpoints converted to transformers, and
+Apple's own with their remote code."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import nn
 from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
     CLIPImageProcessor,
+    DynamicCache,
     FastVlmConfig,
     FastVlmForConditionalGeneration,
+    LlavaImageProcessor,
     LlavaProcessor,
+    PreTrainedModel,
     PreTrainedTokenizerBase,
     Qwen2Config,
 )
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from vlprobe.models.base import text_config_kwargs
+from vlprobe.models.base import LoadedVLM, ModelError, text_config_kwargs
 from vlprobe.models.llava import LlavaAdapter
 from vlprobe.models.tiny import SpecialTokens
 
+# the image placeholder that the adapter of Apple's checkpoints adds to their tokenizer
+IMAGE_PLACEHOLDER = "<image>"
 # the tiny encoder's stem and two downsampling stages shrink an image 16-fold per side (the real
 # one 64-fold: 1024 pixels give 16 x 16 tokens)
 DOWNSAMPLING = 16
 
 
 class FastVlmAdapter(LlavaAdapter):
-    """FastVLM checkpoints converted to transformers (model_type ``fast_vlm``), and Apple's own
-    (``apple/FastVLM-*``, model_type ``llava_qwen2``) behind ``trust_remote_code: true``.
-
-    The remote-code checkpoints load through ``AutoModelForCausalLM`` and their own processor;
-    their decoder is found through ``get_decoder()``. They can be probed only if their
-    processor expands the image into image tokens that the tokenizer knows (one per feature);
-    otherwise loading stops with the no-image-token error.
+    """FastVLM checkpoints converted to transformers (model_type ``fast_vlm``); Apple's own
+    (``apple/FastVLM-*``, model_type ``llava_qwen2``) take :class:`AppleFastVlmAdapter`.
 
     The vision tower needs timm. Tiny key: ``image_size`` (64), the encoder resolution; an image
     gives ``(image_size / 16) ** 2`` tokens.
@@ -43,6 +49,10 @@ class FastVlmAdapter(LlavaAdapter):
         eos="<|im_end|>", pad="<|endoftext|>", extra=("<|im_start|>", "<image>")
     )
     tiny_defaults = {"image_size": 64}
+
+    @classmethod
+    def for_model_type(cls, model_type: str | None) -> type[LoadedVLM]:
+        return AppleFastVlmAdapter if model_type == AppleFastVlmAdapter.model_type else cls
 
     @classmethod
     def tiny_model_and_processor(
@@ -93,3 +103,104 @@ class FastVlmAdapter(LlavaAdapter):
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight)
         return model, processor
+
+
+class AppleFastVlmAdapter(FastVlmAdapter):
+    """Apple's own FastVLM checkpoints (``apple/FastVLM-*``, model_type ``llava_qwen2``): remote
+    code, run only with ``trust_remote_code: true``, loaded through ``AutoModelForCausalLM``.
+
+    Apple's model puts the image's features in place of one token id (-200) inside its own
+    forward, and the checkpoint ships a tokenizer only: the image processor is the vision
+    tower's (``get_vision_tower().image_processor``, as the model card uses it). So the adapter
+    builds LLaVA's processor from that tokenizer, with :data:`IMAGE_PLACEHOLDER` added, and the
+    tower's image processor, expanding an image into one placeholder per feature as the
+    converted checkpoints do. Where the checkpoint's config says ``image_aspect_ratio: pad``
+    (Apple's do), images are first padded to a square, as Apple's own inference code does;
+    the model card's example crops them instead, losing what is near the sides.
+
+    The adapter splices the features in itself: those of ``encode_images`` (tower and
+    projector) replace the placeholders' embeddings, and the decoder (``get_model()``) runs on
+    them, which is what the remote forward computes for a prompt with one image. The hooks on
+    the decoder layers then see every image token, and the prefix of an image can be reused
+    like any causal model's.
+    """
+
+    model_type = "llava_qwen2"
+    language_model_path = "model"
+    auto_model_class = AutoModelForCausalLM
+
+    @classmethod
+    def load_processor(
+        cls, name: str, hf_id: str, source: Mapping[str, Any]
+    ) -> PreTrainedTokenizerBase:
+        """The tokenizer only; the image processor comes with the vision tower (:meth:`prepare`)."""
+        return AutoTokenizer.from_pretrained(hf_id, **source)
+
+    @classmethod
+    def prepare(
+        cls,
+        name: str,
+        model: PreTrainedModel,
+        processor: PreTrainedTokenizerBase,
+        hf_id: str,
+        source: Mapping[str, Any],
+    ) -> tuple[PreTrainedModel, LlavaProcessor]:
+        image_processor = model.get_vision_tower().image_processor
+        if getattr(model.config, "image_aspect_ratio", None) == "pad":
+            # LLaVA's "pad", as the checkpoint was trained: the image is padded to a square in
+            # the mean colour before the tower's processing, so nothing at its sides is cropped
+            # away; transformers' LLaVA image processor does the same
+            image_processor = LlavaImageProcessor.from_dict(
+                {**image_processor.to_dict(), "do_pad": True}
+            )
+        height, width = image_processor.crop_size["height"], image_processor.crop_size["width"]
+        # the tower's downsampling is architecture, not config: count the features of one image
+        with torch.inference_mode():
+            blank = torch.zeros(1, 3, height, width, dtype=model.dtype, device=model.device)
+            features = model.encode_images(blank).shape[1]
+        side = math.isqrt(features)
+        if height != width or side * side != features or height % side:
+            raise ModelError(
+                f"model {name!r}: {hf_id} gives {features} features for a {height}x{width} "
+                "image, not a square grid of whole patches; LLaVA's processor cannot expand it"
+            )
+        processor.add_tokens([IMAGE_PLACEHOLDER], special_tokens=True)
+        llava_processor = LlavaProcessor(
+            image_processor=image_processor,
+            tokenizer=processor,
+            patch_size=height // side,
+            vision_feature_select_strategy="full",
+            num_additional_image_tokens=0,
+            image_token=IMAGE_PLACEHOLDER,
+        )
+        return model, llava_processor
+
+    def image_feature_token_id(self, name: str, model: PreTrainedModel) -> int:
+        return self.tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
+
+    def forward(self, inputs: Mapping[str, Any], **kwargs: Any) -> CausalLMOutputWithPast:
+        return self.decode(inputs, use_cache=False, **kwargs)
+
+    def forward_cached(
+        self, inputs: Mapping[str, Any], cache: DynamicCache, **kwargs: Any
+    ) -> CausalLMOutputWithPast:
+        return self.decode(inputs, past_key_values=cache, use_cache=True, **kwargs)
+
+    def decode(self, inputs: Mapping[str, Any], **kwargs: Any) -> CausalLMOutputWithPast:
+        """The decoder on the token embeddings with the image features spliced in; logits at
+        the last position only (the remote forward would compute them at every position)."""
+        inputs = dict(inputs)
+        input_ids = inputs.pop("input_ids")
+        pixel_values = inputs.pop("pixel_values", None)
+        placeholders = input_ids == self.image_token_id
+        # the added placeholder has no embedding of its own; its rows are overwritten
+        embeddings = self.model.get_input_embeddings()(input_ids.masked_fill(placeholders, 0))
+        if pixel_values is not None:
+            features = self.model.encode_images(pixel_values).to(embeddings.dtype)
+            embeddings = embeddings.masked_scatter(placeholders[..., None], features)
+        output = self.model.get_model()(inputs_embeds=embeddings, **inputs, **kwargs)
+        return CausalLMOutputWithPast(
+            logits=self.model.get_output_embeddings()(output.last_hidden_state[:, -1:]),
+            past_key_values=output.past_key_values,
+            hidden_states=output.hidden_states,
+        )

@@ -18,6 +18,7 @@ from transformers import (
     Phi4MultimodalProcessor,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    ProcessorMixin,
 )
 from transformers.models.phi4_multimodal.modeling_phi4_multimodal import (
     Phi4MultimodalVisionAttention,
@@ -72,9 +73,14 @@ class Phi4MultimodalAdapter(LoadedVLM):
         return model.config.vision_config.image_token_id
 
     @classmethod
-    def prepare_model(
-        cls, name: str, model: PreTrainedModel, hf_id: str, source: Mapping[str, Any]
-    ) -> PreTrainedModel:
+    def prepare(
+        cls,
+        name: str,
+        model: PreTrainedModel,
+        processor: ProcessorMixin,
+        hf_id: str,
+        source: Mapping[str, Any],
+    ) -> tuple[PreTrainedModel, ProcessorMixin]:
         if Path(hf_id).is_dir() and not (Path(hf_id) / VISION_LORA).is_dir():
             log.warning("%s: %s has no %s; no vision LoRA is active", name, hf_id, VISION_LORA)
         elif importlib.util.find_spec("peft") is None:
@@ -101,7 +107,7 @@ class Phi4MultimodalAdapter(LoadedVLM):
         # output_hidden_states=True of the whole model loses the encoder's states and fails;
         # installing the whole model's hooks first keeps both right
         maybe_install_capturing_hooks(model.model)
-        return model
+        return model, processor
 
     @classmethod
     def tiny_model_and_processor(
