@@ -221,6 +221,16 @@ def test_unknown_dtype_is_named(tiny_dirs):
         load_model("m", {**entry(tiny_dirs["llava"], "llava"), "dtype": "float8"})
 
 
+@pytest.mark.skipif(
+    importlib.util.find_spec("flash_attn") is not None, reason="flash-attn is installed"
+)
+def test_flash_attention_without_its_package_is_named(tiny_dirs):
+    flash = {**entry(tiny_dirs["llava"], "llava"), "attn_implementation": "flash_attention_2"}
+    with pytest.raises(ModelError, match=r"'m': cannot load .*FlashAttention2") as error:
+        load_model("m", flash)
+    assert "\n" not in str(error.value)
+
+
 def test_missing_checkpoint_is_named(tmp_path):
     with pytest.raises(ModelError, match=r"'gone': cannot load .*nowhere"):
         load_model("gone", entry(tmp_path / "nowhere", "qwen2_vl"))

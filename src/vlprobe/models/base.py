@@ -208,7 +208,7 @@ class LoadedVLM(abc.ABC):
             else:
                 model = auto_model.from_pretrained(hf_id, **settings, **source)
             model, processor = adapter.prepare(name, model, processor, hf_id, source)
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, ImportError) as err:  # ImportError: e.g. no flash-attn
             if isinstance(err, ModelError):
                 raise
             # transformers' messages span lines; the job log wants one
