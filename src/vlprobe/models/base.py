@@ -207,7 +207,8 @@ class LoadedVLM(abc.ABC):
                 model = random_init_model(auto_model, hf_id, source, settings)
             else:
                 model = auto_model.from_pretrained(hf_id, **settings, **source)
-            model, processor = adapter.prepare(name, model, processor, hf_id, source)
+            # on its device already: preparing may run the model (Apple's FastVLM encodes an image)
+            model, processor = adapter.prepare(name, model.to(device), processor, hf_id, source)
         except (OSError, ValueError, ImportError) as err:  # ImportError: e.g. no flash-attn
             if isinstance(err, ModelError):
                 raise
@@ -246,8 +247,8 @@ class LoadedVLM(abc.ABC):
         hf_id: str,
         source: Mapping[str, Any],
     ) -> tuple[PreTrainedModel, ProcessorMixin]:
-        """The loaded model and processor made ready for probing (e.g. an adapter of the
-        checkpoint loaded into the model)."""
+        """The loaded model (on its device) and processor made ready for probing (e.g. an
+        adapter of the checkpoint loaded into the model)."""
         return model, processor
 
     @classmethod

@@ -155,6 +155,7 @@ class AppleFastVlmAdapter(FastVlmAdapter):
             )
         height, width = image_processor.crop_size["height"], image_processor.crop_size["width"]
         # the tower's downsampling is architecture, not config: count the features of one image
+        # (on the model's device: a 1024-pixel image takes minutes on a CPU in bfloat16)
         with torch.inference_mode():
             blank = torch.zeros(1, 3, height, width, dtype=model.dtype, device=model.device)
             features = model.encode_images(blank).shape[1]
