@@ -1,18 +1,17 @@
 """Extraction on tiny models of every family: hook pooling and image prefix reuse against the
 plain full forward pass, sharded output, out-of-memory halving, and resuming from chunks."""
 
-import importlib.util
 import threading
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
 import torch
-from apple_fastvlm import APPLE, APPLE_ENTRY, apple_forward, build_apple_fastvlm
+from apple_fastvlm import APPLE, apple_forward
 from PIL import Image, ImageDraw
+from tiny_models import BUILT, FAMILY_PARAMS, NUM_LAYERS, entry
 
 from vlprobe.extract import (
     POOLINGS,
@@ -28,28 +27,12 @@ from vlprobe.extract import (
     run_extraction,
     shard_path,
 )
-from vlprobe.models import FAMILIES, build_tiny_model, load_model
+from vlprobe.models import load_model
 from vlprobe.storage import layer_shards, read_activations, read_metadata
 
-NUM_LAYERS = 3
 # every pooling; token 5 and token -6 fall in the image prefix of some prompts and in the
 # prompt's suffix of others
 ALL_POOLINGS = [*POOLINGS, "index:0", "index:5", "index:-1", "index:-6"]
-REQUIRES = {"fast_vlm": "timm"}  # optional packages that a family's model class needs
-# every family, and Apple's remote-code FastVLM
-FAMILIES_AND_LAYOUTS = [*FAMILIES, APPLE]
-BUILT = [
-    family
-    for family in FAMILIES_AND_LAYOUTS
-    if family not in REQUIRES or importlib.util.find_spec(REQUIRES[family]) is not None
-]
-FAMILY_PARAMS = [
-    pytest.param(
-        family,
-        marks=pytest.mark.skipif(family not in BUILT, reason=f"needs {REQUIRES.get(family)}"),
-    )
-    for family in FAMILIES_AND_LAYOUTS
-]
 STATES = list(range(NUM_LAYERS + 1))
 IMAGE_SIZES = [(96, 64), (64, 96), (120, 90), (64, 64)]
 OBJECTS = "This image contains the following types of objects:"
@@ -94,25 +77,8 @@ def reference_pooling(
 
 
 @pytest.fixture(scope="module")
-def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny-models")
-    for family in BUILT:
-        if family == APPLE:
-            build_apple_fastvlm(root / family, NUM_LAYERS)
-        else:
-            build_tiny_model(family, root / family, {"num_layers": NUM_LAYERS, "seed": 0})
-    return {family: root / family for family in BUILT}
-
-
-@pytest.fixture(scope="module")
 def models(tiny_dirs):
-    entries = {family: {"family": family} for family in FAMILIES} | {APPLE: APPLE_ENTRY}
-    return {
-        family: load_model(
-            family, {**entries[family], "hf_id": str(tiny_dirs[family]), "num_layers": NUM_LAYERS}
-        )
-        for family in BUILT
-    }
+    return {family: load_model(family, entry(tiny_dirs[family], family)) for family in BUILT}
 
 
 @pytest.fixture

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from apple_fastvlm import APPLE, APPLE_ENTRY, apple_forward, build_apple_fastvlm
+from apple_fastvlm import APPLE, apple_forward
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file
+from tiny_models import FAMILY_PARAMS, NUM_LAYERS, available, entry
 
 from vlprobe.models import FAMILIES, ModelError, build_tiny_model, load_model
 from vlprobe.models.base import shared_prefix_length
 
-NUM_LAYERS = 3
 # per family, and for Apple's remote-code FastVLM: the model and processor classes that load
 MODEL_CLASSES = {
     "qwen2_vl": ("Qwen2VLForConditionalGeneration", "Qwen2VLProcessor"),
@@ -30,24 +30,6 @@ MODEL_CLASSES = {
     "minicpmv4_6": ("MiniCPMV4_6ForConditionalGeneration", "MiniCPMV4_6Processor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
-# optional packages that a family's model class needs
-REQUIRES = {"fast_vlm": "timm"}
-
-
-def available(family: str) -> bool:
-    return family not in REQUIRES or importlib.util.find_spec(REQUIRES[family]) is not None
-
-
-BUILT = [family for family in MODEL_CLASSES if available(family)]
-FAMILY_PARAMS = [
-    pytest.param(
-        family,
-        marks=pytest.mark.skipif(
-            not available(family), reason=f"{family} needs {REQUIRES.get(family)}"
-        ),
-    )
-    for family in MODEL_CLASSES
-]
 
 
 def drawing(size: tuple[int, int], colour: tuple[int, int, int]) -> Image.Image:
@@ -57,23 +39,6 @@ def drawing(size: tuple[int, int], colour: tuple[int, int, int]) -> Image.Image:
     draw.ellipse([width // 8, height // 8, width // 2, height // 2], fill=colour)
     draw.rectangle([width // 2, height // 2, width - 4, height - 4], fill=(30, 30, 160))
     return image
-
-
-def entry(path: Path, family: str, num_layers: int = NUM_LAYERS) -> dict:
-    """A config entry; ``family`` may be :data:`APPLE`."""
-    layout = APPLE_ENTRY if family == APPLE else {"family": family}
-    return {**layout, "hf_id": str(path), "dtype": "float32", "num_layers": num_layers}
-
-
-@pytest.fixture(scope="module")
-def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny-models")
-    for family in BUILT:
-        if family == APPLE:
-            build_apple_fastvlm(root / family, NUM_LAYERS)
-        else:
-            build_tiny_model(family, root / family, {"num_layers": NUM_LAYERS, "seed": 0})
-    return {family: root / family for family in BUILT}
 
 
 def test_registry_covers_the_families():
