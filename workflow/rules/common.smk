@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import jsonschema
 from snakemake.utils import validate
 
 from vlprobe.baselines import (
@@ -14,7 +15,22 @@ from vlprobe.figures import FIGURES
 from vlprobe.probes import EvaluationConfig, probe_settings
 from vlprobe.storage import layer_shards
 
-validate(config, schema="../schemas/config.schema.yaml")
+
+def validated(config, schema):
+    """``config`` checked against ``schema`` (defaults filled in); a violation is one line
+    naming the key, e.g. ``config models.m.family: 'llama' is not one of [...]``."""
+    try:
+        validate(config, schema=schema)
+    except WorkflowError as error:
+        # snakemake raises while handling jsonschema's error, which names the key
+        violation = error.__context__
+        if not isinstance(violation, jsonschema.ValidationError):
+            raise
+        key = ".".join(str(part) for part in violation.absolute_path) or "(top level)"
+        raise WorkflowError(f"config {key}: {violation.message}") from None
+
+
+validated(config, schema="../schemas/config.schema.yaml")
 # probe entries named other than their kind are checked here, before any job runs
 try:
     for name, settings in config["probes"].items():
