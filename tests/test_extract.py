@@ -1,6 +1,8 @@
 """Extraction on tiny models of every family: hook pooling and image prefix reuse against the
 plain full forward pass, sharded output, out-of-memory halving, and resuming from chunks."""
 
+import logging
+import re
 import threading
 from functools import partial
 
@@ -316,7 +318,7 @@ def test_extract_writes_every_shard_in_sample_order(tmp_path, models, samples, r
     ("prefix_reuse", "prefetch"), [(True, False), (True, True), (False, False)]
 )
 def test_out_of_memory_halves_the_batch(
-    tmp_path, models, samples, references, prefix_reuse, prefetch
+    tmp_path, models, samples, references, prefix_reuse, prefetch, caplog
 ):
     """Batches of 2 (images or samples) run out of memory: 1 from then on; with prefetch, the
     second batch of 2 was being prepared ahead and is dropped."""
@@ -352,6 +354,8 @@ def test_out_of_memory_halves_the_batch(
     finally:
         del loaded.forward, loaded.forward_cached
     assert batch_sizes[:2] == [2, 1] and max(batch_sizes[1:]) == 1
+    halvings = [r.getMessage() for r in caplog.records if "out of memory" in r.getMessage()]
+    assert halvings == [f"{loaded.name}: CUDA out of memory: batch size halved to 1"]
     _, _, small = read_activations(paths, "last")
     np.testing.assert_allclose(small, references["llava"]["last"], rtol=1e-4, atol=1e-5)
 
@@ -376,7 +380,7 @@ class Killed(Exception):
     """A simulated kill of the job."""
 
 
-def test_interrupted_extraction_resumes_from_its_chunks(tmp_path, models, samples):
+def test_interrupted_extraction_resumes_from_its_chunks(tmp_path, models, samples, caplog):
     loaded = models["llava"]
     shards = layer_shards(NUM_LAYERS + 1, 2)
     n_chunks = len(plan_chunks(samples, 2))
@@ -419,8 +423,16 @@ def test_interrupted_extraction_resumes_from_its_chunks(tmp_path, models, sample
     assert len(list(chunks.glob("*.done"))) == 2
     assert not out_dir.exists()
 
-    out_paths, resumed = extract(out_dir, ["mean", "last"])
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vlprobe.extract"):
+        out_paths, resumed = extract(out_dir, ["mean", "last"])
     assert len(resumed) == n_chunks - 2  # only the missing chunk
+    # the log says what was kept, then per chunk the speed and the time left
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(m.startswith(f"resuming: 2 of {n_chunks} chunks") for m in messages)
+    progress = [m for m in messages if m.startswith(f"chunk {n_chunks}/{n_chunks}:")]
+    assert len(progress) == 1
+    assert re.search(r"samples/s; 0 samples left, about 0:00:00$", progress[0])
     assert not chunk_dir_of(out_dir).exists()
     reference, computed = extract(tmp_path / "whole", ["mean", "last"])
     assert computed == list(range(n_chunks))
@@ -477,7 +489,9 @@ def test_bad_arguments_are_named(tmp_path, models, samples):
         extract_activations(loaded, samples, ["median"], [(0, 1)], out, {}, 2)
     with pytest.raises(ValueError, match=r"index:1\.5"):
         extract_activations(loaded, samples, ["index:1.5"], [(0, 1)], out, {}, 2)
-    with pytest.raises(ValueError, match=r"pooling index:-500 is outside a sequence of \d+ tok"):
+    with pytest.raises(
+        ValueError, match=r"^'llava': pooling index:-500 is outside a sequence of \d+ tokens$"
+    ):
         extract_activations(loaded, samples, ["index:-500"], [(0, 1)], out, {}, 2)
     with pytest.raises(ValueError, match=r"indices 0\.\.3"):
         extract_activations(loaded, samples, ["last"], [(0, 4)], out, {}, 2)

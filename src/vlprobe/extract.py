@@ -97,13 +97,14 @@ class TokenMask:
         return {"all": self.count, "image": image, "text": self.count - image}
 
 
-def index_positions(index: int, lengths: torch.Tensor) -> torch.Tensor:
+def index_positions(index: int, lengths: torch.Tensor, model_name: str) -> torch.Tensor:
     """Position of token ``index`` (negative: counted from the end) in sequences of ``lengths``
-    tokens; an index outside a sequence is an error."""
+    tokens of model ``model_name``; an index outside a sequence is an error."""
     positions = lengths + index if index < 0 else torch.full_like(lengths, index)
     if ((positions < 0) | (positions >= lengths)).any():
         raise ValueError(
-            f"pooling index:{index} is outside a sequence of {int(lengths.min())} tokens"
+            f"{model_name!r}: pooling index:{index} is outside a sequence of "
+            f"{int(lengths.min())} tokens"
         )
     return positions
 
@@ -381,7 +382,7 @@ class LayerPooler:
         tokens = TokenMask.from_attention_mask(mask, self.model.image_token_mask(inputs))
         lengths = tokens.count[:, 0].long()
         picks = {  # token N of each row: the rows' tokens are contiguous (left or right padding)
-            index: (tokens.rows, tokens.first + index_positions(index, lengths))
+            index: (tokens.rows, tokens.first + index_positions(index, lengths, self.model.name))
             for index in self.indices
         }
         tokens = replace(tokens, picks=picks)
@@ -528,7 +529,11 @@ class Extractor:
                 if self.batch_size == 1:
                     raise
                 self.batch_size //= 2
-                log.warning("CUDA out of memory: batch size halved to %d", self.batch_size)
+                log.warning(
+                    "%s: CUDA out of memory: batch size halved to %d",
+                    self.model.name,
+                    self.batch_size,
+                )
                 torch.cuda.empty_cache()
                 continue
             start = end
@@ -613,7 +618,9 @@ class Extractor:
         item_lengths = item_prefix + torch.tensor(
             [len(ids) for _, ids, _ in suffixes], device=model.device
         )
-        positions = {index: index_positions(index, item_lengths) for index in self.pooler.indices}
+        positions = {
+            index: index_positions(index, item_lengths, model.name) for index in self.pooler.indices
+        }
         width = prefix_mask.shape[1]  # prefixes are left-padded
         tokens = TokenMask.from_attention_mask(
             prefix_mask,
