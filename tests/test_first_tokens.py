@@ -1,12 +1,20 @@
 """First-token analysis on a tiny Qwen2-VL over the demo COCO data."""
 
+import json
+
 import polars as pl
 import pytest
 import torch
 
 from vlprobe.data import build_images_table, make_demo_coco
 from vlprobe.extract import load_image
-from vlprobe.first_tokens import TOKEN_TABLE_SCHEMA, run_first_token_job, token_frequencies
+from vlprobe.first_tokens import (
+    TOKEN_TABLE_SCHEMA,
+    category_rows,
+    greedy_first_tokens,
+    run_first_token_job,
+    token_frequencies,
+)
 from vlprobe.models import build_tiny_model, load_model
 from vlprobe.tasks import build_object_rows, category_names, object_task, write_task
 
@@ -47,23 +55,62 @@ def test_tables_count_greedy_first_tokens_per_prompt_and_image_kind(study):
     assert table.schema == TOKEN_TABLE_SCHEMA
     assert pl.read_parquet(out).equals(table)
     assert (root / "t.tsv").read_text().splitlines()[0].split("\t") == list(TOKEN_TABLE_SCHEMA)
-    # with at most 10 distinct tokens, the counts of each prompt cover all 10 eval images
-    n_eval = images.filter(pl.col("split") == "eval").height
-    per_prompt = table.group_by("prompt").agg(pl.col("count").sum(), pl.col("rank").max())
-    for count, rank in per_prompt.select("count", "rank").iter_rows():
-        assert count == n_eval or rank == 10
-    assert set(table["images"]) <= {"positive", "negative"}
+    # every eval image counts once per prompt, as positive (a person in it) or negative
+    eval_ids = set(images.filter(pl.col("split") == "eval")["image_id"])
+    instances = json.loads(files.instances.read_text())
+    (person,) = [c["id"] for c in instances["categories"] if c["name"] == "person"]
+    with_person = {
+        a["image_id"]
+        for a in instances["annotations"]
+        if a["category_id"] == person and a["image_id"] in eval_ids
+    }
+    expected = {"positive": len(with_person), "negative": len(eval_ids - with_person)}
+    assert min(expected.values()) > 0
+    for prompt in PROMPTS:
+        for kind, n_images in expected.items():
+            counts = table.filter((pl.col("prompt") == prompt) & (pl.col("images") == kind))
+            assert counts["rank"].to_list() == list(range(1, counts.height + 1))
+            # all images unless more than 10 distinct tokens were cut off
+            assert counts["count"].sum() == n_images or counts.height == 10
+            assert counts["fraction"].sum() <= 1.0 + 1e-9
 
-    # the recorded token is what generate() produces greedily for that image and prompt
+
+@pytest.mark.parametrize("prompt", list(PROMPTS))
+def test_rows_probe_the_category_on_every_eval_image_once(study, prompt):
+    root, files, images, tasks, entry = study
+    rows = category_rows(tasks[prompt], "person")
+    eval_images = images.filter(pl.col("split") == "eval")
+    assert sorted(rows["image_id"]) == sorted(eval_images["image_id"])  # one row per image
+    task = pl.read_parquet(tasks[prompt]).filter(pl.col("split") == "eval")
+    chosen = task.join(rows.select("sample_id", "present"), on="sample_id")
+    for held_out, present, is_positive, text in chosen.select(
+        "held_out", "present", "present_right", "text"
+    ).iter_rows():
+        assert is_positive == ("person" in present)
+        if prompt == "withcat":
+            # positives: the row leaving person out; negatives: the row listing all present
+            assert held_out == ("person" if is_positive else None)
+            assert "person" not in text
+            assert all(name in text for name in present if name != "person")
+
+
+def test_first_tokens_are_what_generate_gives_for_each_prompt_alone(study):
+    """Tokens from left-padded batches of 4 equal generate() on each (image, prompt) alone."""
+    root, files, images, tasks, entry = study
+    rows = pl.concat([category_rows(tasks[prompt], "person") for prompt in PROMPTS])
+    files_of = dict(images.select("image_id", "file_name").iter_rows())
+    paths = [str(files.images_dir / files_of[i]) for i in rows["image_id"]]
+    texts = rows["text"].to_list()
     model = load_model("tiny", entry)
-    task = pl.read_parquet(tasks["nocat"]).filter(pl.col("split") == "eval").head(1)
-    file_name = images.filter(pl.col("image_id") == task["image_id"][0])["file_name"][0]
-    model.padding_side = "left"
-    inputs = model.inputs([load_image(files.images_dir / file_name)], task["text"].to_list())
-    with torch.inference_mode():
-        generated = model.model.generate(**inputs, max_new_tokens=1, do_sample=False)
-    token = model.tokenizer.decode(generated[0, -1:])
-    assert token in table.filter(pl.col("prompt") == "nocat")["token"].to_list()
+    tokens = greedy_first_tokens(model, paths, texts, batch_size=4)
+    lengths = set()
+    for path, text, token in zip(paths, texts, tokens, strict=True):
+        inputs = model.inputs([load_image(path)], [text])
+        lengths.add(inputs["input_ids"].shape[1])
+        with torch.inference_mode():
+            generated = model.model.generate(**inputs, max_new_tokens=1, do_sample=False)
+        assert model.tokenizer.decode(generated[0, -1:]) == token
+    assert len(lengths) > 1  # the batches were padded
 
 
 def test_frequencies_rank_ties_by_token_and_keep_top_k():
