@@ -14,6 +14,7 @@ import torch
 from apple_fastvlm import APPLE, apple_forward
 from PIL import Image, ImageDraw
 from tiny_models import BUILT, FAMILY_PARAMS, NUM_LAYERS, entry
+from transformers.utils import ModelOutput
 
 from vlprobe.extract import (
     POOLINGS,
@@ -275,6 +276,32 @@ def test_images_without_a_shared_prefix_take_the_plain_path(models, samples, ref
     assert extractor.plain_images == len(IMAGE_SIZES)
     expected = {k: references["llava"][k][order].transpose(1, 0, 2) for k in ("mean", "last")}
     assert_pooled_equal(pooled, expected)
+
+
+@pytest.mark.parametrize("prefix_reuse", [True, False])
+@pytest.mark.parametrize("family", FAMILY_PARAMS)
+def test_no_decoder_returns_the_hidden_states_of_all_layers(loaded, samples, family, prefix_reuse):
+    """Pooling happens in the hooks: neither the model nor its decoder stack returns the
+    token-level hidden states of every layer. (A vision tower may: LLaVA takes its features
+    from the tower's second-to-last layer.)"""
+    layers = loaded.decoder_layers
+    decoder = [m for m in loaded.model.modules() if getattr(m, "layers", None) is layers]
+    assert len(decoder) == 1
+    returned = []
+
+    def record(module, args, output):
+        if isinstance(output, ModelOutput) and output.get("hidden_states") is not None:
+            returned.append(type(module).__name__)
+
+    handles = [module.register_forward_hook(record) for module in [loaded.model, *decoder]]
+    try:
+        with Extractor(loaded, ["mean", "last"], STATES, 2, prefix_reuse) as extractor:
+            pooled = extractor.pool(samples["image_path"].to_list(), samples["text"].to_list())
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert pooled["mean"].shape == (len(STATES), samples.height, loaded.hidden_size)
+    assert returned == []
 
 
 def test_hooks_are_removed_and_only_chosen_states_pooled(models, samples):
