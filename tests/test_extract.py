@@ -387,6 +387,29 @@ def test_out_of_memory_halves_the_batch(
     np.testing.assert_allclose(small, references["llava"]["last"], rtol=1e-4, atol=1e-5)
 
 
+def test_batches_group_images_of_one_size_and_prompts_of_one_image(tmp_path):
+    sizes = [(64, 48), (48, 64), (64, 48), (32, 32), (48, 64), (64, 48)]
+    paths = []
+    for index, size in enumerate(sizes):
+        paths.append(str(tmp_path / f"{index}.png"))
+        Image.new("RGB", size).save(paths[-1])
+    # two prompts per image, interleaved across images
+    samples = pl.DataFrame(
+        {"image_path": paths * 2, "text": ["a longer prompt"] * 6 + ["short"] * 6}
+    )
+    ordered = samples[batch_order(samples)]
+    size_of = dict(zip(paths, sizes, strict=True))
+    runs = [size_of[path] for path in ordered["image_path"]]
+    # each size in one run: images of one size share batches, with little padding
+    assert [size for k, size in enumerate(runs) if k == 0 or size != runs[k - 1]] == sorted(
+        set(sizes)
+    )
+    # each image's prompts next to each other, the shorter first
+    image_runs = ordered["image_path"].rle()
+    assert image_runs.struct.field("len").to_list() == [2] * len(sizes)
+    assert ordered["text"].to_list() == ["short", "a longer prompt"] * len(sizes)
+
+
 def test_chunks_hold_whole_images(samples):
     for size in (1, 2, 3, 100):
         plan = plan_chunks(samples, size)
