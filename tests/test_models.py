@@ -186,6 +186,15 @@ def test_unknown_dtype_is_named(tiny_dirs):
         load_model("m", {**entry(tiny_dirs["llava"], "llava"), "dtype": "float8"})
 
 
+@pytest.mark.parametrize(("configured", "expected"), [(None, "sdpa"), ("eager", "eager")])
+def test_attention_implementation_comes_from_the_entry(tiny_dirs, configured, expected):
+    settings = {} if configured is None else {"attn_implementation": configured}
+    loaded = load_model("m", {**entry(tiny_dirs["qwen2_vl"], "qwen2_vl"), **settings})
+    text_config = loaded.model.config.get_text_config()
+    assert loaded.model.config._attn_implementation == expected
+    assert text_config._attn_implementation == expected
+
+
 @pytest.mark.skipif(
     importlib.util.find_spec("flash_attn") is not None, reason="flash-attn is installed"
 )
