@@ -495,7 +495,7 @@ def test_run_extraction_writes_one_file_per_shard(tmp_path, tiny_dirs, samples):
         "family": "qwen2_vl",
         "hf_id": str(tiny_dirs["qwen2_vl"]),
         "revision": None,
-        "dtype": "float32",
+        "dtype": "auto",  # float32 on the CPU, recorded as such
         "batch_size": 4,
         "num_layers": NUM_LAYERS,
     }

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from tiny_models import FAMILY_PARAMS, NUM_LAYERS, available, entry
 
 from vlprobe.models import FAMILIES, ModelError, build_tiny_model, load_model
-from vlprobe.models.base import shared_prefix_length
+from vlprobe.models.base import resolve_dtype, shared_prefix_length
 
 # per family, and for Apple's remote-code FastVLM: the model and processor classes that load
 MODEL_CLASSES = {
@@ -179,6 +179,14 @@ def test_failed_build_keeps_the_previous_model(tmp_path, monkeypatch):
         build_tiny_model("llava", target, {"num_layers": 2})
     assert list(tmp_path.iterdir()) == [target]
     assert (target / "config.json").read_text() == "{}"
+
+
+def test_auto_dtype_is_bfloat16_on_cuda_only(tiny_dirs):
+    assert resolve_dtype("auto", "cuda:1") == torch.bfloat16
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("float16", "cpu") == torch.float16
+    loaded = load_model("m", {**entry(tiny_dirs["llava"], "llava"), "dtype": "auto"})
+    assert loaded.model.dtype == torch.float32
 
 
 def test_unknown_dtype_is_named(tiny_dirs):

@@ -1070,7 +1070,7 @@ def run_extraction(
             "family": model_entry["family"],
             "hf_id": str(model_entry["hf_id"]),
             "revision": model_entry.get("revision"),
-            "dtype": model_entry.get("dtype", "float32"),
+            "dtype": str(model.model.dtype).removeprefix("torch."),  # "auto" resolved
             **(metadata or {}),
         },
         batch_size or model_entry["batch_size"],

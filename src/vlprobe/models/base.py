@@ -64,6 +64,16 @@ from vlprobe.models.tiny import SpecialTokens, build_tokenizer
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: str, device: str | torch.device) -> torch.dtype:
+    """The torch dtype of a config entry's ``dtype``: one of :data:`DTYPES`, or ``auto`` for
+    bfloat16 on CUDA and float32 elsewhere (CPUs run bfloat16 many times slower)."""
+    if dtype == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    return DTYPES[dtype]
+
+
 PADDING_SIDES = ("left", "right")
 # processor outputs with one value per token ([batch, tokens]), and the value of a padding token
 # (None: the tokenizer's pad token id)
@@ -187,9 +197,9 @@ class LoadedVLM(abc.ABC):
     ) -> LoadedVLM:
         """Load the checkpoint of a config entry and check its decoder depth."""
         hf_id = entry["hf_id"]
-        dtype = entry.get("dtype", "float32")
-        if dtype not in DTYPES:
-            raise ModelError(f"model {name!r}: dtype {dtype!r} is not one of {sorted(DTYPES)}")
+        dtype = entry.get("dtype", "auto")
+        if dtype not in {*DTYPES, "auto"}:
+            raise ModelError(f"model {name!r}: dtype {dtype!r} is not one of {[*DTYPES, 'auto']}")
         source = {
             "revision": entry.get("revision"),
             "trust_remote_code": entry.get("trust_remote_code", False),
@@ -200,7 +210,7 @@ class LoadedVLM(abc.ABC):
             auto_model = model_class_of(name, hf_id, checkpoint, source, adapter.auto_model_class)
             processor = adapter.load_processor(name, hf_id, source)
             settings = {
-                "dtype": DTYPES[dtype],
+                "dtype": resolve_dtype(dtype, device),
                 "attn_implementation": entry.get("attn_implementation", "sdpa"),
             }
             if entry.get("baseline") == "random_init":
