@@ -2,28 +2,36 @@
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
-# This machine's pip cap and local wheels; on a GPU box pip picks the matching CUDA build.
-TORCH ?= torch==2.14.1 torchvision==0.29.1
+# every package at the exact version the tests pass with (make lock refreshes it)
+LOCK := requirements/lock.txt
 CORES ?= all
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test test-slurm lint clean
+.PHONY: install lock demo test test-slurm lint clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip check
 	touch $@
+
+# Resolve pyproject's ranges (with the dev extra) and requirements/torch.in anew, for every
+# platform, into the lock, and mirror it in the conda environment; then `make test`.
+lock: install
+	$(BIN)/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+		--extra dev pyproject.toml requirements/torch.in -o $(LOCK)
+	$(BIN)/python requirements/conda_env.py $(LOCK) envs/vlprobe.yaml
 
 demo: install
 	$(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml
 	$(BIN)/snakemake --cores 1 --configfile config/demo.yaml --report results/report.html
 
 lint: install
-	$(BIN)/ruff check src tests workflow
-	$(BIN)/ruff format --check src tests workflow
+	$(BIN)/ruff check src tests workflow requirements
+	$(BIN)/ruff format --check src tests workflow requirements
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/snakemake --lint --configfile config/demo.yaml
 

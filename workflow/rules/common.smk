@@ -51,6 +51,9 @@ wildcard_constraints:
     last="[0-9]+",
 
 
+# every rule's environment under --software-deployment-method conda (relative to the rule files);
+# it mirrors requirements/lock.txt
+CONDA_ENV = "../../envs/vlprobe.yaml"
 DEMO_COCO = "resources/demo-coco"
 COCO = "resources/coco"
 SPLITS = ("train", "eval")

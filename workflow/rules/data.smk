@@ -6,7 +6,7 @@ rule demo_dataset:
     log:
         "logs/data/demo_dataset.log",
     conda:
-        "../../envs/data.yaml"
+        CONDA_ENV
     params:
         demo=config["coco"].get("demo"),
     script:
@@ -19,7 +19,7 @@ rule coco_annotations:
     log:
         "logs/data/coco_annotations.log",
     conda:
-        "../../envs/data.yaml"
+        CONDA_ENV
     params:
         base_url=config["coco"].get("base_url"),
         annotations=config["coco"].get("annotations"),
@@ -38,7 +38,7 @@ rule images_table:
     log:
         "logs/data/images_table.log",
     conda:
-        "../../envs/data.yaml"
+        CONDA_ENV
     params:
         n_images={
             "train": config["coco"]["n_train_images"],

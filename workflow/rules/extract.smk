@@ -4,7 +4,7 @@ rule tiny_model:
     log:
         "logs/models/{model}.log",
     conda:
-        "../../envs/extract.yaml"
+        CONDA_ENV
     params:
         family=lambda wc: model_entry(wc.model)["family"],
         num_layers=lambda wc: model_entry(wc.model)["num_layers"],
@@ -28,7 +28,7 @@ rule extract:
         model="[A-Za-z0-9_.-]+(@(random_init|blank_image))?",
     retries: config["extract"].get("retries", 2)
     conda:
-        "../../envs/extract.yaml"
+        CONDA_ENV
     threads: 2
     resources:
         gpu=lambda wc: 0 if config["extract"]["device"] == "cpu" else 1,
@@ -57,7 +57,7 @@ rule text_embedding:
     wildcard_constraints:
         task="caption-[A-Za-z0-9_]+",
     conda:
-        "../../envs/tasks.yaml"
+        CONDA_ENV
     params:
         embedding_model=config["caption"]["embedding_model"],
     script:
@@ -86,7 +86,7 @@ rule first_tokens:
     wildcard_constraints:
         model="[A-Za-z0-9_.-]+",
     conda:
-        "../../envs/extract.yaml"
+        CONDA_ENV
     threads: 2
     resources:
         gpu=lambda wc: 0 if config["extract"]["device"] == "cpu" else 1,

@@ -10,7 +10,7 @@ rule probe:
     benchmark:
         "benchmarks/out/probes/{model}/{task}/{pooling}/{probe}/layers-{first}-{last}.tsv"
     conda:
-        "../../envs/probe.yaml"
+        CONDA_ENV
     threads: 1
     params:
         probe=lambda wc: config["probes"][wc.probe],

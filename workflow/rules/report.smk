@@ -10,7 +10,7 @@ rule summary:
     log:
         "logs/report/summary.log",
     conda:
-        "../../envs/probe.yaml"
+        CONDA_ENV
     script:
         "../scripts/summary.py"
 
@@ -27,7 +27,7 @@ rule best_layers:
     log:
         "logs/report/best_layers.log",
     conda:
-        "../../envs/probe.yaml"
+        CONDA_ENV
     script:
         "../scripts/best_layers.py"
 
@@ -54,7 +54,7 @@ rule figure:
     wildcard_constraints:
         figure="|".join(FIGURES),
     conda:
-        "../../envs/report.yaml"
+        CONDA_ENV
     params:
         style=config["figures"],
     script:
@@ -80,7 +80,7 @@ rule negative_similarity:
     log:
         "logs/report/negative_similarity.log",
     conda:
-        "../../envs/report.yaml"
+        CONDA_ENV
     params:
         width=config["figures"]["width"],
         height=config["figures"]["height"],

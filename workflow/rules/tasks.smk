@@ -10,7 +10,7 @@ rule caption_pairs:
     benchmark:
         "benchmarks/out/tasks/caption_pairs.tsv"
     conda:
-        "../../envs/tasks.yaml"
+        CONDA_ENV
     params:
         positives_per_image=config["caption"]["positives_per_image"],
         candidates_per_positive=config["caption"]["candidates_per_positive"],
@@ -29,7 +29,7 @@ rule object_rows:
     log:
         "logs/tasks/object_rows.log",
     conda:
-        "../../envs/tasks.yaml"
+        CONDA_ENV
     script:
         "../scripts/object_rows.py"
 
@@ -42,7 +42,7 @@ rule caption_task:
     log:
         "logs/tasks/caption-{prompt}.log",
     conda:
-        "../../envs/tasks.yaml"
+        CONDA_ENV
     params:
         template=lambda wc: config["caption"]["prompts"][wc.prompt],
     script:
@@ -58,7 +58,7 @@ rule object_task:
     log:
         "logs/tasks/object-{prompt}.log",
     conda:
-        "../../envs/tasks.yaml"
+        CONDA_ENV
     params:
         prompt=lambda wc: config["object"]["prompts"][wc.prompt],
         seed=config["object"]["seed"],
@@ -80,7 +80,7 @@ rule negative_examples:
     log:
         "logs/tasks/negative_examples.log",
     conda:
-        "../../envs/tasks.yaml"
+        CONDA_ENV
     params:
         n=config["caption"]["audit_examples"],
         seed=config["caption"]["seed"],
