@@ -1,5 +1,6 @@
 """Model registry and adapters, on tiny randomly initialised models of the real classes."""
 
+import importlib.metadata
 import importlib.util
 import json
 import shutil
@@ -7,12 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from apple_fastvlm import APPLE, apple_forward
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 from tiny_models import FAMILY_PARAMS, NUM_LAYERS, available, entry
 
-from vlprobe.models import FAMILIES, ModelError, build_tiny_model, load_model
+from vlprobe.models import FAMILIES, ModelError, base, build_tiny_model, load_model
 from vlprobe.models.base import resolve_dtype, shared_prefix_length
 
 # per family, and for Apple's remote-code FastVLM: the model and processor classes that load
@@ -211,6 +213,46 @@ def test_flash_attention_without_its_package_is_named(tiny_dirs):
     with pytest.raises(ModelError, match=r"'m': cannot load .*FlashAttention2") as error:
         load_model("m", flash)
     assert "\n" not in str(error.value)
+
+
+def test_too_old_peft_for_the_vision_lora_is_one_line_naming_both_versions(
+    tmp_path, tiny_dirs, monkeypatch
+):
+    """transformers' own bound is checked before its PEFT integration fails deep inside."""
+    checkpoint = phi4_with_vision_lora(tmp_path, tiny_dirs)
+    monkeypatch.setitem(base.transformers_requirements, "peft", "peft>=99.0")
+    installed = importlib.metadata.version("peft")
+    with pytest.raises(ModelError) as error:
+        load_model("phi4", entry(checkpoint, "phi4_multimodal"))
+    assert str(error.value) == (
+        f"model 'phi4': phi4_multimodal's vision-lora needs peft>=99.0 (transformers "
+        f"{transformers.__version__}'s requirement), but peft {installed} is installed; "
+        "pip install 'peft>=99.0'"
+    )
+
+
+@pytest.mark.skipif(not available("fast_vlm"), reason="fast_vlm needs timm")
+def test_missing_timm_is_named_before_any_weights_are_read(tiny_dirs, monkeypatch):
+    version = importlib.metadata.version
+
+    def without_timm(package):
+        if package == "timm":
+            raise importlib.metadata.PackageNotFoundError(package)
+        return version(package)
+
+    monkeypatch.setattr(base.importlib.metadata, "version", without_timm)
+    monkeypatch.setattr(base.AutoModelForImageTextToText, "from_pretrained", None)
+    needed = base.transformers_requirements["timm"]
+    with pytest.raises(ModelError) as error:
+        load_model("fastvlm", entry(tiny_dirs["fast_vlm"], "fast_vlm"))
+    assert str(error.value) == (
+        f"model 'fastvlm': fast_vlm needs {needed} (transformers {transformers.__version__}'s "
+        f"requirement), but it is not installed; pip install '{needed}'"
+    )
+    unbuilt = tiny_dirs["fast_vlm"].parent / "unbuilt"
+    with pytest.raises(ModelError, match=r"^tiny fast_vlm model: fast_vlm needs timm"):
+        build_tiny_model("fast_vlm", unbuilt, {"num_layers": 1})
+    assert not unbuilt.exists()
 
 
 def test_missing_checkpoint_is_named(tmp_path):
@@ -427,7 +469,6 @@ def test_remote_code_loads_through_the_causal_lm_class_with_the_flag(
     family's path is missing in it (the tiny native model stands in for what the code returns)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from vlprobe.models import base
     from vlprobe.models.fast_vlm import FastVlmAdapter
 
     checkpoint = remote_code_checkpoint(tmp_path / "my-vlm")
@@ -460,8 +501,6 @@ def test_remote_code_loads_through_the_causal_lm_class_with_the_flag(
 def test_remote_code_model_without_image_token_names_the_families(tmp_path, tiny_dirs, monkeypatch):
     from transformers import AutoProcessor, Qwen2Config, Qwen2ForCausalLM
 
-    from vlprobe.models import base
-
     checkpoint = remote_code_checkpoint(tmp_path / "my-vlm")
     tiny_processor = AutoProcessor.from_pretrained(tiny_dirs["fast_vlm"])
     text_model = Qwen2ForCausalLM(
@@ -483,8 +522,8 @@ def test_remote_code_model_without_image_token_names_the_families(tmp_path, tiny
     assert "\n" not in str(error.value)
 
 
-def test_phi4_multimodal_loads_and_activates_its_vision_lora(tmp_path, tiny_dirs):
-    """As the model card prescribes, the vision-lora subfolder is loaded and set active."""
+def phi4_with_vision_lora(tmp_path: Path, tiny_dirs) -> Path:
+    """The tiny Phi-4-multimodal with a random LoRA in its vision-lora subfolder."""
     peft = pytest.importorskip("peft")
     checkpoint = tmp_path / "phi4"
     shutil.copytree(tiny_dirs["phi4_multimodal"], checkpoint)
@@ -493,6 +532,12 @@ def test_phi4_multimodal_loads_and_activates_its_vision_lora(tmp_path, tiny_dirs
         peft.LoraConfig(r=4, target_modules=["qkv_proj", "o_proj"], init_lora_weights=False),
     )
     lora.save_pretrained(checkpoint / "vision-lora")
+    return checkpoint
+
+
+def test_phi4_multimodal_loads_and_activates_its_vision_lora(tmp_path, tiny_dirs):
+    """As the model card prescribes, the vision-lora subfolder is loaded and set active."""
+    checkpoint = phi4_with_vision_lora(tmp_path, tiny_dirs)
     plain = load_model("plain", entry(tiny_dirs["phi4_multimodal"], "phi4_multimodal"))
     with_lora = load_model("lora", entry(checkpoint, "phi4_multimodal"))
     assert with_lora.model.active_adapters() == ["vision"]

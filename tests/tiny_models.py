@@ -11,12 +11,14 @@ from vlprobe.models import FAMILIES, build_tiny_model
 
 NUM_LAYERS = 3
 FAMILIES_AND_LAYOUTS = [*FAMILIES, APPLE]
-# optional packages that a family's model class needs
-REQUIRES = {"fast_vlm": "timm"}
+
+
+def requires(family: str) -> tuple[str, ...]:
+    return FAMILIES[family].requires if family in FAMILIES else ()
 
 
 def available(family: str) -> bool:
-    return family not in REQUIRES or importlib.util.find_spec(REQUIRES[family]) is not None
+    return all(importlib.util.find_spec(package) is not None for package in requires(family))
 
 
 BUILT = [family for family in FAMILIES_AND_LAYOUTS if available(family)]
@@ -24,7 +26,7 @@ FAMILY_PARAMS = [
     pytest.param(
         family,
         marks=pytest.mark.skipif(
-            not available(family), reason=f"{family} needs {REQUIRES.get(family)}"
+            not available(family), reason=f"{family} needs {', '.join(requires(family))}"
         ),
     )
     for family in FAMILIES_AND_LAYOUTS

@@ -31,16 +31,19 @@ from __future__ import annotations
 
 import abc
 import copy
+import importlib.metadata
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+import transformers
+from packaging.requirements import Requirement
 from PIL import Image
 from torch import nn
 from transformers import (
@@ -55,6 +58,7 @@ from transformers import (
     PreTrainedTokenizerBase,
     ProcessorMixin,
 )
+from transformers.dependency_versions_table import deps as transformers_requirements
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.utils import ModelOutput
 
@@ -107,6 +111,27 @@ class ModelError(ValueError):
 
 class NoImageTokenError(ModelError):
     """A checkpoint whose processor, tokenizer or config has no image token."""
+
+
+def require_packages(subject: str, packages: Iterable[str], purpose: str) -> None:
+    """Check that each package is installed at the version the installed transformers asks for
+    (its own dependency table), before a deep import or version check fails inside it.
+
+    A failure is one ModelError line: ``subject`` (the model), ``purpose``, the needed and the
+    installed version.
+    """
+    for package in packages:
+        needed = Requirement(transformers_requirements[package])
+        try:
+            installed = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            installed = None
+        if installed is None or not needed.specifier.contains(installed, prereleases=True):
+            raise ModelError(
+                f"{subject}: {purpose} needs {needed} (transformers {transformers.__version__}'s "
+                f"requirement), but {f'{package} {installed} is' if installed else 'it is not'} "
+                f"installed; pip install '{needed}'"
+            )
 
 
 @dataclass
@@ -168,6 +193,8 @@ class LoadedVLM(abc.ABC):
     # for decoders that are causal over image tokens. False for prefix-LMs (PaliGemma: image and
     # prompt form one bidirectional block), which always take the plain path.
     prefix_reuse: ClassVar[bool] = True
+    # packages the family's model class imports, named as in transformers' dependency table
+    requires: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -207,6 +234,7 @@ class LoadedVLM(abc.ABC):
         try:
             checkpoint, _ = PretrainedConfig.get_config_dict(hf_id, revision=source["revision"])
             adapter = cls.for_model_type(checkpoint.get("model_type"))
+            require_packages(f"model {name!r}", adapter.requires, adapter.family)
             auto_model = model_class_of(name, hf_id, checkpoint, source, adapter.auto_model_class)
             processor = adapter.load_processor(name, hf_id, source)
             settings = {
@@ -512,6 +540,7 @@ class LoadedVLM(abc.ABC):
     def build_tiny(cls, out_dir: str | os.PathLike, tiny: Mapping[str, Any]) -> None:
         """Build, seed and save a tiny model and processor of this family (see build_tiny_model)."""
         spec = cls.tiny_spec(tiny)
+        require_packages(f"tiny {cls.family} model", cls.requires, cls.family)
         torch.manual_seed(spec["seed"])
         tokenizer = build_tokenizer(cls.special_tokens, spec["vocab_size"])
         model, processor = cls.tiny_model_and_processor(tokenizer, spec)

@@ -40,7 +40,7 @@ class FastVlmAdapter(LlavaAdapter):
     """FastVLM checkpoints converted to transformers (model_type ``fast_vlm``); Apple's own
     (``apple/FastVLM-*``, model_type ``llava_qwen2``) take :class:`AppleFastVlmAdapter`.
 
-    The vision tower needs timm. Tiny key: ``image_size`` (64), the encoder resolution; an image
+    Tiny key: ``image_size`` (64), the encoder resolution; an image
     gives ``(image_size / 16) ** 2`` tokens.
     """
 
@@ -49,6 +49,7 @@ class FastVlmAdapter(LlavaAdapter):
         eos="<|im_end|>", pad="<|endoftext|>", extra=("<|im_start|>", "<image>")
     )
     tiny_defaults = {"image_size": 64}
+    requires = ("timm",)  # the vision tower is transformers' TimmWrapper
 
     @classmethod
     def for_model_type(cls, model_type: str | None) -> type[LoadedVLM]:

@@ -3,7 +3,6 @@ Phi-3-style decoder that reads images with a vision LoRA active."""
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,7 +24,12 @@ from transformers.models.phi4_multimodal.modeling_phi4_multimodal import (
 )
 from transformers.utils.output_capturing import maybe_install_capturing_hooks
 
-from vlprobe.models.base import LoadedVLM, ModelError, text_config_kwargs, vision_config_kwargs
+from vlprobe.models.base import (
+    LoadedVLM,
+    require_packages,
+    text_config_kwargs,
+    vision_config_kwargs,
+)
 from vlprobe.models.tiny import SpecialTokens
 
 log = logging.getLogger(__name__)
@@ -83,12 +87,8 @@ class Phi4MultimodalAdapter(LoadedVLM):
     ) -> tuple[PreTrainedModel, ProcessorMixin]:
         if Path(hf_id).is_dir() and not (Path(hf_id) / VISION_LORA).is_dir():
             log.warning("%s: %s has no %s; no vision LoRA is active", name, hf_id, VISION_LORA)
-        elif importlib.util.find_spec("peft") is None:
-            raise ModelError(
-                f"model {name!r}: phi4_multimodal reads images with its {VISION_LORA} adapter, "
-                "which needs peft (pip install peft)"
-            )
         else:
+            require_packages(f"model {name!r}", ["peft"], f"phi4_multimodal's {VISION_LORA}")
             model.load_adapter(
                 hf_id,
                 adapter_name="vision",
