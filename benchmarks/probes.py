@@ -36,7 +36,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from vlprobe.probes import LogregConfig, fit_logreg_probes
+from vlprobe.probes import fit_logreg_probes
+from vlprobe.settings import LogregConfig
 from vlprobe.storage import read_activations
 from vlprobe.tasks import label_matrix, read_task
 

@@ -4,9 +4,8 @@ import polars as pl
 import pytest
 from PIL import Image
 
+from vlprobe import figures
 from vlprobe.figures import (
-    FIGURES,
-    Figure,
     baselines_chart,
     caption_accuracy_chart,
     caption_scores_heatmap,
@@ -18,6 +17,7 @@ from vlprobe.figures import (
     save_chart,
     selectivity_chart,
 )
+from vlprobe.settings import FIGURES, Figure
 
 
 def _summary(models=("tiny-qwen", "tiny-llava"), poolings=("last", "mean"), probes=("linear",)):
@@ -255,6 +255,7 @@ def test_registry_names_each_figure_and_its_input():
     }
     chart = FIGURES["object_f1"](_summary(), width=120, height=90)  # callable like its function
     assert chart.to_dict()["spec"]["width"] == 120
+    assert all(callable(getattr(figures, figure.draw, None)) for figure in FIGURES.values())
 
 
 def test_figure_frames_from_files(tmp_path):

@@ -8,18 +8,14 @@ from sklearn.linear_model import LogisticRegression
 from vlprobe.metrics import layer_scores, summarise
 from vlprobe.probes import (
     PROBE_TABLE_SCHEMA,
-    EvaluationConfig,
-    LinearConfig,
-    LogregConfig,
-    MlpConfig,
     _log_collapsed,
     control_labels,
     fit_linear_probes,
     fit_logreg_probes,
     probe_layers,
-    probe_settings,
     run_probe_job,
 )
+from vlprobe.settings import EvaluationConfig, LinearConfig, LogregConfig, MlpConfig, probe_settings
 
 LAYERS = [4, 5, 6]  # hidden-state indices of the shard; only 5 carries the signal
 SIGNAL_POSITION = 1

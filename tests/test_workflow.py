@@ -1,6 +1,7 @@
 """The workflow for real: config validation, the paper-scale DAG, and the demo run end to end."""
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -22,7 +23,11 @@ from workflow_run import (
     write_config,
 )
 
+from vlprobe.baselines import MODEL_BASELINES
+from vlprobe.extract import INDEX_POOLING, POOLINGS
 from vlprobe.models import FAMILIES
+from vlprobe.models.base import DTYPES
+from vlprobe.settings import PROBE_KINDS
 from vlprobe.tasks import read_task
 
 
@@ -52,6 +57,21 @@ def test_bad_config_fails_before_any_job_naming_the_key(tmp_path, dotted, value,
     assert not (tmp_path / "resources").exists() and not (tmp_path / "results").exists()
 
 
+def test_schema_enums_are_the_library_registries():
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    entry = schema["properties"]["models"]["additionalProperties"]["properties"]
+    assert entry["family"]["enum"] == list(FAMILIES)
+    assert entry["dtype"]["enum"] == ["auto", *DTYPES]
+    assert entry["baselines"]["items"]["enum"] == list(MODEL_BASELINES)
+    probes = schema["properties"]["probes"]["additionalProperties"]["properties"]
+    assert probes["kind"]["enum"] == sorted(PROBE_KINDS)
+    pooling = schema["properties"]["extract"]["properties"]["poolings"]["items"]["pattern"]
+    *names, index = pooling.removeprefix("^(").removesuffix(")$").split("|")
+    assert names == list(POOLINGS)
+    for name in ("index:0", "index:-1", "index:12", "index:", "index:a", "index:+1"):
+        assert bool(re.fullmatch(index, name)) == bool(INDEX_POOLING.fullmatch(name)), name
+
+
 def test_paper_scale_dag_plans_every_task_model_and_shard(tmp_path):
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     result = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config" / "config.yaml"))
@@ -68,6 +88,20 @@ def test_paper_scale_dag_plans_every_task_model_and_shard(tmp_path):
     assert counts["figure"] == 7 and counts["best_layers"] == 1  # no baselines configured
     assert counts["caption_pairs"] == 1 and counts["summary"] == 1
     assert counts["coco_annotations"] == 1 and counts["images_table"] == 1
+
+
+@pytest.mark.parametrize("config", ["demo.yaml", "config.yaml"])
+def test_the_workflow_parses_and_plans_without_torch_transformers_or_altair(tmp_path, config):
+    """Every dry run, DAG and cluster job step parses the workflow: it imports none of them."""
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    for package in ("torch", "transformers", "altair"):
+        (blocked / f"{package}.py").write_text(
+            f"raise ImportError('{package} imported while parsing the workflow')\n"
+        )
+    env = {"PYTHONPATH": os.pathsep.join([str(blocked), os.environ.get("PYTHONPATH", "")])}
+    result = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config" / config), env=env)
+    assert planned_jobs(result)["all"] == 1
 
 
 @pytest.fixture(scope="module")
@@ -210,6 +244,10 @@ RERUNS = {
         {"evaluation.bootstrap": 200},
         {"probe": 13, **DOWNSTREAM},
     ),
+    # the demo writes out every evaluation default; leaving them out, or writing out a probe's
+    # kind, says the same thing
+    "evaluation defaults left out": ({"evaluation": {}}, {}),
+    "probe kind written out": ({"probes.linear.kind": "linear"}, {}),
 }
 
 

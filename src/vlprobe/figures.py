@@ -8,17 +8,17 @@ one panel) and ``x_axis``: ``"layer"`` (hidden-state index, 0 = input embeddings
 depth share one axis from 0 to 1). Where the rows carry an interval, a band is drawn around
 each curve; layers flagged ``collapsed`` are marked with a red cross.
 
-:data:`FIGURES` registers the figures: name -> :class:`Figure` (``draw``, the function, and
-``input``, ``"summary"`` for ``results/metrics/summary.parquet`` or ``"probes"`` for the
-concatenated probe tables ``results/probes/**/*.parquet``). A ``Figure`` is callable like its
-function: ``FIGURES[name](frame, **style)``.
+:data:`vlprobe.settings.FIGURES` registers the figures: name -> :class:`~vlprobe.settings.Figure`
+(``draw``, the name of its function here, and ``input``, ``"summary"`` for
+``results/metrics/summary.parquet`` or ``"probes"`` for the concatenated probe tables
+``results/probes/**/*.parquet``). A ``Figure`` is callable like its function:
+``FIGURES[name](frame, **style)``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Literal
 
 import altair as alt
@@ -26,6 +26,7 @@ import polars as pl
 
 from vlprobe.baselines import TEXT_EMBEDDING_MODEL, split_model_name
 from vlprobe.metrics import HEADLINE_METRIC
+from vlprobe.settings import Figure
 from vlprobe.storage import atomic_path
 
 SUMMARY_COLUMNS = ("model", "task", "pooling", "prompt", "probe", "layer", "metric", "value")
@@ -543,22 +544,6 @@ def save_chart(
             chart.save(tmp, format="svg")
 
 
-@dataclass(frozen=True)
-class Figure:
-    """A registered figure: the function drawing it and the frame it reads.
-
-    ``input`` is ``"summary"`` (the tidy summary, ``results/metrics/summary.parquet``) or
-    ``"probes"`` (every probe table concatenated, ``pl.concat(..., how="diagonal_relaxed")``).
-    Calling a Figure calls ``draw``.
-    """
-
-    draw: Callable[..., alt.TopLevelMixin]
-    input: Literal["summary", "probes"]
-
-    def __call__(self, frame: pl.DataFrame, **style) -> alt.TopLevelMixin:
-        return self.draw(frame, **style)
-
-
 def figure_frame(figure: Figure, paths: Sequence[str | os.PathLike]) -> pl.DataFrame:
     """The frame ``figure`` draws from: the summary (one path) or the probe tables (many)."""
     if figure.input == "summary":
@@ -566,19 +551,6 @@ def figure_frame(figure: Figure, paths: Sequence[str | os.PathLike]) -> pl.DataF
             raise ValueError(f"a summary figure reads one summary file, got {len(paths)} paths")
         return pl.read_parquet(paths[0])
     return pl.concat([pl.read_parquet(path) for path in paths], how="diagonal_relaxed")
-
-
-# figure name -> Figure (the workflow's `figure` rule draws each from its input)
-FIGURES: dict[str, Figure] = {
-    "caption_accuracy": Figure(caption_accuracy_chart, "summary"),
-    "object_f1": Figure(object_f1_chart, "summary"),
-    "object_prompts": Figure(object_prompts_chart, "summary"),
-    "caption_scores": Figure(caption_scores_heatmap, "summary"),
-    "loss_curves": Figure(loss_curves_chart, "probes"),
-    "selectivity": Figure(selectivity_chart, "summary"),
-    "baselines": Figure(baselines_chart, "summary"),
-    "category_f1": Figure(category_f1_heatmap, "probes"),
-}
 
 
 def negative_similarity_histogram(

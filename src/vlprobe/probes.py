@@ -46,13 +46,12 @@ probes: they are independent) and scored on the control evaluation labels.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -65,6 +64,14 @@ from vlprobe.metrics import (
     binary_counts,
     binary_scores,
     layer_scores,
+)
+from vlprobe.settings import (
+    AnyProbeConfig,
+    EvaluationConfig,
+    LinearConfig,
+    LogregConfig,
+    MlpConfig,
+    probe_settings,
 )
 from vlprobe.storage import read_activations, shard_path, write_parquet
 from vlprobe.tasks import label_matrix, read_task
@@ -106,185 +113,6 @@ PROBE_TABLE_SCHEMA = pl.Schema(
         "val_loss": pl.List(pl.Float64),  # empty when there is no validation slice
     }
 )
-
-
-# ----------------------------------------------------------------------------- settings
-
-
-def _check_seeds(value: Any) -> tuple[int, ...]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = [value]
-    if (
-        not isinstance(value, list | tuple)
-        or not value
-        or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in value)
-    ):
-        raise ValueError(
-            f"probe setting 'seeds' must be a non-empty list of integers >= 0, got {value!r}"
-        )
-    if len(set(value)) != len(value):
-        raise ValueError(f"probe setting 'seeds' repeats a seed: {list(value)}")
-    return tuple(value)
-
-
-@dataclass(frozen=True)
-class _Settings:
-    """Validated settings built from a plain mapping; a wrong key, type or range is named."""
-
-    what: ClassVar[str] = "probe setting"
-
-    def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if field.name == "seeds":
-                object.__setattr__(self, "seeds", _check_seeds(value))
-                continue
-            kind = type(field.default)
-            if kind is bool:
-                ok = isinstance(value, bool)
-            elif kind is int:  # int settings take ints; float settings take either
-                ok = isinstance(value, int) and not isinstance(value, bool)
-            else:
-                ok = isinstance(value, int | float) and not isinstance(value, bool)
-            if not ok:
-                hint = " (YAML reads 1e-3 as text; write 1.0e-3)" if isinstance(value, str) else ""
-                raise ValueError(
-                    f"{self.what} {field.name!r} must be {kind.__name__}, got {value!r}{hint}"
-                )
-        for name, ok in self._ranges().items():
-            if not ok:
-                raise ValueError(f"{self.what} {name!r} out of range: {getattr(self, name)!r}")
-
-    def _ranges(self) -> dict[str, bool]:
-        return {}
-
-    @classmethod
-    def from_dict(cls, settings: Mapping[str, Any]):
-        """Build from a plain mapping; an unknown key raises ValueError naming it.
-
-        ``seed: <int>`` is accepted as shorthand for ``seeds: [<int>]``.
-        """
-        settings = {k: v for k, v in settings.items() if k != "kind"}
-        known = [field.name for field in dataclasses.fields(cls)]
-        if "seed" in settings and "seed" not in known and "seeds" in known:
-            if "seeds" in settings:
-                raise ValueError(f"give {cls.what} 'seeds' or 'seed', not both")
-            settings["seeds"] = [settings.pop("seed")]
-        unknown = sorted(set(settings) - set(known))
-        if unknown:
-            raise ValueError(f"unknown {cls.what}(s) {unknown}; known settings: {known}")
-        return cls(**settings)
-
-
-@dataclass(frozen=True)
-class LinearConfig(_Settings):
-    """Hyperparameters of the linear probe (config key ``probes.linear``)."""
-
-    kind: ClassVar[str] = "linear"
-    lr: float = 1e-3
-    epochs: int = 50
-    batch_size: int = 256
-    dropout: float = 0.1  # on the probe's input features
-    weight_decay: float = 0.0
-    val_fraction: float = 0.1
-    patience: int = 5
-    seeds: tuple[int, ...] = (0,)
-
-    def _ranges(self) -> dict[str, bool]:
-        return {
-            "lr": self.lr > 0,
-            "epochs": self.epochs >= 1,
-            "batch_size": self.batch_size >= 1,
-            "dropout": 0 <= self.dropout < 1,
-            "weight_decay": self.weight_decay >= 0,
-            "val_fraction": 0 <= self.val_fraction < 1,
-            "patience": self.patience >= 1,
-        }
-
-
-@dataclass(frozen=True)
-class MlpConfig(LinearConfig):
-    """Hyperparameters of the one-hidden-layer probe (``probes.mlp``); see the module doc."""
-
-    kind: ClassVar[str] = "mlp"
-    hidden_units: int = 128
-    share_hidden: bool = True  # one hidden layer per (layer, label set); false: per label
-
-    def _ranges(self) -> dict[str, bool]:
-        return {**super()._ranges(), "hidden_units": self.hidden_units >= 1}
-
-
-@dataclass(frozen=True)
-class LogregConfig(_Settings):
-    """L2 logistic regression (``probes.logreg``), sklearn's ``LogisticRegression`` objective.
-
-    ``c`` is sklearn's C (inverse penalty strength), ``tol`` its gradient tolerance (a probe
-    stops when every component of its gradient is at most ``tol``), ``max_iter`` the iteration
-    limit, ``precondition_rank`` the number of leading covariance directions per layer that
-    the solver's preconditioner rescales (0: none).
-    """
-
-    kind: ClassVar[str] = "logreg"
-    c: float = 1.0
-    tol: float = 1e-4
-    max_iter: int = 200
-    precondition_rank: int = 128
-    seeds: tuple[int, ...] = (0,)
-
-    def _ranges(self) -> dict[str, bool]:
-        return {
-            "c": self.c > 0,
-            "tol": self.tol > 0,
-            "max_iter": self.max_iter >= 1,
-            "precondition_rank": self.precondition_rank >= 0,
-        }
-
-
-@dataclass(frozen=True)
-class EvaluationConfig(_Settings):
-    """How probes are scored (config section ``evaluation``).
-
-    ``bootstrap``: resamples of the evaluation images for the intervals (0: none);
-    ``confidence``: the intervals' level; ``control``: train and score control probes;
-    ``collapse_threshold``: a probe whose balanced majority fraction reaches it is collapsed;
-    ``seed``: the resampling seed.
-    """
-
-    what: ClassVar[str] = "evaluation setting"
-    bootstrap: int = 1000
-    confidence: float = 0.95
-    control: bool = True
-    collapse_threshold: float = 0.95
-    seed: int = 0
-
-    def _ranges(self) -> dict[str, bool]:
-        return {
-            "bootstrap": self.bootstrap >= 0,
-            "confidence": 0 < self.confidence < 1,
-            "collapse_threshold": 0.5 <= self.collapse_threshold <= 1,
-            "seed": self.seed >= 0,
-        }
-
-
-PROBE_KINDS: dict[str, type[_Settings]] = {
-    "linear": LinearConfig,
-    "logreg": LogregConfig,
-    "mlp": MlpConfig,
-}
-AnyProbeConfig = LinearConfig | MlpConfig | LogregConfig
-
-
-def probe_settings(name: str, settings: Mapping[str, Any]) -> AnyProbeConfig:
-    """The settings of config entry ``probes.<name>``: kind ``settings['kind']`` or ``name``."""
-    kind = settings.get("kind", name)
-    if kind not in PROBE_KINDS:
-        raise ValueError(
-            f"probes.{name}: unknown probe kind {kind!r}; supported: {sorted(PROBE_KINDS)}"
-        )
-    try:
-        return PROBE_KINDS[kind].from_dict(settings)
-    except ValueError as err:
-        raise ValueError(f"probes.{name}: {err}") from err
 
 
 def _derived_seed(*key: int) -> int:
@@ -1104,21 +932,6 @@ def _curves_per_probe(curves: np.ndarray, lengths: np.ndarray | None = None) -> 
     ]
 
 
-def _fit(
-    config: AnyProbeConfig,
-    features: np.ndarray,
-    labels: np.ndarray,
-    mask: np.ndarray,
-    seed: int,
-    n_sets: int,
-) -> FittedProbes:
-    if isinstance(config, LogregConfig):
-        return fit_logreg_probes(features, labels, mask, config)
-    if isinstance(config, MlpConfig):
-        return fit_mlp_probes(features, labels, mask, config, seed, n_sets)
-    return fit_linear_probes(features, labels, mask, config, seed)
-
-
 def probe_layers(
     x_train: np.ndarray,
     y_train: np.ndarray,
@@ -1176,7 +989,7 @@ def probe_layers(
             n_sets = 2 if control else 1
             labels = np.concatenate([y_train, *control_train[index : index + 1]], axis=1)
             masks = np.concatenate([m_train] * n_sets, axis=1)
-            probes = _fit(config, x_train, labels, masks, seed, n_sets)
+            probes = config.fit(x_train, labels, masks, seed, n_sets)
             decided = _decisions(probes, x_eval, layers)
             predictions.append(decided[..., :n_labels])
             fits.append((probes, slice(0, n_labels)))
@@ -1348,20 +1161,14 @@ def _log_collapsed(scores: pl.DataFrame, keys: Mapping[str, str]) -> None:
 
 
 __all__ = [
-    "PROBE_KINDS",
     "PROBE_TABLE_SCHEMA",
     "SCORE_SCHEMA",
-    "EvaluationConfig",
     "FittedProbes",
-    "LinearConfig",
-    "LogregConfig",
-    "MlpConfig",
     "ProbeResults",
     "control_labels",
     "fit_linear_probes",
     "fit_logreg_probes",
     "fit_mlp_probes",
-    "probe_settings",
     "probe_layers",
     "run_probe_job",
 ]

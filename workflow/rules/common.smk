@@ -11,8 +11,7 @@ from vlprobe.baselines import (
     baseline_entry,
     split_model_name,
 )
-from vlprobe.figures import FIGURES
-from vlprobe.probes import EvaluationConfig, probe_settings
+from vlprobe.settings import FIGURES, EvaluationConfig, probe_settings
 from vlprobe.storage import layer_shards
 
 
@@ -31,10 +30,13 @@ def validated(config, schema):
 
 
 validated(config, schema="../schemas/config.schema.yaml")
-# probe entries named other than their kind are checked here, before any job runs
+# probe and evaluation settings are checked, and their defaults filled in, by the library's
+# dataclasses (the one source of each default and range), before any job runs
 try:
-    for name, settings in config["probes"].items():
-        probe_settings(name, settings)
+    PROBES = {
+        name: probe_settings(name, settings)
+        for name, settings in config["probes"].items()
+    }
     EVALUATION = EvaluationConfig.from_dict(config.get("evaluation", {}))
 except ValueError as error:
     raise WorkflowError(f"config: {error}") from None

@@ -13,7 +13,7 @@ rule probe:
         CONDA_ENV
     threads: 1
     params:
-        probe=lambda wc: config["probes"][wc.probe],
-        evaluation=config.get("evaluation", {}),
+        probe=lambda wc: PROBES[wc.probe].to_dict(),
+        evaluation=EVALUATION.to_dict(),
     script:
         "../scripts/probe.py"

@@ -1,7 +1,8 @@
 """Draw one figure from the summary or the probe tables as HTML, PNG and SVG."""
 
-from vlprobe.figures import FIGURES, figure_frame, save_chart
+from vlprobe.figures import figure_frame, save_chart
 from vlprobe.joblog import job_log
+from vlprobe.settings import FIGURES
 
 with job_log(snakemake.log[0]):
     figure = FIGURES[snakemake.wildcards.figure]
