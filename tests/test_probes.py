@@ -8,13 +8,13 @@ from sklearn.linear_model import LogisticRegression
 from vlprobe.metrics import layer_scores, summarise
 from vlprobe.probes import (
     PROBE_TABLE_SCHEMA,
-    _log_collapsed,
     control_labels,
     fit_linear_probes,
     fit_logreg_probes,
     probe_layers,
     run_probe_job,
 )
+from vlprobe.probes.job import _log_collapsed
 from vlprobe.settings import EvaluationConfig, LinearConfig, LogregConfig, MlpConfig, probe_settings
 
 LAYERS = [4, 5, 6]  # hidden-state indices of the shard; only 5 carries the signal
@@ -430,7 +430,7 @@ def test_probe_job_writes_table_and_scores_resampling_images(tmp_path, caplog, m
         seen.update(kwargs)
         return layer_scores(*args, **kwargs)
 
-    monkeypatch.setattr("vlprobe.probes.layer_scores", spy)
+    monkeypatch.setattr("vlprobe.probes.job.layer_scores", spy)
     with caplog.at_level(logging.WARNING, logger="vlprobe.probes"):
         results = run_probe_job(
             tmp_path / "caption-tao.parquet",

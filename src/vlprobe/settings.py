@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import numpy as np
     import polars as pl
 
-    from vlprobe.probes import FittedProbes
+    from vlprobe.probes.base import FittedProbes
 
 
 def _check_seeds(value: Any) -> tuple[int, ...]:
@@ -105,6 +105,8 @@ class LinearConfig(_Settings):
     """Hyperparameters of the linear probe (config key ``probes.linear``)."""
 
     kind: ClassVar[str] = "linear"
+    # True for a probe with one optimum: the same probes for every seed (fitted once per job)
+    seed_independent: ClassVar[bool] = False
     lr: float = 1e-3
     epochs: int = 50
     batch_size: int = 256
@@ -117,7 +119,7 @@ class LinearConfig(_Settings):
     def fit(
         self, features: np.ndarray, labels: np.ndarray, mask: np.ndarray, seed: int, n_sets: int
     ) -> FittedProbes:
-        from vlprobe.probes import fit_linear_probes
+        from vlprobe.probes.minibatch import fit_linear_probes
 
         return fit_linear_probes(features, labels, mask, self, seed)
 
@@ -144,7 +146,7 @@ class MlpConfig(LinearConfig):
     def fit(
         self, features: np.ndarray, labels: np.ndarray, mask: np.ndarray, seed: int, n_sets: int
     ) -> FittedProbes:
-        from vlprobe.probes import fit_mlp_probes
+        from vlprobe.probes.minibatch import fit_mlp_probes
 
         return fit_mlp_probes(features, labels, mask, self, seed, n_sets)
 
@@ -163,6 +165,7 @@ class LogregConfig(_Settings):
     """
 
     kind: ClassVar[str] = "logreg"
+    seed_independent: ClassVar[bool] = True
     c: float = 1.0
     tol: float = 1e-4
     max_iter: int = 200
@@ -173,7 +176,7 @@ class LogregConfig(_Settings):
         self, features: np.ndarray, labels: np.ndarray, mask: np.ndarray, seed: int, n_sets: int
     ) -> FittedProbes:
         """The same probes for every seed: the problem has one optimum."""
-        from vlprobe.probes import fit_logreg_probes
+        from vlprobe.probes.logreg import fit_logreg_probes
 
         return fit_logreg_probes(features, labels, mask, self)
 

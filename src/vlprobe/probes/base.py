@@ -1,0 +1,235 @@
+"""What every probe kind shares: fitted probes and how they score, feature standardisation,
+the masked cross-entropy and derived seeds."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vlprobe.settings import MlpConfig
+
+# rows per chunk when a pass over all features is needed (statistics, scoring)
+_CHUNK_ROWS = 1024
+# values per chunk when scoring (bounds the float32 buffer: 4 bytes each)
+_CHUNK_VALUES = 1 << 22
+# standard deviations below this are constant features: left unscaled instead of blown up
+_MIN_STD = 1e-6
+
+
+def _derived_seed(*key: int) -> int:
+    """A 63-bit seed derived from integers (stable across processes, unlike hash())."""
+    return int(np.random.SeedSequence(list(key)).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+@dataclass(frozen=True)
+class FittedProbes:
+    """Fitted probes of one layer-shard; parameters act on standardised features.
+
+    ``best_epoch`` is 1-based (``val_loss[best_epoch - 1]`` is the probe's best; logreg: the
+    iterations run); the curves ``[epochs_run, layers, labels]`` are masked mean
+    cross-entropies (training ones with dropout active, NaN where a label has no rows; logreg:
+    the regularised objective per iteration).
+    """
+
+    network: _Network
+    feature_mean: torch.Tensor  # [layers, hidden]
+    feature_std: torch.Tensor  # [layers, hidden]
+    best_epoch: np.ndarray  # [layers, labels]
+    train_loss: np.ndarray  # [epochs_run, layers, labels]
+    val_loss: np.ndarray  # [epochs_run, layers, labels]; zero epochs long without validation
+    # [layers, labels]: the length of each probe's own curve where probes stop at different
+    # steps (logreg: its iterations; the curves are padded to the longest); None: all epochs run
+    curve_lengths: np.ndarray | None = None
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        """Logits ``[samples, layers, labels]`` for raw features ``[samples, layers, hidden]``."""
+        n_layers, n_labels = self.feature_mean.shape[0], self.best_epoch.shape[1]
+        out = np.zeros((len(features), n_layers, n_labels), dtype=np.float32)
+        rows = max(1, min(len(features), _CHUNK_ROWS, _CHUNK_VALUES // max(1, features[0].size)))
+        buffer = torch.empty(rows, *features.shape[1:])  # reused: fresh buffers page-fault
+        with torch.no_grad():
+            for start in range(0, len(features), rows):
+                chunk = features[start : start + rows]
+                batch = buffer[: len(chunk)].copy_(torch.from_numpy(_writeable(chunk)))
+                batch.sub_(self.feature_mean).div_(self.feature_std)
+                out[start : start + len(chunk)] = self.network.forward(batch).numpy()
+        return out
+
+    @property
+    def weight(self) -> torch.Tensor:  # linear and logreg probes: [layers, hidden, labels]
+        return self.network.weight.detach()
+
+    @property
+    def bias(self) -> torch.Tensor:  # [layers, labels]
+        return self.network.bias.detach()
+
+
+def _linear(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("blh,lhk->blk", features, weight) + bias
+
+
+def _float32_copy(array: np.ndarray) -> torch.Tensor:
+    """A contiguous float32 tensor copied from ``array`` (any float dtype, strided, read-only).
+
+    torch converts float16 with vector instructions, several times faster than numpy.
+    """
+    if not array.flags.writeable:  # torch.from_numpy warns on read-only arrays
+        array = array.copy()
+    out = torch.empty(array.shape, dtype=torch.float32)
+    return out.copy_(torch.from_numpy(array))
+
+
+def _standardised(features: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Standardised copy of ``features`` (the caller's array, maybe read-only, is not touched)."""
+    return _float32_copy(features).sub_(mean).div_(std)
+
+
+def feature_stats(features: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-layer, per-unit mean and standard deviation ``[layers, hidden]`` (two passes, float64).
+
+    Raises ValueError naming the layer positions whose features are not finite.
+    """
+    n_rows = len(features)
+    total = np.zeros(features.shape[1:], dtype=np.float64)
+    for start in range(0, n_rows, _CHUNK_ROWS):
+        total += features[start : start + _CHUNK_ROWS].sum(axis=0, dtype=np.float64)
+    mean = total / n_rows
+    squares = np.zeros_like(mean)
+    for start in range(0, n_rows, _CHUNK_ROWS):
+        squares += np.square(features[start : start + _CHUNK_ROWS] - mean).sum(axis=0)
+    std = np.sqrt(squares / n_rows)
+    _check_finite(std)
+    std[std < _MIN_STD] = 1.0
+    return torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(std.astype(np.float32))
+
+
+def _check_finite(std: np.ndarray) -> None:
+    bad = ~np.isfinite(std).all(axis=1)
+    if bad.any():
+        raise ValueError(f"non-finite features at layer positions {np.flatnonzero(bad).tolist()}")
+
+
+def _masked_bce_sums(
+    logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """Sum over rows of each (layer, label) cross-entropy, rows outside the mask left out."""
+    losses = F.binary_cross_entropy_with_logits(
+        logits, labels[:, None, :].expand_as(logits), reduction="none"
+    )
+    # where (not multiply) so that NaN or junk labels of masked-out rows cannot leak in
+    return torch.where(mask[:, None, :], losses, 0.0).sum(dim=0)
+
+
+def _writeable(array: np.ndarray) -> np.ndarray:
+    return array if array.flags.writeable else array.copy()
+
+
+class _Network:
+    """Parameters of all probes of a shard; ``unit_of_label`` maps labels to stopping units.
+
+    Early stopping keeps the best epoch per (layer, unit): the unit is the label for linear
+    probes and the network for MLPs.
+    """
+
+    unit_of_label: np.ndarray
+    params: list[torch.Tensor]
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:  # [B, L, H] -> [B, L, labels]
+        raise NotImplementedError
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        raise NotImplementedError
+
+    def expand(self, per_unit: torch.Tensor, index: int) -> torch.Tensor:
+        """A ``[layers, units]`` boolean broadcast to the shape of parameter ``index``."""
+        raise NotImplementedError
+
+    def keep_best(self, best: list[torch.Tensor], improved: torch.Tensor) -> list[torch.Tensor]:
+        return [
+            torch.where(self.expand(improved, i), param.detach(), kept)
+            for i, (param, kept) in enumerate(zip(self.params, best, strict=True))
+        ]
+
+    def load(self, values: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for param, value in zip(self.params, values, strict=True):
+                param.copy_(value)
+
+
+class _LinearNetwork(_Network):
+    def __init__(self, n_layers: int, hidden: int, n_labels: int):
+        self.weight = torch.zeros(n_layers, hidden, n_labels, requires_grad=True)
+        self.bias = torch.zeros(n_layers, n_labels, requires_grad=True)
+        self.params = [self.weight, self.bias]
+        self.unit_of_label = np.arange(n_labels)
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return _linear(batch, self.weight, self.bias)
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        return [
+            {"params": [self.weight], "weight_decay": weight_decay},
+            {"params": [self.bias], "weight_decay": 0.0},  # the bias is not regularised
+        ]
+
+    def expand(self, per_unit: torch.Tensor, index: int) -> torch.Tensor:
+        return per_unit[:, None, :] if index == 0 else per_unit
+
+
+class _MlpNetwork(_Network):
+    """Per layer, ``groups`` networks ``hidden -> units -> outputs``; logits group-major.
+
+    Shared mode: one group per label set (real, control), each with one output per label.
+    Independent mode: one group per (label set, label), each with one output.
+    """
+
+    def __init__(
+        self,
+        n_layers: int,
+        hidden: int,
+        n_sets: int,
+        labels_per_set: int,
+        config: MlpConfig,
+        seed: int,
+    ):
+        per_set = 1 if config.share_hidden else labels_per_set
+        outputs = labels_per_set if config.share_hidden else 1
+        units = config.hidden_units
+        parts: list[list[torch.Tensor]] = [[], [], [], []]
+        for label_set in range(n_sets):
+            # each label set draws from its own generator: the real probes' initial weights
+            # do not depend on whether control probes are trained alongside
+            generator = torch.Generator().manual_seed(_derived_seed(seed, 1, label_set))
+            shapes = [
+                ((n_layers, per_set, hidden, units), hidden),
+                ((n_layers, per_set, units), hidden),
+                ((n_layers, per_set, units, outputs), units),
+                ((n_layers, per_set, outputs), units),
+            ]
+            for part, (shape, fan_in) in zip(parts, shapes, strict=True):
+                bound = 1 / math.sqrt(fan_in)  # torch.nn.Linear's default initialisation
+                part.append((torch.rand(shape, generator=generator) * 2 - 1) * bound)
+        self.w1, self.b1, self.w2, self.b2 = (
+            torch.cat(part, dim=1).requires_grad_() for part in parts
+        )
+        self.params = [self.w1, self.b1, self.w2, self.b2]
+        self.unit_of_label = np.arange(n_sets * labels_per_set) // outputs
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        hidden = torch.relu(torch.einsum("blh,lghj->blgj", batch, self.w1) + self.b1)
+        out = torch.einsum("blgj,lgjk->blgk", hidden, self.w2) + self.b2
+        return out.reshape(out.shape[0], out.shape[1], -1)
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        return [
+            {"params": [self.w1, self.w2], "weight_decay": weight_decay},
+            {"params": [self.b1, self.b2], "weight_decay": 0.0},
+        ]
+
+    def expand(self, per_unit: torch.Tensor, index: int) -> torch.Tensor:
+        shape = per_unit.shape + (1,) * (self.params[index].dim() - 2)
+        return per_unit.reshape(shape)

@@ -1,0 +1,151 @@
+"""Probes trained by mini-batches (``linear`` and ``mlp``): their networks and the trainer."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vlprobe.probes.base import (
+    FittedProbes,
+    _LinearNetwork,
+    _masked_bce_sums,
+    _MlpNetwork,
+    _Network,
+    _standardised,
+    feature_stats,
+)
+from vlprobe.settings import (
+    LinearConfig,
+    MlpConfig,
+)
+
+
+def _fit_minibatch(
+    features: np.ndarray,
+    labels: np.ndarray,
+    mask: np.ndarray,
+    config: LinearConfig,
+    seed: int,
+    network: _Network,
+) -> FittedProbes:
+    """Adam on mini-batches with early stopping per (layer, stopping unit); see module doc.
+
+    Dropout masks and mini-batch order come from one generator seeded by ``seed`` and do not
+    depend on the labels.
+    """
+    n_rows, n_layers, _ = features.shape
+    n_labels = labels.shape[1]
+    generator = torch.Generator().manual_seed(seed)
+    feature_mean, feature_std = feature_stats(features)
+    label_tensor = torch.from_numpy(np.asarray(labels, dtype=np.float32).copy())
+    mask_tensor = torch.from_numpy(np.asarray(mask, dtype=bool).copy())
+    unit_of_label = torch.from_numpy(network.unit_of_label)
+    n_units = int(unit_of_label.max()) + 1
+    # [labels, units] one-hot: per-unit validation loss = mean of its labels' losses
+    membership = F.one_hot(unit_of_label, n_units).to(torch.float32)
+
+    order = torch.randperm(n_rows, generator=generator)
+    n_val = min(round(config.val_fraction * n_rows), n_rows - 1)
+    val_rows, fit_rows = np.sort(order[:n_val].numpy()), order[n_val:]
+    val_features = _standardised(features[val_rows], feature_mean, feature_std)
+    val_labels, val_mask = label_tensor[val_rows], mask_tensor[val_rows]
+    val_counts = val_mask.sum(dim=0)
+    label_has_val = (val_counts > 0).to(torch.float32)
+    has_val = (label_has_val @ membership > 0).expand(n_layers, n_units)
+
+    optimizer = torch.optim.Adam(network.param_groups(config.weight_decay), lr=config.lr)
+    best = [param.detach().clone() for param in network.params]
+    best_val = torch.full((n_layers, n_units), float("inf"))
+    best_epoch = torch.zeros(n_layers, n_units, dtype=torch.int64)
+    epochs_since_best = torch.zeros(n_layers, n_units, dtype=torch.int64)
+    train_curve, val_curve = [], []
+
+    for epoch in range(1, config.epochs + 1):
+        loss_sums = torch.zeros(n_layers, n_labels)
+        row_counts = torch.zeros(n_labels)
+        shuffled = fit_rows[torch.randperm(len(fit_rows), generator=generator)]
+        for batch_rows in shuffled.split(config.batch_size):
+            rows = np.sort(batch_rows.numpy())  # sorted rows read memory in order
+            # inverted dropout: the 1 / (1 - p) scale folded into the standardisation
+            batch = _standardised(
+                np.take(features, rows, axis=0), feature_mean, feature_std * (1 - config.dropout)
+            )
+            if config.dropout > 0:
+                drop = torch.rand(batch.shape, generator=generator) < config.dropout
+                batch.masked_fill_(drop, 0.0)
+            batch_mask = mask_tensor[rows]
+            sums = _masked_bce_sums(network.forward(batch), label_tensor[rows], batch_mask)
+            counts = batch_mask.sum(dim=0)
+            # each probe's own mean over its rows in the batch; summed so probes stay independent
+            loss = (sums / counts.clamp(min=1)).sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sums += sums.detach()
+            row_counts += counts
+        train_curve.append((loss_sums / row_counts).numpy())  # NaN for labels without rows
+
+        with torch.no_grad():
+            if n_val:
+                val_sums = _masked_bce_sums(network.forward(val_features), val_labels, val_mask)
+                label_loss = val_sums / val_counts
+                val_curve.append(label_loss.numpy())
+                unit_loss = (torch.nan_to_num(label_loss, nan=0.0) @ membership) / (
+                    label_has_val @ membership
+                ).clamp(min=1)
+            else:
+                unit_loss = torch.full((n_layers, n_units), float("nan"))
+            patient = epochs_since_best < config.patience
+            # probes without validation rows keep their latest weights
+            improved = ~has_val | (patient & (unit_loss < best_val))
+            best = network.keep_best(best, improved)
+            best_val = torch.where(improved, unit_loss, best_val)
+            best_epoch[improved] = epoch
+            epochs_since_best = torch.where(improved, 0, epochs_since_best + 1)
+        if has_val.any() and not (has_val & (epochs_since_best < config.patience)).any():
+            break
+
+    network.load(best)
+    return FittedProbes(
+        network=network,
+        feature_mean=feature_mean,
+        feature_std=feature_std,
+        best_epoch=best_epoch[:, unit_of_label].numpy(),
+        train_loss=np.stack(train_curve).astype(np.float64),
+        val_loss=np.array(val_curve, dtype=np.float64).reshape(-1, n_layers, n_labels),
+    )
+
+
+def fit_linear_probes(
+    features: np.ndarray,
+    labels: np.ndarray,
+    mask: np.ndarray,
+    config: LinearConfig,
+    seed: int | None = None,
+) -> FittedProbes:
+    """Train a linear probe per (layer, label): ``features [N, L, H]``, ``labels``/``mask [N, K]``.
+
+    ``seed`` defaults to the first of ``config.seeds``.
+    """
+    _, n_layers, hidden = features.shape
+    network = _LinearNetwork(n_layers, hidden, labels.shape[1])
+    seed = config.seeds[0] if seed is None else seed
+    return _fit_minibatch(features, labels, mask, config, seed, network)
+
+
+def fit_mlp_probes(
+    features: np.ndarray,
+    labels: np.ndarray,
+    mask: np.ndarray,
+    config: MlpConfig,
+    seed: int | None = None,
+    n_sets: int = 1,
+) -> FittedProbes:
+    """Train MLP probes; ``labels [N, n_sets * K]`` hold ``n_sets`` label sets side by side."""
+    _, n_layers, hidden = features.shape
+    if labels.shape[1] % n_sets:
+        raise ValueError(f"{labels.shape[1]} label columns do not split into {n_sets} sets")
+    seed = config.seeds[0] if seed is None else seed
+    network = _MlpNetwork(n_layers, hidden, n_sets, labels.shape[1] // n_sets, config, seed)
+    return _fit_minibatch(features, labels, mask, config, seed, network)
