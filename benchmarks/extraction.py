@@ -39,8 +39,8 @@ import torch
 import transformers
 import yaml
 
-from vlprobe.data import build_images_table, make_demo_coco
-from vlprobe.extract import POOLINGS, extract_activations, load_image
+from vlprobe.data import build_images_table, load_image, make_demo_coco
+from vlprobe.extract import POOLINGS, extract_activations
 from vlprobe.models import build_tiny_model, load_model
 from vlprobe.storage import read_activations
 from vlprobe.tasks import build_object_rows, extraction_samples, object_task

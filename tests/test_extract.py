@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 from tiny_models import BUILT, FAMILY_PARAMS, NUM_LAYERS, entry
 from transformers.utils import ModelOutput
 
+from vlprobe.data import load_image
 from vlprobe.extract import (
     POOLINGS,
     Extractor,
@@ -23,15 +24,12 @@ from vlprobe.extract import (
     batch_order,
     chunk_dir_of,
     extract_activations,
-    load_image,
     plan_chunks,
-    pool_samples,
     pooling_of,
     run_extraction,
-    shard_path,
 )
 from vlprobe.models import load_model
-from vlprobe.storage import layer_shards, read_activations, read_metadata
+from vlprobe.storage import layer_shards, read_activations, read_metadata, shard_path
 
 # every pooling; token 5 and token -6 fall in the image prefix of some prompts and in the
 # prompt's suffix of others
@@ -142,6 +140,20 @@ def references(models, samples) -> dict[str, dict[str, np.ndarray]]:
     }
 
 
+def pool_in_sample_order(extractor: Extractor, samples) -> dict[str, np.ndarray]:
+    """Pool ``samples`` in batch order, as a chunk is pooled; per pooling [samples, states,
+    hidden] in the order of ``samples``."""
+    order = batch_order(samples)
+    with extractor:
+        pooled = extractor.pool(
+            [samples["image_path"][int(i)] for i in order],
+            [samples["text"][int(i)] for i in order],
+        )
+    return {
+        name: values[:, np.argsort(order)].transpose(1, 0, 2) for name, values in pooled.items()
+    }
+
+
 def assert_pooled_equal(actual, expected, atol=1e-5):
     for pooling in expected:
         np.testing.assert_allclose(
@@ -215,7 +227,9 @@ def test_prefix_reuse_equals_the_full_forward(loaded, samples, references, famil
 @pytest.mark.parametrize("family", FAMILY_PARAMS)
 def test_plain_path_equals_the_full_forward(loaded, samples, references, family):
     loaded.padding_side = "right"
-    pooled = pool_samples(loaded, samples, ALL_POOLINGS, STATES, 3, prefix_reuse=False)
+    pooled = pool_in_sample_order(
+        Extractor(loaded, ALL_POOLINGS, STATES, 3, prefix_reuse=False), samples
+    )
     assert_pooled_equal(pooled, references[family])
 
 
@@ -225,7 +239,7 @@ def test_a_prefix_lm_family_takes_the_plain_path(models, samples, references, mo
     loaded = models["llava"]
     monkeypatch.setattr(type(loaded), "prefix_reuse", False)
     monkeypatch.setattr(loaded, "prefix_batch", lambda *args: pytest.fail("prefix split"))
-    pooled = pool_samples(loaded, samples, ALL_POOLINGS, STATES, 3)
+    pooled = pool_in_sample_order(Extractor(loaded, ALL_POOLINGS, STATES, 3), samples)
     assert_pooled_equal(pooled, references["llava"])
 
 

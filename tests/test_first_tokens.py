@@ -6,8 +6,7 @@ import polars as pl
 import pytest
 import torch
 
-from vlprobe.data import build_images_table, make_demo_coco
-from vlprobe.extract import load_image
+from vlprobe.data import build_images_table, load_image, make_demo_coco
 from vlprobe.first_tokens import (
     TOKEN_TABLE_SCHEMA,
     category_rows,

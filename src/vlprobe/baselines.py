@@ -5,8 +5,8 @@ layer, embeddings included). Three baselines are extracted and probed exactly li
 
 ``random_init``
     The model's architecture with freshly initialised weights (a fixed seed,
-    :data:`RANDOM_INIT_SEED`) and the checkpoint's processor: what the architecture and the
-    tokenisation give for free.
+    :data:`vlprobe.models.base.RANDOM_INIT_SEED`) and the checkpoint's processor: what the
+    architecture and the tokenisation give for free.
 ``blank_image``
     The model with every image replaced by a uniform grey image of the same size (the same
     number of image tokens): what the text of the prompt alone gives.
@@ -35,8 +35,6 @@ MODEL_BASELINES = ("random_init", "blank_image")
 TEXT_EMBEDDING_MODEL = "captions@text_embedding"
 # the text-embedding baseline has one "layer" and one "pooling": the sentence model's own
 TEXT_EMBEDDING_POOLING = "sentence"
-# not 0: the demo's tiny models are themselves random initialisations with seed 0
-RANDOM_INIT_SEED = 1
 # mid-grey: no edges, no colour, the mean of most normalisations
 BLANK_RGB = (128, 128, 128)
 

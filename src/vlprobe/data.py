@@ -315,6 +315,12 @@ def captions_by_image(captions: dict) -> dict[int, list[tuple[int, str]]]:
     return grouped
 
 
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """The image at ``path``, decoded to RGB (what every processor is given)."""
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
 def image_is_readable(path: Path) -> str | None:
     """None if the image decodes fully, else the reason it does not."""
     try:

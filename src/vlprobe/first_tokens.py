@@ -19,7 +19,7 @@ from typing import Any
 import polars as pl
 import torch
 
-from vlprobe.extract import load_image
+from vlprobe.data import load_image
 from vlprobe.models import LoadedVLM, load_model
 from vlprobe.storage import atomic_path, write_parquet
 from vlprobe.tasks import label_matrix, read_task
