@@ -4,13 +4,13 @@ import pytest
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
 from vlprobe.metrics import (
+    SCORE_SCHEMA,
     SUMMARY_SCHEMA,
     best_layers,
     binary_counts,
     binary_scores,
     bootstrap_weights,
     layer_scores,
-    layer_summary,
     summarise,
     write_best_layers,
     write_summary,
@@ -63,87 +63,58 @@ def test_mask_excludes_rows_and_empty_task_scores_zero():
     assert scores["accuracy"].tolist() == [0.5, 0.0]
 
 
-def _probe_rows(layer, label, seed, n_train_pos, n_eval_pos, f1, precision, recall, accuracy):
-    return dict(
-        layer=layer,
-        label=label,
-        seed=seed,
-        n_train_pos=n_train_pos,
-        n_eval_pos=n_eval_pos,
-        f1=f1,
-        precision=precision,
-        recall=recall,
-        accuracy=accuracy,
+def test_layer_scores_caption_per_layer_in_metric_order_without_spread_for_one_seed():
+    truth = np.array([1, 1, 0, 0, 1, 0, 1, 0])
+    # layer 2: one false negative; layer 3: one false positive and one false negative
+    layer_2 = np.array([1, 0, 0, 0, 1, 0, 1, 0])
+    layer_3 = np.array([1, 1, 1, 0, 0, 0, 1, 0])
+    predictions = np.stack([layer_2, layer_3], axis=1)[None, :, :, None]
+    scores = layer_scores(
+        "caption", [2, 3], truth[:, None], np.ones((8, 1), bool), predictions, [True], n_boot=0
     )
-
-
-def test_layer_summary_caption():
-    table = pl.DataFrame(
-        [
-            _probe_rows(3, "entailment", 0, 10, 5, 0.6, 0.5, 0.75, 0.55),
-            _probe_rows(2, "entailment", 0, 10, 5, 0.8, 0.7, 0.9, 0.85),
-        ]
-    ).with_columns(pl.col("layer").cast(pl.Int16))
-    summary = layer_summary(table, "caption")
-    assert summary.schema == pl.Schema(
-        {
-            "layer": pl.Int16,
-            "metric": pl.String,
-            "value": pl.Float64,
-            "std": pl.Float64,
-            "n_seeds": pl.Int64,
-        }
-    )
-    assert summary["std"].is_null().all()  # one seed: no spread
-    assert summary.select("layer", "metric", "value").rows() == [
-        (2, "accuracy", 0.85),
-        (2, "precision", 0.7),
-        (2, "recall", 0.9),
-        (2, "f1", 0.8),
-        (3, "accuracy", 0.55),
-        (3, "precision", 0.5),
-        (3, "recall", 0.75),
-        (3, "f1", 0.6),
+    assert scores.schema == SCORE_SCHEMA
+    rows = scores.filter(pl.col("metric") != "collapsed")
+    assert rows["std"].is_null().all()  # one seed: no spread
+    assert rows.select("layer", "metric", "value").rows() == [
+        (2, "accuracy", 7 / 8),
+        (2, "precision", 1.0),
+        (2, "recall", 3 / 4),
+        (2, "f1", pytest.approx(6 / 7)),
+        (3, "accuracy", 6 / 8),
+        (3, "precision", 3 / 4),
+        (3, "recall", 3 / 4),
+        (3, "f1", 3 / 4),
     ]
 
 
-def test_layer_summary_object_macro_over_eligible_categories_and_seeds():
-    rows = []
-    for seed, shift in ((0, 0.0), (1, 0.1)):
-        rows += [
-            _probe_rows(0, "cat", seed, 5, 3, 0.4 + shift, 0.5, 0.3, 0.9),
-            _probe_rows(0, "dog", seed, 7, 2, 0.8 + shift, 0.7, 0.9, 0.9),
-            _probe_rows(0, "zebra", seed, 0, 4, 0.0, 0.0, 0.0, 0.99),  # no train positive
-            _probe_rows(0, "kite", seed, 3, 0, 0.0, 0.0, 0.0, 0.99),  # no eval positive
-            _probe_rows(1, "zebra", seed, 0, 4, 0.0, 0.0, 0.0, 0.99),
-        ]
-    summary = layer_summary(pl.DataFrame(rows), "object")
-    values = {(layer, metric): value for layer, metric, value, _, _ in summary.rows()}
-    spread = {(layer, metric): std for layer, metric, _, std, _ in summary.rows()}
-    assert spread[(0, "macro_f1")] == pytest.approx(np.std([0.6, 0.7], ddof=1))
-    assert values[(0, "macro_f1")] == pytest.approx(0.65)  # mean over seeds of (0.4, 0.8) + shift
-    assert values[(0, "macro_precision")] == pytest.approx(0.6)
-    assert values[(0, "macro_recall")] == pytest.approx(0.6)
-    assert values[(0, "n_categories")] == 2
-    # a layer without any eligible category: documented zero, not null
-    assert values[(1, "macro_f1")] == 0.0
-    assert values[(1, "n_categories")] == 0
-    assert summary["metric"].to_list()[:4] == [
+def test_layer_scores_object_macro_over_eligible_categories_mean_and_spread_over_seeds():
+    truth = np.array([[1, 0, 1], [0, 1, 1], [1, 1, 0], [0, 0, 0]])
+    mask = np.ones_like(truth, bool)
+    perfect = truth.copy()
+    one_wrong = truth.copy()
+    one_wrong[0, 0] = 0  # seed 1 misses one cat: its recall 1/2, f1 2/3
+    predictions = np.stack([perfect, one_wrong])[:, :, None, :]  # [seeds, rows, 1 layer, labels]
+    eligible = np.array([True, True, False])  # the third label enters no average
+    scores = layer_scores("object", [0], truth, mask, predictions, eligible, n_boot=0)
+    value = {r["metric"]: r for r in scores.iter_rows(named=True)}
+    seed_macro_f1 = [1.0, (2 / 3 + 1.0) / 2]
+    assert value["macro_f1"]["value"] == pytest.approx(np.mean(seed_macro_f1))
+    assert value["macro_f1"]["std"] == pytest.approx(np.std(seed_macro_f1, ddof=1))
+    assert value["macro_precision"]["value"] == 1.0
+    assert value["macro_recall"]["value"] == pytest.approx(np.mean([1.0, 0.75]))
+    assert value["n_categories"]["value"] == 2
+    assert scores["metric"].to_list()[:4] == [
         "macro_f1",
         "macro_precision",
         "macro_recall",
         "n_categories",
     ]
-
-
-def test_layer_summary_rejects_bad_input():
-    two_labels = pl.DataFrame(
-        [_probe_rows(0, "a", 0, 1, 1, 0, 0, 0, 0), _probe_rows(0, "b", 0, 1, 1, 0, 0, 0, 0)]
-    )
-    with pytest.raises(ValueError, match="one label"):
-        layer_summary(two_labels, "caption")
+    # no eligible category: the documented zero, not null
+    none = layer_scores("object", [0], truth, mask, predictions, np.zeros(3, bool), n_boot=0)
+    value = {r["metric"]: r["value"] for r in none.iter_rows(named=True)}
+    assert value["macro_f1"] == 0.0 and value["n_categories"] == 0
     with pytest.raises(ValueError, match="task_kind"):
-        layer_summary(two_labels, "objects")
+        layer_scores("objects", [0], truth, mask, predictions, eligible, n_boot=0)
 
 
 def test_balanced_majority_fraction_tells_rare_labels_from_collapse():
@@ -292,29 +263,15 @@ def _score_table(model, task, prompt, values, collapsed=()):
     )
 
 
-def test_summary_from_score_and_probe_tables_and_best_layers():
+def test_summary_from_score_tables_and_best_layers():
     scores = _score_table("deep", "caption", "tao", [0.5, 0.6, 0.8, 0.78, 0.7], collapsed=(0,))
-    probe_rows = pl.DataFrame(
-        [
-            {**_probe_rows(layer, "cat", 0, 5, 3, f1, 0.5, 0.5, 0.9), "layer": layer}
-            for layer, f1 in enumerate([0.2, 0.5, 0.4])
-        ]
-    ).with_columns(
-        model=pl.lit("shallow"),
-        task=pl.lit("object"),
-        prompt=pl.lit("nocat"),
-        pooling=pl.lit("mean"),
-        probe=pl.lit("linear"),
-        layer=pl.col("layer").cast(pl.Int16),
-    )
-    summary = summarise([scores, probe_rows])
+    shallow = _score_table("shallow", "object", "nocat", [0.2, 0.5, 0.4])
+    summary = summarise([scores, shallow])
     assert summary.schema == SUMMARY_SCHEMA
     flagged = (
         summary.filter(pl.col("model") == "deep").group_by("layer").agg(pl.col("collapsed").all())
     )
     assert dict(flagged.iter_rows()) == {0: True, 1: False, 2: False, 3: False, 4: False}
-    from_probes = summary.filter(pl.col("model") == "shallow")
-    assert from_probes["ci_low"].is_null().all()  # no predictions, no intervals
 
     best = best_layers(summary)
     rows = {r["model"]: r for r in best.iter_rows(named=True)}

@@ -388,77 +388,6 @@ def _metric_order(task_kind: str, has_control: bool) -> dict[str, int]:
     return {name: rank for rank, name in enumerate(names)}
 
 
-def layer_summary(
-    probe_table: pl.DataFrame, task_kind: Literal["caption", "object"]
-) -> pl.DataFrame:
-    """Per-layer point scores ``(layer, metric, value, std, n_seeds)`` from a probe table.
-
-    The same values as :func:`layer_scores` (without intervals, which need the predictions):
-    caption: the metrics of the single label; object: macro averages over the categories with
-    at least one positive in both the training and the evaluation rows, and their count as
-    ``n_categories``. ``value`` is the mean over seeds and ``std`` the sample standard deviation
-    (null with one seed). Tables with control columns add ``control_*`` and ``selectivity_*``;
-    tables with a ``collapsed`` column add the collapsed fraction.
-    """
-    has_control = "control_f1" in probe_table.columns
-    if task_kind == "caption":
-        labels = probe_table["label"].unique()
-        if labels.len() != 1:
-            raise ValueError(f"caption probe table must hold one label, found {labels.to_list()}")
-        columns = [pl.col(m).cast(pl.Float64) for m in CAPTION_METRICS]
-        if has_control:
-            columns += [pl.col(f"control_{m}").cast(pl.Float64) for m in CAPTION_METRICS]
-        if "collapsed" in probe_table.columns:
-            columns.append(pl.col("collapsed").cast(pl.Float64))
-        per_seed = probe_table.select("layer", "seed", *columns)
-    elif task_kind == "object":
-        eligible = (pl.col("n_train_pos") > 0) & (pl.col("n_eval_pos") > 0)
-        prefixes = ["", "control_"] if has_control else [""]
-
-        def macro(column: str) -> pl.Expr:
-            # a mean over no categories is null; fill_null gives the documented 0.0
-            return pl.col(column).filter(eligible).mean().fill_null(0.0)
-
-        aggregates = [
-            macro(f"{prefix}{metric}").alias(f"{prefix}macro_{metric}")
-            for prefix in prefixes
-            for metric in ("f1", "precision", "recall")
-        ]
-        aggregates.append(eligible.sum().cast(pl.Float64).alias("n_categories"))
-        if "collapsed" in probe_table.columns:
-            aggregates.append(
-                pl.col("collapsed").filter(eligible).cast(pl.Float64).mean().fill_null(0.0)
-            )
-        per_seed = probe_table.group_by("layer", "seed").agg(aggregates)
-    else:
-        raise ValueError(f"task_kind must be 'caption' or 'object', got {task_kind!r}")
-    if has_control:
-        per_seed = per_seed.with_columns(
-            (pl.col(m) - pl.col(f"control_{m}")).alias(f"selectivity_{m}")
-            for m in SCORED_METRICS[task_kind]
-        )
-    order = _metric_order(task_kind, has_control)
-    metrics = [m for m in order if m in per_seed.columns]
-    return (
-        per_seed.unpivot(index=["layer", "seed"], on=metrics, variable_name="metric")
-        .group_by("layer", "metric")
-        .agg(
-            pl.col("value").cast(pl.Float64).mean().alias("value"),
-            pl.col("value").cast(pl.Float64).std(ddof=1).fill_nan(None).alias("std"),
-            pl.col("seed").n_unique().cast(pl.Int64).alias("n_seeds"),
-        )
-        .with_columns(
-            pl.col("layer").cast(pl.Int16),
-            # the collapsed fraction is already pooled over seeds: no spread
-            pl.when(pl.col("metric") == "collapsed")
-            .then(None)
-            .otherwise(pl.col("std"))
-            .alias("std"),
-        )
-        .sort("layer", pl.col("metric").replace_strict(order, default=len(order)))
-    )
-
-
 def _with_keys(frame: pl.DataFrame, key: Mapping[str, str]) -> pl.DataFrame:
     return frame.select(*(pl.lit(value).alias(name) for name, value in key.items()), pl.all())
 
@@ -466,14 +395,12 @@ def _with_keys(frame: pl.DataFrame, key: Mapping[str, str]) -> pl.DataFrame:
 def summarise(tables: Sequence[pl.DataFrame]) -> pl.DataFrame:
     """The tidy summary: one row per (model, task, prompt, pooling, probe, layer, metric).
 
-    Each table is either a score table (written by the probe job next to its probe table:
-    the key columns and :data:`SCORE_SCHEMA`) or a probe table (key columns, one row per
-    layer, label and seed), from which point scores are computed (no intervals).
-    Columns: :data:`SUMMARY_SCHEMA`; ``collapsed`` flags every row of a layer whose collapsed
-    fraction is at least :data:`COLLAPSED_LAYER_FRACTION`.
+    Each table is a score table, written by the probe job next to its probe table: the key
+    columns and :data:`SCORE_SCHEMA`. Columns: :data:`SUMMARY_SCHEMA`; ``collapsed`` flags every
+    row of a layer whose collapsed fraction is at least :data:`COLLAPSED_LAYER_FRACTION`.
     """
     if not tables:
-        raise ValueError("no probe or score tables to summarise")
+        raise ValueError("no score tables to summarise")
     groups = []
     for table in tables:
         missing = [key for key in SUMMARY_KEYS if key not in table.columns]
@@ -481,10 +408,7 @@ def summarise(tables: Sequence[pl.DataFrame]) -> pl.DataFrame:
             raise ValueError(f"table lacks key columns {missing}")
         for key, group in table.group_by(SUMMARY_KEYS, maintain_order=True):
             named = dict(zip(SUMMARY_KEYS, key, strict=True))
-            if "label" in group.columns:  # a probe table
-                scores = layer_summary(group, named["task"])
-            else:
-                scores = group.select(*(pl.col(c) for c in SCORE_SCHEMA if c in group.columns))
+            scores = group.select(*(pl.col(c) for c in SCORE_SCHEMA if c in group.columns))
             scores = scores.with_columns(
                 pl.lit(None, dtype).alias(name)
                 for name, dtype in SCORE_SCHEMA.items()
@@ -508,7 +432,7 @@ def summarise(tables: Sequence[pl.DataFrame]) -> pl.DataFrame:
 def write_summary(
     table_paths: Sequence[str | os.PathLike], out_path: str | os.PathLike
 ) -> pl.DataFrame:
-    """Gather score tables (or probe tables) into the tidy summary and write it atomically."""
+    """Gather score tables into the tidy summary and write it atomically."""
     summary = summarise([pl.read_parquet(path) for path in table_paths])
     write_parquet(summary, out_path)
     return summary

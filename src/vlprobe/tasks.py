@@ -27,7 +27,6 @@ from vlprobe.storage import METADATA_KEY, atomic_path
 
 log = logging.getLogger(__name__)
 
-TASK_KINDS = ("caption", "object")
 CATEGORY_MODES = ("none", "others", "self")
 CATEGORY_PLACEHOLDER = "{category}"
 ENTAILMENT = "entailment"

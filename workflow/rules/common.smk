@@ -37,7 +37,7 @@ try:
         name: probe_settings(name, settings)
         for name, settings in config["probes"].items()
     }
-    EVALUATION = EvaluationConfig.from_dict(config.get("evaluation", {}))
+    EVALUATION = EvaluationConfig.from_dict(config["evaluation"])
 except ValueError as error:
     raise WorkflowError(f"config: {error}") from None
 
@@ -97,9 +97,7 @@ def coco_sources():
 
 def coco_annotation_files():
     """The annotation files extracted from the COCO archive (download source)."""
-    names = sorted(
-        {config["coco"].get(f"{split}_source", "") for split in SPLITS} - {""}
-    )
+    names = sorted({config["coco"][f"{split}_source"] for split in SPLITS})
     return expand(
         f"{COCO}/annotations/{{kind}}_{{name}}.json",
         kind=["captions", "instances"],
@@ -150,7 +148,7 @@ def model_names():
     return list(config["models"]) + [
         f"{model}@{baseline}"
         for model, entry in config["models"].items()
-        for baseline in entry.get("baselines", [])
+        for baseline in entry["baselines"]
     ]
 
 
@@ -204,7 +202,7 @@ def probe_tables(kind="probes"):
         for pooling in config["extract"]["poolings"]
         for first, last in shards_of(model)
     ]
-    if config["caption"].get("embedding_baseline", False):
+    if config["caption"]["embedding_baseline"]:
         jobs += [
             (TEXT_EMBEDDING_MODEL, task, TEXT_EMBEDDING_POOLING, 0, 0)
             for task in task_names()
@@ -229,8 +227,8 @@ def figure_names():
     skip = set()
     if not EVALUATION.control:
         skip.add("selectivity")
-    if not config["caption"].get("embedding_baseline", False) and not any(
-        entry.get("baselines") for entry in config["models"].values()
+    if not config["caption"]["embedding_baseline"] and not any(
+        entry["baselines"] for entry in config["models"].values()
     ):
         skip.add("baselines")
     return [name for name in FIGURES if name not in skip]

@@ -52,6 +52,6 @@ rule images_table:
             if config["coco"]["source"] == "download"
             else None
         ),
-        workers=config["coco"].get("download_workers", 8),
+        workers=config["coco"]["download_workers"],
     script:
         "../scripts/images_table.py"

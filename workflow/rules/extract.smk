@@ -26,7 +26,7 @@ rule extract:
         "benchmarks/out/extract/{model}/{task}/part-{part}.tsv"
     wildcard_constraints:
         model="[A-Za-z0-9_.-]+(@(random_init|blank_image))?",
-    retries: config["extract"].get("retries", 2)
+    retries: config["extract"]["retries"]
     conda:
         CONDA_ENV
     threads: 2
@@ -95,7 +95,7 @@ rule first_tokens:
         prompts=list(config["object"]["prompts"]),
         images_dir=coco_sources()["images"],
         device=config["extract"]["device"],
-        category=config.get("first_tokens", {}).get("category", "person"),
-        top_k=config.get("first_tokens", {}).get("top_k", 10),
+        category=config["first_tokens"]["category"],
+        top_k=config["first_tokens"]["top_k"],
     script:
         "../scripts/first_tokens.py"
