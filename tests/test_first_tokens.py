@@ -34,14 +34,9 @@ def study(tmp_path_factory):
     tasks = {}
     for prompt, (template, categories) in PROMPTS.items():
         tasks[prompt] = root / f"object-{prompt}.parquet"
-        metadata = {
-            "kind": "object",
-            "prompt": prompt,
-            "template": template,
-            "categories": categories,
-            "label_names": category_names(files.instances),
-        }
-        write_task(object_task(rows, template, categories, 0), tasks[prompt], metadata)
+        names = category_names(files.instances)
+        task, metadata = object_task(rows, prompt, template, categories, 0, names)
+        write_task(task, tasks[prompt], metadata)
     build_tiny_model("qwen2_vl", root / "model", {"num_layers": 2, "seed": 0})
     entry = {"family": "qwen2_vl", "hf_id": str(root / "model"), "num_layers": 2, "batch_size": 4}
     return root, files, images, tasks, entry

@@ -173,11 +173,18 @@ def test_caption_pairs_are_balanced_and_negatives_foreign(pairs, demo):
 
 
 def test_caption_prompt_fill(pairs):
-    task = caption_task(pairs, 'This image describes "{caption}". Is it right? Answer:')
+    template = 'This image describes "{caption}". Is it right? Answer:'
+    task, metadata = caption_task(pairs, "tao", template)
     assert task["sample_id"].n_unique() == task.height
     assert task["text"][0].startswith('This image describes "')
+    assert metadata == {
+        "kind": "caption",
+        "prompt": "tao",
+        "template": template,
+        "label_names": ["entailment"],
+    }
     with pytest.raises(TaskError, match="placeholder"):
-        caption_task(pairs, "no placeholder")
+        caption_task(pairs, "tao", "no placeholder")
 
 
 def test_too_few_captions_names_the_key(demo, sentence_model):
@@ -191,7 +198,8 @@ def test_too_few_captions_names_the_key(demo, sentence_model):
 def test_withcat_never_names_its_held_out_category(demo):
     files, images = demo
     rows = build_object_rows(images, both(files.instances))
-    task = object_task(rows, PROMPT, "others", seed=0)
+    names = category_names(files.instances)
+    task, _ = object_task(rows, "withcat", PROMPT, "others", seed=0, names=names)
     expected_rows = sum(len(p) + 1 for p in rows["present"])
     assert task.height == expected_rows
     for text, held_out, present in task.select("text", "held_out", "present").iter_rows():
@@ -199,7 +207,7 @@ def test_withcat_never_names_its_held_out_category(demo):
         named = set(listed.split(", ")) if listed else set()
         assert held_out not in named
         assert named == set(present) - {held_out}
-    nocat = object_task(rows, PROMPT, "none", seed=0)
+    nocat, _ = object_task(rows, "nocat", PROMPT, "none", seed=0, names=names)
     assert nocat.height == rows.height and (nocat["text"] == PROMPT).all()
 
 
@@ -207,9 +215,15 @@ def test_withcat_label_matrix_selects_one_row_per_image_and_category(demo):
     files, images = demo
     rows = build_object_rows(images, both(files.instances))
     names = category_names(files.instances)
-    task = object_task(rows, PROMPT, "others", seed=0)
-    meta = {"kind": "object", "categories": "others", "label_names": names}
-    _, labels, mask, _ = label_matrix(task, meta)
+    task, metadata = object_task(rows, "withcat", PROMPT, "others", seed=0, names=names)
+    assert metadata == {
+        "kind": "object",
+        "prompt": "withcat",
+        "template": PROMPT,
+        "categories": "others",
+        "label_names": names,
+    }
+    _, labels, mask, _ = label_matrix(task, metadata)
     assert labels.shape == (task.height, 80)
     # every image contributes exactly one row to each category's task
     per_image = pl.DataFrame(
@@ -224,7 +238,7 @@ def test_withcat_label_matrix_selects_one_row_per_image_and_category(demo):
 
 def test_parts_keep_images_together_and_cover_the_task(demo, pairs):
     files, images = demo
-    task = caption_task(pairs, "{caption}")
+    task, _ = caption_task(pairs, "plain", "{caption}")
     parts = [task_part(task, k, 3) for k in range(3)]
     assert sum(p.height for p in parts) == task.height
     image_sets = [set(p["image_id"]) for p in parts]
@@ -312,13 +326,12 @@ def test_real_caption_pairs_record_each_negatives_source_and_audit_sample(
 def test_statement_rows_one_per_image_and_category(real):
     files, images, rows = real
     names = category_names(files.instances)
-    task = object_task(rows, STATEMENT, "self", seed=0, names=names)
+    task, meta = object_task(rows, "statement", STATEMENT, "self", seed=0, names=names)
     assert task.height == 80 * rows.height
     assert task.columns == ["sample_id", "image_id", "split", "text", "category", "present"]
     assert task.select("image_id", "category").is_unique().all()
     for text, category in task.select("text", "category").head(200).iter_rows():
         assert text == STATEMENT.replace("{category}", category)
-    meta = {"kind": "object", "categories": "self", "label_names": names}
     _, labels, mask, _ = label_matrix(task, meta)
     # each row belongs to its own category's task only, labelled with that category's presence
     assert (mask.sum(axis=1) == 1).all()
@@ -328,34 +341,36 @@ def test_statement_rows_one_per_image_and_category(real):
     assert (labels[np.arange(task.height), own] == np.array(present)).all()
     assert labels[~mask].sum() == 0
     # the same per-category labels as NoCat: one row per image and category
-    nocat = object_task(rows, PROMPT, "none", seed=0)
-    _, nocat_labels, _, _ = label_matrix(nocat, {**meta, "categories": "none"})
+    nocat, nocat_meta = object_task(rows, "nocat", PROMPT, "none", seed=0, names=names)
+    _, nocat_labels, _, _ = label_matrix(nocat, nocat_meta)
     assert labels.sum() == nocat_labels.sum()
 
 
 def test_statement_rows_with_sampled_absent_categories(real):
     files, images, rows = real
     names = category_names(files.instances)
-    task = object_task(rows, STATEMENT, "self", seed=0, names=names, absent_per_image=3)
+    task, metadata = object_task(rows, "s", STATEMENT, "self", 0, names, absent_per_image=3)
+    assert metadata["absent_per_image"] == 3
     per_image = task.group_by("image_id").agg(
         pl.col("category"), pl.col("present").first(), pl.len().alias("rows")
     )
     for categories, present, n in per_image.select("category", "present", "rows").iter_rows():
         assert set(present) <= set(categories) and n == len(present) + 3
     assert task.height == sum(len(p) + 3 for p in rows["present"])
-    assert task.equals(object_task(rows, STATEMENT, "self", 0, names, absent_per_image=3))
-    assert not task.equals(object_task(rows, STATEMENT, "self", 1, names, absent_per_image=3))
+    assert task.equals(object_task(rows, "s", STATEMENT, "self", 0, names, absent_per_image=3)[0])
+    other_seed, _ = object_task(rows, "s", STATEMENT, "self", 1, names, absent_per_image=3)
+    assert not task.equals(other_seed)
     # absent categories vary from image to image
     absent = task.filter(~pl.col("category").is_in(pl.col("present")))
     assert absent["category"].n_unique() > 40
-    none_absent = object_task(rows, STATEMENT, "self", 0, names, absent_per_image=0)
+    none_absent, _ = object_task(rows, "s", STATEMENT, "self", 0, names, absent_per_image=0)
     assert none_absent.height == sum(len(p) for p in rows["present"])
 
 
 def test_statement_task_parts_and_extraction_samples(real):
     files, images, rows = real
     names = category_names(files.instances)
-    task = object_task(rows, STATEMENT, "self", seed=0, names=names, absent_per_image=2)
+    task, _ = object_task(rows, "s", STATEMENT, "self", 0, names, absent_per_image=2)
     parts = [task_part(task, k, 4) for k in range(4)]
     assert sum(p.height for p in parts) == task.height
     image_sets = [set(p["image_id"]) for p in parts]
@@ -370,13 +385,13 @@ def test_category_placeholder_only_with_statement_prompts(real):
     files, _, rows = real
     names = category_names(files.instances)
     with pytest.raises(TaskError, match=r"'self' needs a \{category\} placeholder"):
-        object_task(rows, PROMPT, "self", seed=0, names=names)
+        object_task(rows, "s", PROMPT, "self", seed=0, names=names)
     with pytest.raises(TaskError, match=r"placeholder needs categories 'self'"):
-        object_task(rows, STATEMENT, "none", seed=0)
+        object_task(rows, "nocat", STATEMENT, "none", seed=0, names=names)
     with pytest.raises(TaskError, match="absent_per_image"):
-        object_task(rows, PROMPT, "others", seed=0, absent_per_image=3)
-    with pytest.raises(TaskError, match="category names"):
-        object_task(rows, STATEMENT, "self", seed=0)
+        object_task(rows, "withcat", PROMPT, "others", seed=0, names=names, absent_per_image=3)
+    with pytest.raises(TaskError, match="'s' needs the category names"):
+        object_task(rows, "s", STATEMENT, "self", seed=0, names=[])
 
 
 @pytest.mark.parametrize(
@@ -425,10 +440,8 @@ def test_images_without_objects_are_kept_all_negative_and_counted(real, tmp_path
     lines = [r.getMessage() for r in caplog.records if "without any annotated object" in r.message]
     assert len(lines) == 1 and "train 3 of 190" in lines[0] and "eval 2 of 48" in lines[0]
     names = category_names(path)
-    nocat = object_task(rows, PROMPT, "none", seed=0)
-    _, labels, mask, _ = label_matrix(
-        nocat, {"kind": "object", "categories": "none", "label_names": names}
-    )
+    nocat, metadata = object_task(rows, "nocat", PROMPT, "none", seed=0, names=names)
+    _, labels, mask, _ = label_matrix(nocat, metadata)
     is_empty = nocat["image_id"].is_in(list(empty)).to_numpy()
     assert is_empty.sum() == 5
     assert labels[is_empty].sum() == 0 and mask[is_empty].all()

@@ -96,8 +96,7 @@ def activation_table(
         hidden = values.shape[2]
         flat = pa.array(np.ascontiguousarray(values).reshape(-1))
         columns[name] = pa.FixedSizeListArray.from_arrays(flat, hidden)
-    table = pa.table(columns)
-    return table.replace_schema_metadata({METADATA_KEY: json.dumps(dict(metadata)).encode()})
+    return with_metadata(pa.table(columns), metadata)
 
 
 def write_activations(
@@ -113,11 +112,16 @@ def write_activations(
         pq.write_table(table, tmp)
 
 
+def with_metadata(table: pa.Table, metadata: Mapping[str, Any]) -> pa.Table:
+    """``table`` with ``metadata`` as its ``vlprobe`` schema metadata (see read_metadata)."""
+    return table.replace_schema_metadata({METADATA_KEY: json.dumps(dict(metadata)).encode()})
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``vlprobe`` schema metadata of a Parquet file."""
+    """The ``vlprobe`` schema metadata of a Parquet file (a task or activation table)."""
     raw = pq.read_schema(path).metadata or {}
     if METADATA_KEY not in raw:
-        raise ValueError(f"{path}: no vlprobe metadata; not an activation table")
+        raise ValueError(f"{path}: no vlprobe metadata; not a table written by vlprobe")
     return json.loads(raw[METADATA_KEY])
 
 

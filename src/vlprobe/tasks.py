@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -19,11 +18,9 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from vlprobe.data import captions_by_image, present_categories, read_coco_json
-from vlprobe.storage import METADATA_KEY, atomic_path
+from vlprobe.storage import atomic_path, read_metadata, with_metadata, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -433,23 +430,31 @@ def category_names(instances_path: str | os.PathLike) -> list[str]:
     return [c["name"] for c in sorted(instances["categories"], key=lambda c: c["id"])]
 
 
-def caption_task(pairs: pl.DataFrame, template: str) -> pl.DataFrame:
-    """Fill a caption prompt variant (``{caption}`` placeholder) into every pair."""
+def caption_task(
+    pairs: pl.DataFrame, prompt: str, template: str
+) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Prompt variant ``prompt`` (a ``{caption}`` placeholder in ``template``) filled into every
+    pair: the task table and its metadata (kind, prompt, template, label_names)."""
     if "{caption}" not in template:
         raise TaskError(f"caption prompt {template!r} has no {{caption}} placeholder")
     texts = [template.format(caption=c.rstrip(". ")) for c in pairs["caption"]]
-    return pairs.rename({"pair_id": "sample_id"}).with_columns(text=pl.Series(texts))
+    table = pairs.rename({"pair_id": "sample_id"}).with_columns(text=pl.Series(texts))
+    metadata = {"kind": "caption", "prompt": prompt, "template": template}
+    return table, {**metadata, "label_names": [ENTAILMENT]}
 
 
 def object_task(
     objects: pl.DataFrame,
+    prompt: str,
     template: str,
     categories: str,
     seed: int,
-    names: list[str] | None = None,
+    names: list[str],
     absent_per_image: int | None = None,
-) -> pl.DataFrame:
-    """Fill an object prompt variant.
+) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Prompt variant ``prompt`` filled in for every image: the task table and its metadata
+    (kind, prompt, template, categories, absent_per_image if given, and the category
+    ``names`` in label order, from which :func:`label_matrix` builds the labels).
 
     ``categories='none'`` (NoCat): one row per image, the template as is.
     ``categories='others'`` (WithCat): per image one row leaving out each present category
@@ -483,8 +488,8 @@ def object_task(
         )
     if absent_per_image is not None and (not statement or absent_per_image < 0):
         raise TaskError("object prompt absent_per_image: a count >= 0, with categories 'self' only")
-    if statement and not names:
-        raise TaskError("object prompt categories 'self' needs the category names")
+    if not names:
+        raise TaskError(f"object prompt {prompt!r} needs the category names")
     rng = np.random.default_rng(seed)
     rows = []
     for image_id, split, present in objects.select("image_id", "split", "present").iter_rows():
@@ -507,7 +512,11 @@ def object_task(
         "present": pl.List(pl.String),
     }
     frame = pl.DataFrame(rows, schema=schema, orient="row")
-    return frame.with_row_index("sample_id").with_columns(pl.col("sample_id").cast(pl.Int64))
+    table = frame.with_row_index("sample_id").with_columns(pl.col("sample_id").cast(pl.Int64))
+    metadata = {"kind": "object", "prompt": prompt, "template": template, "categories": categories}
+    if absent_per_image is not None:
+        metadata["absent_per_image"] = absent_per_image
+    return table, {**metadata, "label_names": list(names)}
 
 
 def _statement_categories(
@@ -526,18 +535,13 @@ def _statement_categories(
 
 
 def write_task(frame: pl.DataFrame, path: str | os.PathLike, metadata: Mapping[str, Any]) -> None:
-    """Write a task table atomically, recording its kind, prompt and label names."""
-    table = frame.to_arrow()
-    table = table.replace_schema_metadata({METADATA_KEY: json.dumps(dict(metadata)).encode()})
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+    """Write a task table atomically with the metadata its builder returned."""
+    write_parquet(with_metadata(frame.to_arrow(), metadata), path)
 
 
 def read_task(path: str | os.PathLike) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """A task table and its metadata (kind, prompt, template, label_names)."""
-    table: pa.Table = pq.read_table(path)
-    metadata = json.loads((table.schema.metadata or {})[METADATA_KEY])
-    return pl.from_arrow(table), metadata
+    """A task table and its metadata (kind, prompt, template, label_names, ...)."""
+    return pl.read_parquet(path), read_metadata(path)
 
 
 def label_matrix(

@@ -3,15 +3,10 @@
 import polars as pl
 
 from vlprobe.joblog import job_log
-from vlprobe.tasks import ENTAILMENT, caption_task, write_task
+from vlprobe.tasks import caption_task, write_task
 
 with job_log(snakemake.log[0]):
-    template = snakemake.params.template
-    task = caption_task(pl.read_parquet(snakemake.input[0]), template)
-    metadata = {
-        "kind": "caption",
-        "prompt": snakemake.wildcards.prompt,
-        "template": template,
-        "label_names": [ENTAILMENT],
-    }
+    task, metadata = caption_task(
+        pl.read_parquet(snakemake.input[0]), snakemake.wildcards.prompt, snakemake.params.template
+    )
     write_task(task, snakemake.output[0], metadata)
