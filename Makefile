@@ -7,7 +7,7 @@ LOCK := requirements/lock.txt
 CORES ?= all
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install lock demo test test-slurm lint clean
+.PHONY: install lock demo test test-quick test-slurm lint clean
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,10 @@ lint: install
 
 test: lint
 	$(BIN)/pytest -ra
+
+# the edit-test loop: without the slow tests (make test runs them all)
+test-quick: install
+	$(BIN)/pytest -ra -m "not slow"
 
 # The demo on a throwaway single-node SLURM cluster (installs slurm-wlm and munge; needs root).
 test-slurm: install

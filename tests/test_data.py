@@ -2,6 +2,7 @@ import json
 
 import polars as pl
 import pytest
+from helpers import both
 
 from vlprobe.data import (
     COCO_CATEGORIES,
@@ -11,10 +12,6 @@ from vlprobe.data import (
     make_demo_coco,
     present_categories,
 )
-
-
-def both(value):
-    return {"train": value, "eval": value}
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from apple_fastvlm import APPLE, apple_forward
-from PIL import Image, ImageDraw
+from helpers import drawing
+from PIL import Image
 from tiny_models import BUILT, FAMILY_PARAMS, NUM_LAYERS, entry
 from transformers.utils import ModelOutput
 
@@ -96,12 +97,8 @@ def samples(tmp_path_factory) -> pl.DataFrame:
     root = tmp_path_factory.mktemp("images")
     paths = []
     for index, (width, height) in enumerate(IMAGE_SIZES):
-        image = Image.new("RGB", (width, height), (200, 200, 200))
-        draw = ImageDraw.Draw(image)
-        draw.ellipse([4, 4, width // 2, height // 2], fill=(60 * index, 200 - 40 * index, 90))
-        draw.rectangle([width // 2, height // 3, width - 4, height - 4], fill=(30, 30, 160))
         path = root / f"{index}.png"
-        image.save(path)
+        drawing((width, height), (60 * index, 200 - 40 * index, 90)).save(path)
         paths.append(str(path))
     return pl.DataFrame(
         {

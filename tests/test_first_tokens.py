@@ -38,14 +38,16 @@ def study(tmp_path_factory):
         task, metadata = object_task(rows, prompt, template, categories, 0, names)
         write_task(task, tasks[prompt], metadata)
     build_tiny_model("qwen2_vl", root / "model", {"num_layers": 2, "seed": 0})
-    entry = {"family": "qwen2_vl", "hf_id": str(root / "model"), "num_layers": 2, "batch_size": 4}
+    entry = {"family": "qwen2_vl", "hf_id": str(root / "model"), "num_layers": 2}
     return root, files, images, tasks, entry
 
 
 def test_tables_count_greedy_first_tokens_per_prompt_and_image_kind(study):
     root, files, images, tasks, entry = study
     images_path, out = root / "images.parquet", root / "t.parquet"
-    table = run_first_token_job("tiny", entry, tasks, images_path, files.images_dir, "person", out)
+    table = run_first_token_job(
+        "tiny", entry, tasks, images_path, files.images_dir, "person", out, batch_size=4
+    )
     assert table.schema == TOKEN_TABLE_SCHEMA
     assert pl.read_parquet(out).equals(table)
     assert (root / "t.tsv").read_text().splitlines()[0].split("\t") == list(TOKEN_TABLE_SCHEMA)

@@ -10,7 +10,8 @@ import pytest
 import torch
 import transformers
 from apple_fastvlm import APPLE, apple_forward
-from PIL import Image, ImageDraw
+from helpers import drawing
+from PIL import Image
 from safetensors.torch import load_file
 from tiny_models import FAMILY_PARAMS, NUM_LAYERS, available, entry
 
@@ -32,15 +33,6 @@ MODEL_CLASSES = {
     "minicpmv4_6": ("MiniCPMV4_6ForConditionalGeneration", "MiniCPMV4_6Processor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
-
-
-def drawing(size: tuple[int, int], colour: tuple[int, int, int]) -> Image.Image:
-    image = Image.new("RGB", size, (200, 200, 200))
-    draw = ImageDraw.Draw(image)
-    width, height = size
-    draw.ellipse([width // 8, height // 8, width // 2, height // 2], fill=colour)
-    draw.rectangle([width // 2, height // 2, width - 4, height - 4], fill=(30, 30, 160))
-    return image
 
 
 def test_registry_covers_the_families():

@@ -7,6 +7,7 @@ import numpy as np
 import polars as pl
 import pytest
 import yaml
+from helpers import both
 
 from vlprobe.data import CocoFiles, build_images_table, make_demo_coco
 from vlprobe.figures import negative_similarity_histogram, save_chart
@@ -30,11 +31,6 @@ from vlprobe.tasks import (
 PROMPT = "This image contains the following types of objects:"
 STATEMENT = "This image contains the following type of object: {category}"
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def both(value):
-    """The same source for the train and the eval split."""
-    return {"train": value, "eval": value}
 
 
 @pytest.fixture(scope="module")
@@ -253,6 +249,7 @@ def test_parts_keep_images_together_and_cover_the_task(demo, pairs):
     )
 
 
+@pytest.mark.slow
 def test_real_coco_full_val_pool(coco_mini, sentence_model, all_cores):
     files = CocoFiles.in_directory(coco_mini)
     images, _ = build_images_table(both(files), {"train": 10, "eval": 5}, 0, "error")

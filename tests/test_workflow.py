@@ -248,6 +248,8 @@ RERUNS = {
     # kind, says the same thing
     "evaluation defaults left out": ({"evaluation": {}}, {}),
     "probe kind written out": ({"probes.linear.kind": "linear"}, {}),
+    # how a model runs, not what it computes
+    "model batch size": ({"models.tiny-qwen2-vl.batch_size": 2}, {}),
 }
 
 

@@ -97,6 +97,7 @@ def run_first_token_job(
     images_dir: str | os.PathLike,
     category: str,
     out_path: str | os.PathLike,
+    batch_size: int,
     device: str = "cpu",
     top_k: int = 10,
 ) -> pl.DataFrame:
@@ -111,9 +112,7 @@ def run_first_token_job(
     for prompt, task_path in task_paths.items():
         rows = category_rows(task_path, category).join(files, on="image_id", how="left")
         paths = [str(Path(images_dir) / name) for name in rows["file_name"]]
-        tokens = greedy_first_tokens(
-            model, paths, rows["text"].to_list(), model_entry["batch_size"]
-        )
+        tokens = greedy_first_tokens(model, paths, rows["text"].to_list(), batch_size)
         log.info(
             "%s / %s: %d images (%d with %s), %d distinct first tokens",
             model_name,

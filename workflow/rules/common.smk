@@ -11,6 +11,7 @@ from vlprobe.baselines import (
     baseline_entry,
     split_model_name,
 )
+from vlprobe.data import SPLITS
 from vlprobe.settings import FIGURES, EvaluationConfig, probe_settings
 from vlprobe.storage import layer_shards
 
@@ -58,7 +59,15 @@ wildcard_constraints:
 CONDA_ENV = "../../envs/vlprobe.yaml"
 DEMO_COCO = "resources/demo-coco"
 COCO = "resources/coco"
-SPLITS = ("train", "eval")
+# the outputs that helpers expand as other jobs' inputs: each template is written once here
+TASK = "results/tasks/{task}.parquet"
+ACTIVATIONS = "results/activations/{model}/{task}/part-{part}"
+PROBE_JOB = "{model}/{task}/{pooling}/{probe}/layers-{first}-{last}"
+PROBE_TABLE = f"results/probes/{PROBE_JOB}.parquet"
+SCORE_TABLE = f"results/scores/{PROBE_JOB}.parquet"
+SUMMARY = "results/metrics/summary.parquet"
+# model jobs: the cores each one takes
+MODEL_THREADS = 2
 
 
 def coco_sources():
@@ -105,15 +114,19 @@ def coco_annotation_files():
     )
 
 
-def split_files(kind):
-    """Per split, the {split}_<kind> job inputs, for kind instances, captions or pool."""
-    return {f"{split}_{kind}": coco_sources()[f"{split}_{kind}"] for split in SPLITS}
+COCO_SOURCES = coco_sources()
+
+
+def split_inputs(kind):
+    """Per split, the {split}_<kind> job inputs, for kind instances, captions or pool (a
+    script reads them back with vlprobe.data.split_files)."""
+    return {f"{split}_{kind}": COCO_SOURCES[f"{split}_{kind}"] for split in SPLITS}
 
 
 def images_dir_param():
     """Where the images are: the input folder, or where images fetched from the web go."""
     if config["coco"]["source"] == "download":
-        return coco_sources()["images"]
+        return COCO_SOURCES["images"]
     return lambda wildcards, input: input.images
 
 
@@ -122,7 +135,7 @@ def local_images():
     return (
         {}
         if config["coco"]["source"] == "download"
-        else {"images": coco_sources()["images"]}
+        else {"images": COCO_SOURCES["images"]}
     )
 
 
@@ -158,6 +171,23 @@ def model_entry(model):
     return baseline_entry(config["models"][name], baseline)
 
 
+def model_param(wildcards):
+    """The model entry a model job computes with, its hf_id the built tiny model's directory.
+
+    Left out, so that editing them reruns nothing: batch_size (how, not what: a resource),
+    baselines (other jobs) and tiny (the model's own rule, an input of the job)."""
+    entry = model_entry(wildcards.model)
+    kept = {
+        k: v for k, v in entry.items() if k not in ("batch_size", "baselines", "tiny")
+    }
+    return {**kept, "hf_id": model_dir(wildcards.model)}
+
+
+def model_gpus(wildcards):
+    """The GPUs a model job holds: none on the CPU."""
+    return 0 if config["extract"]["device"] == "cpu" else 1
+
+
 def extract_batch_size(wildcards, attempt):
     """The model's batch size, halved on every retry of a failed extraction job."""
     return max(1, model_entry(wildcards.model)["batch_size"] // 2 ** (attempt - 1))
@@ -185,16 +215,14 @@ def shards_of(model):
 
 
 def activation_parts(wildcards):
-    if wildcards.model == TEXT_EMBEDDING_MODEL:
-        return [f"results/activations/{TEXT_EMBEDDING_MODEL}/{wildcards.task}/part-0"]
-    return [
-        f"results/activations/{wildcards.model}/{wildcards.task}/part-{part}"
-        for part in range(config["extract"]["parts"])
-    ]
+    parts = 1 if wildcards.model == TEXT_EMBEDDING_MODEL else config["extract"]["parts"]
+    return expand(
+        ACTIVATIONS, model=wildcards.model, task=wildcards.task, part=range(parts)
+    )
 
 
-def probe_tables(kind="probes"):
-    """Every probe job's output of one kind: 'probes' (probe tables) or 'scores'."""
+def probe_tables(template=PROBE_TABLE):
+    """Every probe job's output of one kind: PROBE_TABLE or SCORE_TABLE."""
     jobs = [
         (model, task, pooling, first, last)
         for model in model_names()
@@ -209,7 +237,9 @@ def probe_tables(kind="probes"):
             if task_kind(task) == "caption"
         ]
     return [
-        f"results/{kind}/{model}/{task}/{pooling}/{probe}/layers-{first}-{last}.parquet"
+        template.format(
+            model=model, task=task, pooling=pooling, probe=probe, first=first, last=last
+        )
         for model, task, pooling, first, last in jobs
         for probe in config["probes"]
     ]
@@ -218,7 +248,7 @@ def probe_tables(kind="probes"):
 def figure_input(wildcards):
     """A figure reads the summary or every probe table (loss curves, per-category F1)."""
     if FIGURES[wildcards.figure].input == "summary":
-        return "results/metrics/summary.parquet"
+        return SUMMARY
     return probe_tables()
 
 
@@ -236,7 +266,7 @@ def figure_names():
 
 def final_outputs():
     return (
-        ["results/metrics/summary.parquet", "results/metrics/best_layers.tsv"]
+        [SUMMARY, "results/metrics/best_layers.tsv"]
         + expand("results/first_tokens/{model}.tsv", model=config["models"])
         + expand(
             "results/figures/{figure}.{ext}",

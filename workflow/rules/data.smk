@@ -29,8 +29,8 @@ rule coco_annotations:
 
 rule images_table:
     input:
-        **split_files("instances"),
-        **split_files("captions"),
+        **split_inputs("instances"),
+        **split_inputs("captions"),
         **local_images(),
     output:
         images="results/data/images.parquet",

@@ -15,11 +15,11 @@ rule tiny_model:
 
 rule extract:
     input:
-        task="results/tasks/{task}.parquet",
+        task=TASK,
         images="results/data/images.parquet",
         model=model_input,
     output:
-        directory("results/activations/{model}/{task}/part-{part}"),
+        directory(ACTIVATIONS),
     log:
         "logs/extract/{model}/{task}/part-{part}.log",
     benchmark:
@@ -29,13 +29,13 @@ rule extract:
     retries: config["extract"]["retries"]
     conda:
         CONDA_ENV
-    threads: 2
+    threads: MODEL_THREADS
     resources:
-        gpu=lambda wc: 0 if config["extract"]["device"] == "cpu" else 1,
+        gpu=model_gpus,
         batch_size=extract_batch_size,
     params:
-        model=lambda wc: {**model_entry(wc.model), "hf_id": model_dir(wc.model)},
-        images_dir=coco_sources()["images"],
+        model=model_param,
+        images_dir=COCO_SOURCES["images"],
         parts=config["extract"]["parts"],
         shards=lambda wc: shards_of(wc.model),
         poolings=config["extract"]["poolings"],
@@ -47,9 +47,9 @@ rule extract:
 
 rule text_embedding:
     input:
-        task="results/tasks/{task}.parquet",
+        task=TASK,
     output:
-        directory(f"results/activations/{TEXT_EMBEDDING_MODEL}/{{task}}/part-0"),
+        directory(ACTIVATIONS.format(model=TEXT_EMBEDDING_MODEL, task="{task}", part=0)),
     log:
         f"logs/extract/{TEXT_EMBEDDING_MODEL}/{{task}}/part-0.log",
     benchmark:
@@ -66,9 +66,7 @@ rule text_embedding:
 
 rule first_tokens:
     input:
-        tasks=expand(
-            "results/tasks/object-{prompt}.parquet", prompt=config["object"]["prompts"]
-        ),
+        tasks=expand(TASK, task=[f"object-{p}" for p in config["object"]["prompts"]]),
         images="results/data/images.parquet",
         model=model_input,
     output:
@@ -87,13 +85,14 @@ rule first_tokens:
         model="[A-Za-z0-9_.-]+",
     conda:
         CONDA_ENV
-    threads: 2
+    threads: MODEL_THREADS
     resources:
-        gpu=lambda wc: 0 if config["extract"]["device"] == "cpu" else 1,
+        gpu=model_gpus,
+        batch_size=lambda wc: model_entry(wc.model)["batch_size"],
     params:
-        model=lambda wc: {**model_entry(wc.model), "hf_id": model_dir(wc.model)},
+        model=model_param,
         prompts=list(config["object"]["prompts"]),
-        images_dir=coco_sources()["images"],
+        images_dir=COCO_SOURCES["images"],
         device=config["extract"]["device"],
         category=config["first_tokens"]["category"],
         top_k=config["first_tokens"]["top_k"],

@@ -1,14 +1,14 @@
 rule probe:
     input:
-        task="results/tasks/{task}.parquet",
+        task=TASK,
         parts=activation_parts,
     output:
-        table="results/probes/{model}/{task}/{pooling}/{probe}/layers-{first}-{last}.parquet",
-        scores="results/scores/{model}/{task}/{pooling}/{probe}/layers-{first}-{last}.parquet",
+        table=PROBE_TABLE,
+        scores=SCORE_TABLE,
     log:
-        "logs/probes/{model}/{task}/{pooling}/{probe}/layers-{first}-{last}.log",
+        f"logs/probes/{PROBE_JOB}.log",
     benchmark:
-        "benchmarks/out/probes/{model}/{task}/{pooling}/{probe}/layers-{first}-{last}.tsv"
+        f"benchmarks/out/probes/{PROBE_JOB}.tsv"
     conda:
         CONDA_ENV
     threads: 1

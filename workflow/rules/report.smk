@@ -1,9 +1,9 @@
 rule summary:
     input:
-        probe_tables("scores"),
+        probe_tables(SCORE_TABLE),
     output:
         report(
-            "results/metrics/summary.parquet",
+            SUMMARY,
             caption="../report/summary.rst",
             category="Tables",
         ),
@@ -17,7 +17,7 @@ rule summary:
 
 rule best_layers:
     input:
-        "results/metrics/summary.parquet",
+        SUMMARY,
     output:
         report(
             "results/metrics/best_layers.tsv",

@@ -1,7 +1,7 @@
 rule caption_pairs:
     input:
-        **split_files("captions"),
-        **split_files("pool"),
+        **split_inputs("captions"),
+        **split_inputs("pool"),
         images="results/data/images.parquet",
     output:
         "results/tasks/labels/caption_pairs.parquet",
@@ -22,7 +22,7 @@ rule caption_pairs:
 
 rule object_rows:
     input:
-        **split_files("instances"),
+        **split_inputs("instances"),
         images="results/data/images.parquet",
     output:
         "results/tasks/labels/object_rows.parquet",
@@ -38,7 +38,7 @@ rule caption_task:
     input:
         "results/tasks/labels/caption_pairs.parquet",
     output:
-        "results/tasks/caption-{prompt}.parquet",
+        TASK.format(task="caption-{prompt}"),
     log:
         "logs/tasks/caption-{prompt}.log",
     conda:
@@ -52,9 +52,9 @@ rule caption_task:
 rule object_task:
     input:
         rows="results/tasks/labels/object_rows.parquet",
-        instances=coco_sources()["train_instances"],
+        instances=COCO_SOURCES["train_instances"],
     output:
-        "results/tasks/object-{prompt}.parquet",
+        TASK.format(task="object-{prompt}"),
     log:
         "logs/tasks/object-{prompt}.log",
     conda:

@@ -15,6 +15,7 @@ with job_log(snakemake.log[0]):
         images_dir=snakemake.params.images_dir,
         category=snakemake.params.category,
         out_path=snakemake.output.table,
+        batch_size=snakemake.resources.batch_size,
         device=snakemake.params.device,
         top_k=snakemake.params.top_k,
     )
