@@ -119,6 +119,9 @@ class LinearConfig(_Settings):
     def fit(
         self, features: np.ndarray, labels: np.ndarray, mask: np.ndarray, seed: int, n_sets: int
     ) -> FittedProbes:
+        """Probes per (layer, label) on ``features [N, layers, hidden]``; ``labels`` and ``mask``
+        ``[N, n_sets * labels]`` hold ``n_sets`` label sets (real, control) side by side. The
+        fitting code is imported here, so that importing the settings imports no torch."""
         from vlprobe.probes.minibatch import fit_linear_probes
 
         return fit_linear_probes(features, labels, mask, self, seed)
