@@ -43,7 +43,7 @@ from vlprobe.data import build_images_table, load_image, make_demo_coco
 from vlprobe.extract import POOLINGS, extract_activations
 from vlprobe.models import build_tiny_model, load_model
 from vlprobe.storage import read_activations
-from vlprobe.tasks import build_object_rows, extraction_samples, object_task
+from vlprobe.tasks import build_object_rows, category_names, extraction_samples, object_task
 
 PROMPT = "This image contains the following types of objects:"
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "config" / "demo.yaml"
@@ -80,8 +80,9 @@ def demo_samples(root: Path, n_images: int, max_objects: int = 3) -> pl.DataFram
         sources, {"train": n_images - n_eval, "eval": n_eval}, 0, "error"
     )
     rows = build_object_rows(images, {"train": files.instances, "eval": files.instances})
-    nocat = object_task(rows, PROMPT, "none", seed=0)
-    withcat = object_task(rows, PROMPT, "others", seed=0)
+    names = category_names(files.instances)
+    nocat, _ = object_task(rows, "nocat", PROMPT, "none", seed=0, names=names)
+    withcat, _ = object_task(rows, "withcat", f"{PROMPT} {{categories}}", "others", 0, names)
     withcat = withcat.with_columns(pl.col("sample_id") + nocat.height)
     task = pl.concat([nocat, withcat])
     return extraction_samples(task, images, files.images_dir, 0, 1)

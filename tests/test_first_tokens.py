@@ -19,7 +19,7 @@ from vlprobe.tasks import build_object_rows, category_names, object_task, write_
 
 PROMPTS = {
     "nocat": ("This image contains the following types of objects:", "none"),
-    "withcat": ("This image contains the following types of objects:", "others"),
+    "withcat": ("This image contains the following types of objects: {categories}", "others"),
 }
 
 

@@ -29,6 +29,7 @@ from vlprobe.tasks import (
 )
 
 PROMPT = "This image contains the following types of objects:"
+WITHCAT = f"{PROMPT} {{categories}}"
 STATEMENT = "This image contains the following type of object: {category}"
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -195,12 +196,13 @@ def test_withcat_never_names_its_held_out_category(demo):
     files, images = demo
     rows = build_object_rows(images, both(files.instances))
     names = category_names(files.instances)
-    task, _ = object_task(rows, "withcat", PROMPT, "others", seed=0, names=names)
+    task, _ = object_task(rows, "withcat", WITHCAT, "others", seed=0, names=names)
     expected_rows = sum(len(p) + 1 for p in rows["present"])
     assert task.height == expected_rows
     for text, held_out, present in task.select("text", "held_out", "present").iter_rows():
         listed = text.removeprefix(PROMPT).strip()
-        named = set(listed.split(", ")) if listed else set()
+        assert not listed or listed.endswith(",")
+        named = set(listed.removesuffix(",").split(", ")) if listed else set()
         assert held_out not in named
         assert named == set(present) - {held_out}
     nocat, _ = object_task(rows, "nocat", PROMPT, "none", seed=0, names=names)
@@ -211,11 +213,11 @@ def test_withcat_label_matrix_selects_one_row_per_image_and_category(demo):
     files, images = demo
     rows = build_object_rows(images, both(files.instances))
     names = category_names(files.instances)
-    task, metadata = object_task(rows, "withcat", PROMPT, "others", seed=0, names=names)
+    task, metadata = object_task(rows, "withcat", WITHCAT, "others", seed=0, names=names)
     assert metadata == {
         "kind": "object",
         "prompt": "withcat",
-        "template": PROMPT,
+        "template": WITHCAT,
         "categories": "others",
         "label_names": names,
     }
@@ -320,6 +322,69 @@ def test_real_caption_pairs_record_each_negatives_source_and_audit_sample(
     assert (tmp_path / "hist.png").read_bytes()[:4] == b"\x89PNG"
 
 
+# Tao et al. 2024's object prompts (PAPERS.md, verbatim): NoCat text, with categories after it
+TAO_OBJECT_PROMPTS = {
+    "": "This image contains the following types of objects:",
+    "list_": "What types of objects are there here? Please list them:",
+    "picture_": "Objects in this picture are:",
+    "detailed_": (
+        "There can be several types of objects in this image, including up to eighty kinds of "
+        "objects. These objects can be any color, including red, green, blue, orange, yellow, "
+        "purple, pink, and etc. Some of these objects can be very huge, while others can be very "
+        "small. In the meantime, there are also many objects which can be overlapping with "
+        "others. Please look carefully at the image for any detailed information. Now, you can "
+        "write which type of objects you can find in the image:"
+    ),
+}
+# coco-mini images with 1, 2 and 4 present categories: (image, held-out category) -> the list
+WITHCAT_LISTS = {
+    (54718, "elephant"): "",  # its only category held out: no list at all
+    (54718, None): " elephant,",
+    (802, "oven"): " refrigerator,",
+    (5001, "person"): " scissors, handbag, bicycle,",
+    (5001, None): " scissors, bicycle, person, handbag,",
+}
+
+
+@pytest.mark.parametrize("variant", list(TAO_OBJECT_PROMPTS))
+def test_every_tao_object_prompt_reads_exactly_as_in_the_paper(real, variant):
+    """The paper config's NoCat and WithCat variants of each wording, on real images with 0, 1
+    and 3 other categories: every listed name followed by a comma, the last one included."""
+    files, _, rows = real
+    prompts = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["object"]["prompts"]
+    names = category_names(files.instances)
+    nocat_text = TAO_OBJECT_PROMPTS[variant]
+    for kind in ("nocat", "withcat"):
+        name = f"{variant}{kind}"
+        entry = prompts[name]
+        task, _ = object_task(rows, name, entry["template"], entry["categories"], 0, names)
+        if kind == "nocat":
+            assert entry["template"] == nocat_text
+            assert (task["text"] == nocat_text).all()
+            continue
+        text_of = {(i, h): t for i, h, t in task.select("image_id", "held_out", "text").rows()}
+        for key, listed in WITHCAT_LISTS.items():
+            assert text_of[key] == nocat_text + listed, (name, key)
+
+
+def test_withcat_lists_have_the_papers_form(real):
+    files, _, rows = real
+    names = category_names(files.instances)
+    task, _ = object_task(rows, "w", f"{PROMPT} {{categories}}", "others", 0, names)
+    text_of = {(i, h): t for i, h, t in task.select("image_id", "held_out", "text").rows()}
+    assert text_of[(54718, "elephant")] == "This image contains the following types of objects:"
+    assert text_of[(802, "oven")] == (
+        "This image contains the following types of objects: refrigerator,"
+    )
+    assert text_of[(5001, "person")] == (
+        "This image contains the following types of objects: scissors, handbag, bicycle,"
+    )
+    with pytest.raises(TaskError, match=r"\{categories\} placeholder goes with categories"):
+        object_task(rows, "w", PROMPT, "others", 0, names)
+    with pytest.raises(TaskError, match=r"\{categories\} placeholder goes with categories"):
+        object_task(rows, "n", f"{PROMPT} {{categories}}", "none", 0, names)
+
+
 def test_statement_rows_one_per_image_and_category(real):
     files, images, rows = real
     names = category_names(files.instances)
@@ -386,7 +451,7 @@ def test_category_placeholder_only_with_statement_prompts(real):
     with pytest.raises(TaskError, match=r"placeholder needs categories 'self'"):
         object_task(rows, "nocat", STATEMENT, "none", seed=0, names=names)
     with pytest.raises(TaskError, match="absent_per_image"):
-        object_task(rows, "withcat", PROMPT, "others", seed=0, names=names, absent_per_image=3)
+        object_task(rows, "withcat", WITHCAT, "others", seed=0, names=names, absent_per_image=3)
     with pytest.raises(TaskError, match="'s' needs the category names"):
         object_task(rows, "s", STATEMENT, "self", seed=0, names=[])
 
@@ -404,6 +469,16 @@ def test_category_placeholder_only_with_statement_prompts(real):
             "nocat",
             {"template": PROMPT, "categories": "none", "absent_per_image": 3},
             "only with categories: self",
+        ),
+        (
+            "nocat",
+            {"template": WITHCAT, "categories": "none"},
+            "{categories} needs categories: others",
+        ),
+        (
+            "withcat",
+            {"template": PROMPT, "categories": "others"},
+            "others needs a {categories} placeholder",
         ),
     ],
 )

@@ -225,7 +225,7 @@ RERUNS = {
         {"extract": 12, "probe": 24, **DOWNSTREAM},
     ),
     "prompt variant text": (
-        {"object.prompts.withcat.template": "Objects in this picture:"},
+        {"object.prompts.withcat.template": "Objects in this picture: {categories}"},
         {"object_task": 1, "extract": 4, "probe": 4, "first_tokens": 2, **DOWNSTREAM},
     ),
     "sampling seed": (

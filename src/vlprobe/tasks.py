@@ -12,7 +12,8 @@ import functools
 import importlib.resources
 import logging
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 CATEGORY_MODES = ("none", "others", "self")
 CATEGORY_PLACEHOLDER = "{category}"
+CATEGORIES_PLACEHOLDER = "{categories}"
 ENTAILMENT = "entailment"
 
 
@@ -458,9 +460,10 @@ def object_task(
 
     ``categories='none'`` (NoCat): one row per image, the template as is.
     ``categories='others'`` (WithCat): per image one row leaving out each present category
-    (``held_out`` = that category; the other present ones follow the template, shuffled with
-    the seed) and one row listing all present categories (``held_out`` null), used for every
-    absent category. No prompt names its own held-out category.
+    (``held_out`` = that category; the other present ones, shuffled with the seed, fill the
+    template's ``{categories}`` placeholder, see :func:`with_categories`) and one row listing
+    all present categories (``held_out`` null), used for every absent category. No prompt
+    names its own held-out category.
     ``categories='self'`` (statement, the compact-model study): one row per (image,
     category), the template's ``{category}`` placeholder filled with that category
     (``category`` column); its label is that category's presence alone. Rows per image:
@@ -486,6 +489,11 @@ def object_task(
             f"object prompt {template!r}: a {CATEGORY_PLACEHOLDER} placeholder needs "
             f"categories 'self', not {categories!r}"
         )
+    if (categories == "others") != (CATEGORIES_PLACEHOLDER in template):
+        raise TaskError(
+            f"object prompt {template!r}: a {CATEGORIES_PLACEHOLDER} placeholder goes with "
+            f"categories 'others' (and 'others' needs one), not {categories!r}"
+        )
     if absent_per_image is not None and (not statement or absent_per_image < 0):
         raise TaskError("object prompt absent_per_image: a count >= 0, with categories 'self' only")
     if not names:
@@ -498,8 +506,8 @@ def object_task(
         elif categories == "others":
             for held_out in [*present, None]:
                 others = [c for c in present if c != held_out]
-                listed = ", ".join(others[i] for i in rng.permutation(len(others)))
-                rows.append((image_id, split, f"{template} {listed}".rstrip(), held_out, present))
+                listed = [others[i] for i in rng.permutation(len(others))]
+                rows.append((image_id, split, with_categories(template, listed), held_out, present))
         else:
             for category in _statement_categories(names, present, absent_per_image, rng):
                 text = template.replace(CATEGORY_PLACEHOLDER, category)
@@ -517,6 +525,16 @@ def object_task(
     if absent_per_image is not None:
         metadata["absent_per_image"] = absent_per_image
     return table, {**metadata, "label_names": list(names)}
+
+
+def with_categories(template: str, names: Sequence[str]) -> str:
+    """``template`` with its ``{categories}`` placeholder filled as Tao et al. write the list:
+    every name followed by a comma, the last one included (``person, dog,``), so that the model
+    is set up to write the next name. Without names the placeholder and the space before it go:
+    the prompt ends where the list would start."""
+    if not names:
+        return re.sub(r"\s*" + re.escape(CATEGORIES_PLACEHOLDER), "", template)
+    return template.replace(CATEGORIES_PLACEHOLDER, " ".join(f"{name}," for name in names))
 
 
 def _statement_categories(
