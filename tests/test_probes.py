@@ -155,6 +155,26 @@ def test_early_stopping_keeps_best_validation_epoch():
     assert without_validation["train_loss"].list.len().to_list() == [7] * table.height
 
 
+def test_the_compact_studys_probe_runs_every_epoch_on_raw_features():
+    """early_stopping: false scores the last epoch's probe; standardize: false feeds the raw
+    features (the study's code), which its large offsets make harder to fit at this lr."""
+    train, evaluation = _synthetic()
+    settings = {"patience": 3, "epochs": 12, "lr": 0.05, "early_stopping": False}
+    every_epoch = _run(train, evaluation, **settings)
+    assert (every_epoch["best_epoch"] == 12).all()
+    assert every_epoch["val_loss"].list.len().to_list() == [12] * every_epoch.height
+    assert every_epoch["train_loss"].list.len().to_list() == [12] * every_epoch.height
+
+    config = LinearConfig.from_dict({**FAST, "standardize": False, "epochs": 3})
+    x_train, y_train, m_train = train
+    raw = fit_linear_probes(x_train, y_train, m_train, config)
+    assert (raw.feature_mean == 0).all() and (raw.feature_std == 1).all()
+    standardised = fit_linear_probes(x_train, y_train, m_train, LinearConfig.from_dict(FAST))
+    assert not np.allclose(raw.logits(x_train[:20]), standardised.logits(x_train[:20]))
+    with pytest.raises(ValueError, match="'standardize' must be bool"):
+        LinearConfig.from_dict({"standardize": "no"})
+
+
 def test_probe_config_names_bad_settings():
     assert LinearConfig.from_dict({"lr": 0.1, "weight_decay": 0}).lr == 0.1
     assert LinearConfig.from_dict({"seed": 3}).seeds == (3,)  # shorthand for seeds: [3]

@@ -115,6 +115,11 @@ class LinearConfig(_Settings):
     val_fraction: float = 0.1
     patience: int = 5
     seeds: tuple[int, ...] = (0,)
+    # false: the raw features, as the compact-model study's code fed them
+    standardize: bool = True
+    # false: every epoch runs and the last epoch's probe is scored (the compact-model study's
+    # code); true: each probe keeps its best epoch on the validation slice, patience epochs on
+    early_stopping: bool = True
 
     def fit(
         self, features: np.ndarray, labels: np.ndarray, mask: np.ndarray, seed: int, n_sets: int

@@ -29,15 +29,19 @@ def _fit_minibatch(
     seed: int,
     network: _Network,
 ) -> FittedProbes:
-    """Adam on mini-batches with early stopping per (layer, stopping unit); see module doc.
+    """Adam on mini-batches with early stopping per (layer, stopping unit), unless the config
+    turns it off; see the package doc.
 
     Dropout masks and mini-batch order come from one generator seeded by ``seed`` and do not
     depend on the labels.
     """
-    n_rows, n_layers, _ = features.shape
+    n_rows, n_layers, hidden = features.shape
     n_labels = labels.shape[1]
     generator = torch.Generator().manual_seed(seed)
-    feature_mean, feature_std = feature_stats(features)
+    if config.standardize:
+        feature_mean, feature_std = feature_stats(features)
+    else:
+        feature_mean, feature_std = torch.zeros(n_layers, hidden), torch.ones(n_layers, hidden)
     label_tensor = torch.from_numpy(np.asarray(labels, dtype=np.float32).copy())
     mask_tensor = torch.from_numpy(np.asarray(mask, dtype=bool).copy())
     unit_of_label = torch.from_numpy(network.unit_of_label)
@@ -99,11 +103,14 @@ def _fit_minibatch(
             patient = epochs_since_best < config.patience
             # probes without validation rows keep their latest weights
             improved = ~has_val | (patient & (unit_loss < best_val))
+            if not config.early_stopping:  # the last epoch's weights are the probe
+                improved = torch.ones_like(improved)
             best = network.keep_best(best, improved)
             best_val = torch.where(improved, unit_loss, best_val)
             best_epoch[improved] = epoch
             epochs_since_best = torch.where(improved, 0, epochs_since_best + 1)
-        if has_val.any() and not (has_val & (epochs_since_best < config.patience)).any():
+        patient_units = has_val & (epochs_since_best < config.patience)
+        if config.early_stopping and has_val.any() and not patient_units.any():
             break
 
     network.load(best)
