@@ -169,6 +169,42 @@ def test_caption_pairs_are_balanced_and_negatives_foreign(pairs, demo):
     assert all(split[i] == s for i, s in pairs.select("image_id", "split").iter_rows())
 
 
+def test_random_negatives_are_other_images_captions_seeded_and_balanced(
+    demo, pairs, sentence_model
+):
+    files, images = demo
+
+    def drawn(seed):
+        return build_caption_pairs(
+            images,
+            both(files.captions),
+            both(files.captions),
+            2,
+            40,
+            sentence_model,
+            seed,
+            "random",
+        )
+
+    random = drawn(0)
+    negatives = random.filter(pl.col("label") == 0)
+    assert (negatives["source_image_id"] != negatives["image_id"]).all()
+    assert (negatives["negative"] == "random").all()
+    assert random.filter(pl.col("label") == 1)["negative"].is_null().all()
+    assert negatives["similarity"].is_not_null().all()  # recorded, to compare with hard ones
+    # one negative per positive: balanced classes in each split
+    counts = random.group_by("split", "label").len().sort("split", "label")["len"].to_list()
+    assert counts == [
+        negatives.filter(pl.col("split") == s).height for s in ("eval", "train") for _ in (0, 1)
+    ]
+    assert random.equals(drawn(0)) and not random.equals(drawn(1))
+    # the same positives as the hard pairs; random negatives are far less similar
+    hard = pairs.filter(pl.col("label") == 0)
+    assert (hard["negative"] == "hard").all()
+    assert negatives["positive_caption_id"].to_list() == hard["positive_caption_id"].to_list()
+    assert negatives["similarity"].mean() < hard["similarity"].mean() - 0.1
+
+
 def test_caption_prompt_fill(pairs):
     template = 'This image describes "{caption}". Is it right? Answer:'
     task, metadata = caption_task(pairs, "tao", template)

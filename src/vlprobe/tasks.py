@@ -222,6 +222,33 @@ def mine_hard_negatives(
     return negatives, similarities
 
 
+def draw_random_negatives(
+    positive_rows: np.ndarray,
+    pool_image_ids: np.ndarray,
+    embeddings: np.ndarray,
+    seed: int,
+    pool_text_ids: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each positive caption (a row of the pool), one pool caption of another image drawn
+    uniformly with the seed (the compact-model study's negatives); a draw that reads like the
+    positive (``pool_text_ids``) is replaced by a second one. The cosine similarity to the
+    positive is returned as for mined negatives, so both kinds can be compared."""
+    positive_rows = np.asarray(positive_rows)
+    negatives = np.empty(len(positive_rows), dtype=np.int64)
+    for offset, candidates in candidate_sets(positive_rows, pool_image_ids, 2, seed):
+        drawn = candidates[:, 0]
+        if pool_text_ids is not None and candidates.shape[1] > 1:
+            rows = positive_rows[offset : offset + len(candidates)]
+            same_text = pool_text_ids[drawn] == pool_text_ids[rows]
+            drawn = np.where(same_text, candidates[:, 1], drawn)
+        negatives[offset : offset + len(candidates)] = drawn
+    similarity = np.einsum("ij,ij->i", embeddings[positive_rows], embeddings[negatives])
+    return negatives, similarity.astype(np.float32)
+
+
+NEGATIVE_KINDS = ("hard", "random")
+
+
 def caption_text_ids(texts: list[str]) -> np.ndarray:
     """Ids equal for captions that read the same (case, spacing and a final period aside)."""
     normalised = [" ".join(text.lower().split()).rstrip(" .") for text in texts]
@@ -236,16 +263,21 @@ def build_caption_pairs(
     n_candidates: int,
     embedding_model: str,
     seed: int,
+    negatives: str = "hard",
 ) -> pl.DataFrame:
-    """Positive (image, own caption) pairs and one mined hard negative per positive.
+    """Positive (image, own caption) pairs and one negative per positive: ``negatives='hard'``
+    mined among ``n_candidates`` captions (:func:`mine_hard_negatives`, Tao et al.), ``'random'``
+    drawn (:func:`draw_random_negatives`, the compact-model study).
 
     ``captions`` and ``pools`` map each split to its captions file and to the file whose
     captions are its negative pool (all captions of the split's source annotation file).
     Columns: pair_id, image_id, split, caption_id, caption, label (1/0), positive_caption_id,
     similarity (negatives: cosine similarity to the positive), source_image_id (the image the
-    caption belongs to). A negative never reads the same as its positive (see
-    :func:`caption_text_ids`).
+    caption belongs to), negative (the kind of a negative; null for positives). A negative never
+    reads the same as its positive (see :func:`caption_text_ids`).
     """
+    if negatives not in NEGATIVE_KINDS:
+        raise TaskError(f"caption.negatives must be one of {NEGATIVE_KINDS}, got {negatives!r}")
     rng = np.random.default_rng(seed)
     frames = []
     embedded: dict[str, np.ndarray] = {}  # a pool file shared by both splits is embedded once
@@ -282,14 +314,19 @@ def build_caption_pairs(
         )
         positive_rows = np.array([pool_row[caption_id] for _, _, caption_id, _ in positives])
         text_ids = caption_text_ids(pool_texts)
-        negative_rows, similarity = mine_hard_negatives(
-            positive_rows,
-            np.asarray(pool_images),
-            embeddings,
-            n_candidates,
-            seed,
-            pool_text_ids=text_ids,
-        )
+        if negatives == "hard":
+            negative_rows, similarity = mine_hard_negatives(
+                positive_rows,
+                np.asarray(pool_images),
+                embeddings,
+                n_candidates,
+                seed,
+                pool_text_ids=text_ids,
+            )
+        else:
+            negative_rows, similarity = draw_random_negatives(
+                positive_rows, np.asarray(pool_images), embeddings, seed, pool_text_ids=text_ids
+            )
         pos = pl.DataFrame(
             positives, schema=["image_id", "split", "caption_id", "caption"], orient="row"
         ).with_columns(
@@ -297,6 +334,7 @@ def build_caption_pairs(
             positive_caption_id=pl.col("caption_id"),
             similarity=pl.lit(None, pl.Float32),
             source_image_id=pl.col("image_id"),
+            negative=pl.lit(None, pl.String),
         )
         neg = pos.select("image_id", "split").with_columns(
             caption_id=pl.Series(np.asarray(pool_ids)[negative_rows]),
@@ -305,14 +343,16 @@ def build_caption_pairs(
             positive_caption_id=pos["caption_id"],
             similarity=pl.Series(similarity),
             source_image_id=pl.Series(np.asarray(pool_images)[negative_rows]),
+            negative=pl.lit(negatives),
         )
         repeated = np.bincount(text_ids)[text_ids[positive_rows]] > 1
         log.info(
-            "%s: %d positives, %d hard negatives (mean similarity %.3f), pool of %d captions; "
+            "%s: %d positives, %d %s negatives (mean similarity %.3f), pool of %d captions; "
             "%d positives' text recurs in the pool (never taken as their negative)",
             split,
             pos.height,
             neg.height,
+            negatives,
             float(similarity.mean()),
             len(pool_ids),
             int(repeated.sum()),

@@ -16,6 +16,7 @@ rule caption_pairs:
         candidates_per_positive=config["caption"]["candidates_per_positive"],
         embedding_model=config["caption"]["embedding_model"],
         seed=config["caption"]["seed"],
+        negatives=config["caption"]["negatives"],
     script:
         "../scripts/caption_pairs.py"
 

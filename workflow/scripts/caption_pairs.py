@@ -1,4 +1,4 @@
-"""Positive captions and mined hard negatives for caption entailment."""
+"""Positive captions and their negatives (mined or drawn) for caption entailment."""
 
 import polars as pl
 
@@ -16,5 +16,6 @@ with job_log(snakemake.log[0]):
         snakemake.params.candidates_per_positive,
         snakemake.params.embedding_model,
         snakemake.params.seed,
+        snakemake.params.negatives,
     )
     write_parquet(pairs, snakemake.output[0])
