@@ -33,6 +33,7 @@ rule extract:
     resources:
         gpu=model_gpus,
         batch_size=extract_batch_size,
+        entry_batch_size=lambda wc: model_entry(wc.model)["batch_size"],
     params:
         model=model_param,
         images_dir=COCO_SOURCES["images"],

@@ -17,7 +17,8 @@ with job_log(snakemake.log[0]):
     )
     run_extraction(
         model_name=snakemake.wildcards.model,
-        model_entry=snakemake.params.model,
+        # the batch sizes are resources: how a job runs, so editing them reruns nothing
+        model_entry={**snakemake.params.model, "batch_size": snakemake.resources.entry_batch_size},
         batch_size=snakemake.resources.batch_size,
         samples=samples,
         poolings=snakemake.params.poolings,
