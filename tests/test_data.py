@@ -3,12 +3,15 @@ import json
 import polars as pl
 import pytest
 from helpers import both
+from PIL import Image
 
+from vlprobe.baselines import load_blank_image
 from vlprobe.data import (
     COCO_CATEGORIES,
     CocoFiles,
     DataError,
     build_images_table,
+    load_image,
     make_demo_coco,
     present_categories,
 )
@@ -89,3 +92,16 @@ def test_real_coco_sample(coco_mini):
     assert {name for _, name, _ in COCO_CATEGORIES} == {
         c["name"] for c in json.loads(files.instances.read_text())["categories"]
     }
+
+
+def test_load_image_shrinks_to_max_side_keeping_the_aspect(tmp_path):
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (640, 427), (10, 20, 30)).save(path)
+    assert load_image(path).size == (640, 427)
+    assert load_image(path, 300).size == (300, 200)
+    assert load_image(path, 1000).size == (640, 427)  # never enlarged
+    assert load_blank_image(path, 300).size == (300, 200)  # the blank baseline: the same size
+    tall = tmp_path / "tall.png"
+    Image.new("L", (200, 500)).save(tall)
+    shrunk = load_image(tall, 100)
+    assert shrunk.size == (40, 100) and shrunk.mode == "RGB"

@@ -5,6 +5,7 @@ import logging
 import re
 import threading
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -537,6 +538,35 @@ def test_run_extraction_writes_one_file_per_shard(tmp_path, tiny_dirs, samples):
     }
     _, layers, values = read_activations([out_dir / "layers-2-3.parquet"], "max")
     assert layers.tolist() == [2, 3] and values.shape == (samples.height, 2, 64)
+
+
+def test_max_side_shrinks_images_before_the_processor(tmp_path, tiny_dirs, samples):
+    """max_side 48 gives what the same extraction gives on images shrunk beforehand."""
+    entry = {
+        "family": "qwen2_vl",
+        "hf_id": str(tiny_dirs["qwen2_vl"]),
+        "batch_size": 4,
+        "num_layers": NUM_LAYERS,
+    }
+    shrunk_dir = tmp_path / "shrunk"
+    shrunk_dir.mkdir()
+    paths = {}
+    for path in samples["image_path"].unique().to_list():
+        paths[path] = str(shrunk_dir / Path(path).name)
+        load_image(path, 48).save(paths[path])
+    shrunk = samples.with_columns(pl.col("image_path").replace_strict(paths))
+    shards = [(0, NUM_LAYERS)]
+    run_extraction("m", entry, samples, ["mean"], shards, tmp_path / "a", max_side=48)
+    run_extraction("m", entry, shrunk, ["mean"], shards, tmp_path / "b")
+    plain = tmp_path / "c"
+    run_extraction("m", entry, samples, ["mean"], shards, plain)
+    a, b, c = (
+        read_activations([shard_path(tmp_path / name, shards[0])], "mean")[2]
+        for name in ("a", "b", "c")
+    )
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+    assert not np.allclose(a, c, atol=1e-3)  # the images did change
+    assert read_metadata(shard_path(tmp_path / "a", shards[0]))["max_side"] == 48
 
 
 def test_bad_arguments_are_named(tmp_path, models, samples):

@@ -248,6 +248,11 @@ RERUNS = {
     # kind, says the same thing
     "evaluation defaults left out": ({"evaluation": {}}, {}),
     "probe kind written out": ({"probes.linear.kind": "linear"}, {}),
+    # images reach the processor smaller: every image-model job, not the text embedding
+    "image size": (
+        {"images.max_side": 40},
+        {"extract": 12, "probe": 12, "first_tokens": 2, **DOWNSTREAM},
+    ),
     # how a model runs, not what it computes
     "model batch size": ({"models.tiny-qwen2-vl.batch_size": 2}, {}),
 }

@@ -28,6 +28,7 @@ from typing import Any
 
 from PIL import Image
 
+from vlprobe.data import fitted_size
 from vlprobe.storage import shard_path, write_activations
 from vlprobe.tasks import embed_captions, read_task
 
@@ -54,10 +55,11 @@ def baseline_entry(entry: Mapping[str, Any], baseline: str | None) -> dict[str, 
     return {**entry, "baseline": baseline}
 
 
-def load_blank_image(path: str | os.PathLike) -> Image.Image:
-    """A uniform grey RGB image of the size of the image at ``path`` (only its header is read)."""
+def load_blank_image(path: str | os.PathLike, max_side: int | None = None) -> Image.Image:
+    """A uniform grey RGB image of the size :func:`~vlprobe.data.load_image` gives the image at
+    ``path`` (only its header is read)."""
     with Image.open(path) as image:
-        return Image.new("RGB", image.size, BLANK_RGB)
+        return Image.new("RGB", fitted_size(image.size, max_side), BLANK_RGB)
 
 
 def write_text_embedding_activations(

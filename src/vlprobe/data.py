@@ -315,10 +315,23 @@ def captions_by_image(captions: dict) -> dict[int, list[tuple[int, str]]]:
     return grouped
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """The image at ``path``, decoded to RGB (what every processor is given)."""
+def fitted_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    """``size`` shrunk, aspect kept, so that its longer side is at most ``max_side`` (None: as
+    it is; an image is never enlarged)."""
+    width, height = size
+    if max_side is None or max(width, height) <= max_side:
+        return size
+    scale = max_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def load_image(path: str | os.PathLike, max_side: int | None = None) -> Image.Image:
+    """The image at ``path``, decoded to RGB (what every processor is given), its longer side
+    at most ``max_side`` (bicubic; the compact-model study's code shrank COCO images to 300)."""
     with Image.open(path) as image:
-        return image.convert("RGB")
+        rgb = image.convert("RGB")
+    size = fitted_size(rgb.size, max_side)
+    return rgb if size == rgb.size else rgb.resize(size, Image.Resampling.BICUBIC)
 
 
 def image_is_readable(path: Path) -> str | None:

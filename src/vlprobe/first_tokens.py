@@ -57,14 +57,20 @@ def category_rows(task_path: str | os.PathLike, category: str) -> pl.DataFrame:
 
 
 def greedy_first_tokens(
-    model: LoadedVLM, image_paths: Sequence[str], texts: Sequence[str], batch_size: int
+    model: LoadedVLM,
+    image_paths: Sequence[str],
+    texts: Sequence[str],
+    batch_size: int,
+    max_side: int | None = None,
 ) -> list[str]:
-    """The first token the model generates greedily after each (image, prompt), decoded."""
+    """The first token the model generates greedily after each (image, prompt), decoded;
+    images shrunk to a longer side of at most ``max_side`` as in extraction."""
     model.padding_side = "left"  # the last position is then every prompt's last token
     token_ids: list[int] = []
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):
-            images = [load_image(path) for path in image_paths[start : start + batch_size]]
+            batch_paths = image_paths[start : start + batch_size]
+            images = [load_image(path, max_side) for path in batch_paths]
             inputs = model.inputs(images, texts[start : start + batch_size])
             logits = model.forward(inputs).logits[:, -1]
             token_ids += logits.argmax(dim=-1).tolist()
@@ -100,6 +106,7 @@ def run_first_token_job(
     batch_size: int,
     device: str = "cpu",
     top_k: int = 10,
+    max_side: int | None = None,
 ) -> pl.DataFrame:
     """First tokens of one model on every object prompt variant in ``task_paths`` (prompt
     name -> task table), written as the top-``top_k`` table to ``out_path`` (Parquet, and a
@@ -112,7 +119,7 @@ def run_first_token_job(
     for prompt, task_path in task_paths.items():
         rows = category_rows(task_path, category).join(files, on="image_id", how="left")
         paths = [str(Path(images_dir) / name) for name in rows["file_name"]]
-        tokens = greedy_first_tokens(model, paths, rows["text"].to_list(), batch_size)
+        tokens = greedy_first_tokens(model, paths, rows["text"].to_list(), batch_size, max_side)
         log.info(
             "%s / %s: %d images (%d with %s), %d distinct first tokens",
             model_name,

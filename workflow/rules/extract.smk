@@ -40,6 +40,7 @@ rule extract:
         parts=config["extract"]["parts"],
         shards=lambda wc: shards_of(wc.model),
         poolings=config["extract"]["poolings"],
+        max_side=config["images"]["max_side"],
         device=config["extract"]["device"],
         chunk_samples=config["extract"]["chunk_samples"],
     script:
@@ -95,6 +96,7 @@ rule first_tokens:
         prompts=list(config["object"]["prompts"]),
         images_dir=COCO_SOURCES["images"],
         device=config["extract"]["device"],
+        max_side=config["images"]["max_side"],
         category=config["first_tokens"]["category"],
         top_k=config["first_tokens"]["top_k"],
     script:

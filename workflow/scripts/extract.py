@@ -27,5 +27,6 @@ with job_log(snakemake.log[0]):
         device=snakemake.params.device,
         threads=snakemake.threads,
         chunk_samples=snakemake.params.chunk_samples,
+        max_side=snakemake.params.max_side,
         metadata={"task": snakemake.wildcards.task, **task_metadata},
     )

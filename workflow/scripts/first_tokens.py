@@ -18,4 +18,5 @@ with job_log(snakemake.log[0]):
         batch_size=snakemake.resources.batch_size,
         device=snakemake.params.device,
         top_k=snakemake.params.top_k,
+        max_side=snakemake.params.max_side,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -499,8 +500,12 @@ def run_extraction(
     chunk_samples: int = CHUNK_SAMPLES,
     on_chunk: Callable[[int, int], None] | None = None,
     batch_size: int | None = None,
+    max_side: int | None = None,
 ) -> None:
     """One extraction job: load the model of a config entry, pool, write one file per shard.
+
+    Images are shrunk to a longer side of at most ``max_side`` before the processor (None: as
+    stored).
 
     ``batch_size`` overrides the entry's (the workflow halves it on each retry); it does not
     change the pooled values, so chunks of an attempt with another batch size are reused.
@@ -532,12 +537,21 @@ def run_extraction(
             "hf_id": str(model_entry["hf_id"]),
             "revision": model_entry.get("revision"),
             "dtype": str(model.model.dtype).removeprefix("torch."),  # "auto" resolved
+            "max_side": max_side,
             **(metadata or {}),
         },
         batch_size or model_entry["batch_size"],
         chunk_dir=chunk_dir_of(out_dir),
         chunk_samples=chunk_samples,
-        resume_key={"model_name": model_name, "entry": dict(model_entry), "device": device},
+        resume_key={
+            "model_name": model_name,
+            "entry": dict(model_entry),
+            "device": device,
+            "max_side": max_side,
+        },
         on_chunk=on_chunk,
-        load=load_blank_image if model_entry.get("baseline") == "blank_image" else None,
+        load=functools.partial(
+            load_blank_image if model_entry.get("baseline") == "blank_image" else load_image,
+            max_side=max_side,
+        ),
     )
