@@ -30,7 +30,7 @@ from vlprobe.extract import (
     pooling_of,
     run_extraction,
 )
-from vlprobe.models import load_model
+from vlprobe.models import FAMILIES, ModelError, load_model
 from vlprobe.storage import layer_shards, read_activations, read_metadata, shard_path
 
 # every pooling; token 5 and token -6 fall in the image prefix of some prompts and in the
@@ -229,6 +229,65 @@ def test_plain_path_equals_the_full_forward(loaded, samples, references, family)
         Extractor(loaded, ALL_POOLINGS, STATES, 3, prefix_reuse=False), samples
     )
     assert_pooled_equal(pooled, references[family])
+
+
+# the families whose tiny models carry their real checkpoints' chat template
+CHAT_FAMILIES = [f for f in BUILT if f in FAMILIES and FAMILIES[f].tiny_chat_template]
+
+
+@pytest.fixture(scope="module")
+def chat_models(tiny_dirs):
+    return {
+        family: load_model(family, {**entry(tiny_dirs[family], family), "prompt_format": "chat"})
+        for family in CHAT_FAMILIES
+    }
+
+
+@pytest.mark.parametrize("generation_prompt", [False, True])
+@pytest.mark.parametrize("family", CHAT_FAMILIES)
+def test_chat_format_tokens_are_the_processors_own(chat_models, samples, family, generation_prompt):
+    """One user turn, the image then the text: the ids of the processor's apply_chat_template."""
+    loaded = chat_models[family]
+    loaded.generation_prompt = generation_prompt
+    try:
+        for path, text in samples.select("image_path", "text").head(4).iter_rows():
+            image = load_image(path)
+            content = [{"type": "image", "image": image}, {"type": "text", "text": text}]
+            expected = loaded.processor.apply_chat_template(
+                [{"role": "user", "content": content}],
+                add_generation_prompt=generation_prompt,
+                tokenize=True,
+                return_dict=True,
+                return_tensors="pt",
+            )
+            ours = loaded.inputs([image], [text])
+            assert ours["input_ids"].tolist() == expected["input_ids"].tolist()
+            torch.testing.assert_close(ours["pixel_values"], expected["pixel_values"])
+    finally:
+        loaded.generation_prompt = False
+
+
+@pytest.mark.parametrize("family", CHAT_FAMILIES)
+def test_chat_format_prefix_reuse_equals_the_full_forward(chat_models, samples, family):
+    """The shared prefix runs through the system prompt, the turn's start and the image block;
+    every pooling equals that of each chat-format sample alone in the full forward pass."""
+    loaded = chat_models[family]
+    extractor = Extractor(loaded, ALL_POOLINGS, STATES, 2)
+    pooled = pool_in_sample_order(extractor, samples)
+    assert extractor.plain_images == 0
+    assert_pooled_equal(pooled, single_sample_reference(loaded, samples))
+
+
+def test_chat_format_needs_a_chat_template_and_a_known_format(tiny_dirs):
+    kosmos2 = entry(tiny_dirs["kosmos2"], "kosmos2")
+    with pytest.raises(ModelError) as error:
+        load_model("k", {**kosmos2, "prompt_format": "chat"})
+    assert str(error.value) == (
+        f"model 'k': prompt_format chat, but the processor of {tiny_dirs['kosmos2']} has no chat "
+        "template; use prompt_format: raw"
+    )
+    with pytest.raises(ModelError, match=r"model 'k': prompt_format 'chatml' is not one of"):
+        load_model("k", {**kosmos2, "prompt_format": "chatml"})
 
 
 def test_a_prefix_lm_family_takes_the_plain_path(models, samples, references, monkeypatch):

@@ -6,6 +6,7 @@ import polars as pl
 import pytest
 import torch
 
+from vlprobe import first_tokens
 from vlprobe.data import build_images_table, load_image, make_demo_coco
 from vlprobe.first_tokens import (
     TOKEN_TABLE_SCHEMA,
@@ -126,3 +127,22 @@ def test_frequencies_rank_ties_by_token_and_keep_top_k():
     assert table.filter(pl.col("images") == "negative").select("token", "fraction").rows() == [
         ("x", 1.0)
     ]
+
+
+def test_in_chat_format_the_first_token_follows_the_assistant_turns_start(study, monkeypatch):
+    """Where a chat model's first answer token is: after the generation prompt."""
+    root, files, _, tasks, entry = study
+    texts = []
+
+    def spy(model, paths, prompts, *args):
+        texts.extend(model.prompt(text) for text in prompts)
+        return greedy_first_tokens(model, paths, prompts, *args)
+
+    monkeypatch.setattr(first_tokens, "greedy_first_tokens", spy)
+    chat = {**entry, "prompt_format": "chat"}
+    out = root / "chat.parquet"
+    run_first_token_job(
+        "t", chat, tasks, root / "images.parquet", files.images_dir, "person", out, 4
+    )
+    assert texts and all(t.startswith("<|im_start|>system\n") for t in texts)
+    assert all(t.endswith("<|im_end|>\n<|im_start|>assistant\n") for t in texts)

@@ -26,7 +26,7 @@ from workflow_run import (
 from vlprobe.baselines import MODEL_BASELINES
 from vlprobe.extract import INDEX_POOLING, POOLINGS
 from vlprobe.models import FAMILIES
-from vlprobe.models.base import DTYPES
+from vlprobe.models.base import DTYPES, PROMPT_FORMATS
 from vlprobe.settings import PROBE_KINDS
 from vlprobe.tasks import read_task
 
@@ -63,6 +63,8 @@ def test_schema_enums_are_the_library_registries():
     assert entry["family"]["enum"] == list(FAMILIES)
     assert entry["dtype"]["enum"] == ["auto", *DTYPES]
     assert entry["baselines"]["items"]["enum"] == list(MODEL_BASELINES)
+    assert entry["prompt_format"]["enum"] == schema["properties"]["prompt_format"]["enum"]
+    assert entry["prompt_format"]["enum"] == list(PROMPT_FORMATS)
     probes = schema["properties"]["probes"]["additionalProperties"]["properties"]
     assert probes["kind"]["enum"] == sorted(PROBE_KINDS)
     pooling = schema["properties"]["extract"]["properties"]["poolings"]["items"]["pattern"]

@@ -113,7 +113,8 @@ def run_first_token_job(
     ``.tsv`` beside it for the report)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_model(model_name, model_entry, device=device)
+    # in chat format a chat model's first answer token follows the assistant turn's start
+    model = load_model(model_name, {**model_entry, "generation_prompt": True}, device=device)
     files = pl.read_parquet(images_path).select("image_id", "file_name")
     frames = []
     for prompt, task_path in task_paths.items():

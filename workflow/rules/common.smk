@@ -166,9 +166,11 @@ def model_names():
 
 
 def model_entry(model):
-    """The config entry a model (or a model's baseline) runs with."""
+    """The config entry a model (or a model's baseline) runs with, the study's prompt format
+    filled in where the entry sets none."""
     name, baseline = split_model_name(model)
-    return baseline_entry(config["models"][name], baseline)
+    prompt = {key: config[key] for key in ("prompt_format", "generation_prompt")}
+    return baseline_entry({**prompt, **config["models"][name]}, baseline)
 
 
 def model_param(wildcards):

@@ -78,6 +78,11 @@ def resolve_dtype(dtype: str, device: str | torch.device) -> torch.dtype:
 
 
 PADDING_SIDES = ("left", "right")
+# raw: the image placeholder, then the prompt (Tao et al.); chat: one user turn holding the image
+# then the prompt, rendered by the checkpoint's own chat template (the compact-model study)
+PROMPT_FORMATS = ("raw", "chat")
+# the real checkpoints' chat templates that a family's tiny models carry (models/chat_templates)
+CHAT_TEMPLATES = Path(__file__).parent / "chat_templates"
 # processor outputs with one value per token ([batch, tokens]), and the value of a padding token
 # (None: the tokenizer's pad token id)
 TOKEN_INPUTS: dict[str, int | None] = {
@@ -198,6 +203,9 @@ class LoadedVLM(abc.ABC):
     prefix_reuse: ClassVar[bool] = True
     # packages the family's model class imports, named as in transformers' dependency table
     requires: ClassVar[tuple[str, ...]] = ()
+    # the file in models/chat_templates holding the chat template of the family's real
+    # checkpoints, which its tiny models carry (None: they have none)
+    tiny_chat_template: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -206,12 +214,16 @@ class LoadedVLM(abc.ABC):
         processor: ProcessorMixin,
         device: str | torch.device = "cpu",
         padding_side: str = "left",
+        prompt_format: str = "raw",
+        generation_prompt: bool = False,
     ) -> None:
         self.name = name
         self.model = model.to(device).eval()
         self.processor = processor
         self.device = torch.device(device)
         self.padding_side = padding_side
+        self.prompt_format = prompt_format
+        self.generation_prompt = generation_prompt
         self.image_token = self.image_token_in(name, processor)
         self.image_token_id = self.image_feature_token_id(name, model)
         if self.tokenizer.pad_token is None:
@@ -256,7 +268,24 @@ class LoadedVLM(abc.ABC):
             # transformers' messages span lines; the job log wants one
             reason = " ".join(str(err).split())
             raise ModelError(f"model {name!r}: cannot load {hf_id}: {reason}") from err
-        loaded = adapter(name, model, processor, device=device)
+        prompt_format = entry.get("prompt_format", "raw")
+        if prompt_format not in PROMPT_FORMATS:
+            raise ModelError(
+                f"model {name!r}: prompt_format {prompt_format!r} is not one of {PROMPT_FORMATS}"
+            )
+        if prompt_format == "chat" and getattr(processor, "chat_template", None) is None:
+            raise ModelError(
+                f"model {name!r}: prompt_format chat, but the processor of {hf_id} has no chat "
+                "template; use prompt_format: raw"
+            )
+        loaded = adapter(
+            name,
+            model,
+            processor,
+            device=device,
+            prompt_format=prompt_format,
+            generation_prompt=entry.get("generation_prompt", False),
+        )
         if loaded.num_layers != entry["num_layers"]:
             raise ModelError(
                 f"model {name!r}: config says num_layers={entry['num_layers']} but {hf_id} has "
@@ -345,8 +374,25 @@ class LoadedVLM(abc.ABC):
         return self.image_token + self.image_token_suffix
 
     def prompt(self, text: str) -> str:
-        """The model's text input for a prompt: the image placeholder, then the prompt."""
-        return self.image_placeholder + text
+        """The model's text input for a prompt: in raw format the image placeholder, then the
+        prompt; in chat format one user turn holding the image, then the prompt, rendered by the
+        processor's own chat template (its default system prompt kept; the assistant turn's
+        start only with ``generation_prompt``)."""
+        if self.prompt_format == "raw":
+            return self.image_placeholder + text
+        turn = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}
+        return self.processor.apply_chat_template(
+            [turn], add_generation_prompt=self.generation_prompt, tokenize=False
+        )
+
+    @property
+    def text_kwargs(self) -> dict[str, Any]:
+        """Tokenizer options for model texts: a chat template that writes the BOS token itself
+        gets none added (as the processor's apply_chat_template does)."""
+        bos = self.tokenizer.bos_token
+        if self.prompt_format == "chat" and bos is not None and self.prompt("").startswith(bos):
+            return {"add_special_tokens": False}
+        return {}
 
     def inputs(self, images: Sequence[Image.Image], texts: Sequence[str]) -> BatchFeature:
         """Model inputs for a batch of (image, prompt) pairs, padded on ``padding_side``."""
@@ -354,7 +400,9 @@ class LoadedVLM(abc.ABC):
             raise ValueError(
                 f"padding_side must be one of {PADDING_SIDES}, got {self.padding_side!r}"
             )
-        batch = self.process(images, [self.prompt(text) for text in texts], self.padding_side)
+        batch = self.process(
+            images, [self.prompt(text) for text in texts], self.padding_side, **self.text_kwargs
+        )
         return batch.to(device=self.device, dtype=self.model.dtype)
 
     def process(
@@ -457,6 +505,7 @@ class LoadedVLM(abc.ABC):
             [self.prompt(texts[0]) for texts in prompts],
             "left",
             return_text_replacement_offsets=True,
+            **self.text_kwargs,
         )
         replacements = [
             [offset["replacement"] for offset in row]
@@ -468,7 +517,7 @@ class LoadedVLM(abc.ABC):
                 [self.prompt(text) for text in texts], image_replacements * len(texts)
             )
             expanded.extend(image_texts)
-        flat = iter(self.tokenizer(expanded)["input_ids"])
+        flat = iter(self.tokenizer(expanded, **self.text_kwargs)["input_ids"])
         return processed, [[next(flat) for _ in texts] for texts in prompts]
 
     @property
@@ -547,6 +596,8 @@ class LoadedVLM(abc.ABC):
         torch.manual_seed(spec["seed"])
         tokenizer = build_tokenizer(cls.special_tokens, spec["vocab_size"])
         model, processor = cls.tiny_model_and_processor(tokenizer, spec)
+        if cls.tiny_chat_template is not None:
+            processor.chat_template = (CHAT_TEMPLATES / cls.tiny_chat_template).read_text()
         target = Path(out_dir)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))

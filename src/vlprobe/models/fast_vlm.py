@@ -50,6 +50,7 @@ class FastVlmAdapter(LlavaAdapter):
     )
     tiny_defaults = {"image_size": 64}
     requires = ("timm",)  # the vision tower is transformers' TimmWrapper
+    tiny_chat_template = None  # not LLaVA-1.5's; its own is not carried yet
 
     @classmethod
     def for_model_type(cls, model_type: str | None) -> type[LoadedVLM]:

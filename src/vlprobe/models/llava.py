@@ -35,6 +35,7 @@ class LlavaAdapter(LoadedVLM):
     tiny_defaults = {"image_size": 56}
     # LLaVA-1.5 puts the image on its own line before the question
     image_token_suffix = "\n"
+    tiny_chat_template = "llava.jinja"
 
     @classmethod
     def tiny_model_and_processor(

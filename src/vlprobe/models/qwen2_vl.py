@@ -50,6 +50,7 @@ class Qwen2VLAdapter(LoadedVLM):
         ),
     )
     tiny_defaults = {"min_image_tokens": 16, "max_image_tokens": 64}
+    tiny_chat_template = "qwen2_vl.jinja"  # Qwen2.5-VL's checkpoints ship the same
 
     @property
     def image_placeholder(self) -> str:
