@@ -183,14 +183,14 @@ def test_random_negatives_are_other_images_captions_seeded_and_balanced(
             40,
             sentence_model,
             seed,
-            "random",
+            ["random"],
         )
 
     random = drawn(0)
     negatives = random.filter(pl.col("label") == 0)
     assert (negatives["source_image_id"] != negatives["image_id"]).all()
-    assert (negatives["negative"] == "random").all()
-    assert random.filter(pl.col("label") == 1)["negative"].is_null().all()
+    assert (negatives["negative_kind"] == "random").all()
+    assert random.filter(pl.col("label") == 1)["negative_kind"].is_null().all()
     assert negatives["similarity"].is_not_null().all()  # recorded, to compare with hard ones
     # one negative per positive: balanced classes in each split
     counts = random.group_by("split", "label").len().sort("split", "label")["len"].to_list()
@@ -200,9 +200,44 @@ def test_random_negatives_are_other_images_captions_seeded_and_balanced(
     assert random.equals(drawn(0)) and not random.equals(drawn(1))
     # the same positives as the hard pairs; random negatives are far less similar
     hard = pairs.filter(pl.col("label") == 0)
-    assert (hard["negative"] == "hard").all()
+    assert (hard["negative_kind"] == "hard").all()
     assert negatives["positive_caption_id"].to_list() == hard["positive_caption_id"].to_list()
     assert negatives["similarity"].mean() < hard["similarity"].mean() - 0.1
+
+
+def test_each_caption_variant_takes_the_positives_and_its_kind_of_negative(
+    demo, pairs, sentence_model
+):
+    """Pairs holding mined and random negatives: every positive once, one negative of each kind
+    per positive, and each task balanced with its own kind (the hard rows those of hard-only)."""
+    files, images = demo
+    both_kinds = build_caption_pairs(
+        images,
+        both(files.captions),
+        both(files.captions),
+        2,
+        40,
+        sentence_model,
+        0,
+        ["hard", "random"],
+    )
+    n_positives = pairs.filter(pl.col("label") == 1).height
+    assert (
+        both_kinds.group_by("negative_kind")
+        .len()
+        .sort("negative_kind", nulls_last=True)["len"]
+        .to_list()
+        == [n_positives] * 3
+    )
+    for kind in ("hard", "random"):
+        task, metadata = caption_task(both_kinds, "c", "{caption}", kind)
+        assert metadata["negatives"] == kind
+        assert task["label"].to_list().count(0) == task["label"].to_list().count(1) == n_positives
+        assert set(task.filter(pl.col("label") == 0)["negative_kind"]) == {kind}
+    hard, _ = caption_task(both_kinds, "c", "{caption}", "hard")
+    only_hard, _ = caption_task(pairs, "c", "{caption}", "hard")
+    columns = ["image_id", "caption_id", "label", "positive_caption_id", "similarity", "text"]
+    assert hard.select(columns).equals(only_hard.select(columns))
 
 
 def test_caption_prompt_fill(pairs):
@@ -214,10 +249,13 @@ def test_caption_prompt_fill(pairs):
         "kind": "caption",
         "prompt": "tao",
         "template": template,
+        "negatives": "hard",
         "label_names": ["entailment"],
     }
     with pytest.raises(TaskError, match="placeholder"):
         caption_task(pairs, "tao", "no placeholder")
+    with pytest.raises(TaskError, match="'tao': the caption pairs hold no random negatives"):
+        caption_task(pairs, "tao", template, "random")
 
 
 def test_too_few_captions_names_the_key(demo, sentence_model):

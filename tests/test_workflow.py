@@ -40,6 +40,7 @@ from vlprobe.tasks import read_task
             "config coco: Additional properties are not allowed ('n_train_imagez' was unexpected)",
         ),
         ("extract.parts", "two", "config extract.parts: 'two' is not of type 'integer'"),
+        ("prompt_format", "chatml", "config prompt_format: 'chatml' is not one of ['raw', 'chat']"),
         (
             "models.tiny-llava.family",
             "llama",

@@ -562,15 +562,23 @@ def negative_similarity_histogram(
 ) -> alt.Chart:
     """Histogram of the mined hard negatives' cosine similarity to their positive caption.
 
-    Reads the caption pairs table (negatives: ``label == 0``, with ``similarity`` and
-    ``split``); bars stacked by split, binned here (``bin_width``) so the chart embeds a
-    few hundred counts, not every pair. The subtitle gives the mean and the number of
+    Reads the caption pairs table (negatives: ``label == 0``, with ``similarity``, ``split`` and
+    ``negative_kind``); bars stacked by split, and by kind where the pairs hold several (mined
+    next to random negatives shows what the mining buys), binned here (``bin_width``) so the
+    chart embeds a few hundred counts, not every pair. The subtitle gives the mean and the number of
     negatives at or above ``near_duplicate`` (likely paraphrases of the positive, i.e.
     possible false negatives worth a look).
     """
-    if not {"label", "similarity", "split"} <= set(pairs.columns):
-        raise ValueError("caption pairs lack columns label, similarity or split")
-    negatives = pairs.filter(pl.col("label") == 0).select("split", "similarity")
+    if not {"label", "similarity", "split", "negative_kind"} <= set(pairs.columns):
+        raise ValueError("caption pairs lack columns label, similarity, split or negative_kind")
+    negatives = pairs.filter(pl.col("label") == 0)
+    several_kinds = negatives["negative_kind"].n_unique() > 1
+    negatives = negatives.select(
+        pl.concat_str("split", pl.lit(" "), "negative_kind").alias("split")
+        if several_kinds
+        else "split",
+        "similarity",
+    )
     if negatives.is_empty():
         raise ValueError("caption pairs have no negatives")
     bins = (

@@ -263,21 +263,26 @@ def build_caption_pairs(
     n_candidates: int,
     embedding_model: str,
     seed: int,
-    negatives: str = "hard",
+    negatives: Sequence[str] = ("hard",),
 ) -> pl.DataFrame:
-    """Positive (image, own caption) pairs and one negative per positive: ``negatives='hard'``
-    mined among ``n_candidates`` captions (:func:`mine_hard_negatives`, Tao et al.), ``'random'``
-    drawn (:func:`draw_random_negatives`, the compact-model study).
+    """Positive (image, own caption) pairs and, per positive, one negative of each kind in
+    ``negatives``: ``hard``, mined among ``n_candidates`` captions (:func:`mine_hard_negatives`,
+    Tao et al.), ``random``, drawn (:func:`draw_random_negatives`, the compact-model study).
+    Each caption task takes the positives and the negatives of its kind
+    (:func:`caption_task`), so the classes are balanced in every task.
 
     ``captions`` and ``pools`` map each split to its captions file and to the file whose
     captions are its negative pool (all captions of the split's source annotation file).
     Columns: pair_id, image_id, split, caption_id, caption, label (1/0), positive_caption_id,
     similarity (negatives: cosine similarity to the positive), source_image_id (the image the
-    caption belongs to), negative (the kind of a negative; null for positives). A negative never
+    caption belongs to), negative_kind (null for positives). A negative never
     reads the same as its positive (see :func:`caption_text_ids`).
     """
-    if negatives not in NEGATIVE_KINDS:
-        raise TaskError(f"caption.negatives must be one of {NEGATIVE_KINDS}, got {negatives!r}")
+    unknown = sorted(set(negatives) - set(NEGATIVE_KINDS))
+    if unknown or not negatives:
+        raise TaskError(
+            f"caption negatives {list(negatives)}: each must be one of {NEGATIVE_KINDS}"
+        )
     rng = np.random.default_rng(seed)
     frames = []
     embedded: dict[str, np.ndarray] = {}  # a pool file shared by both splits is embedded once
@@ -314,19 +319,6 @@ def build_caption_pairs(
         )
         positive_rows = np.array([pool_row[caption_id] for _, _, caption_id, _ in positives])
         text_ids = caption_text_ids(pool_texts)
-        if negatives == "hard":
-            negative_rows, similarity = mine_hard_negatives(
-                positive_rows,
-                np.asarray(pool_images),
-                embeddings,
-                n_candidates,
-                seed,
-                pool_text_ids=text_ids,
-            )
-        else:
-            negative_rows, similarity = draw_random_negatives(
-                positive_rows, np.asarray(pool_images), embeddings, seed, pool_text_ids=text_ids
-            )
         pos = pl.DataFrame(
             positives, schema=["image_id", "split", "caption_id", "caption"], orient="row"
         ).with_columns(
@@ -334,43 +326,64 @@ def build_caption_pairs(
             positive_caption_id=pl.col("caption_id"),
             similarity=pl.lit(None, pl.Float32),
             source_image_id=pl.col("image_id"),
-            negative=pl.lit(None, pl.String),
+            negative_kind=pl.lit(None, pl.String),
         )
-        neg = pos.select("image_id", "split").with_columns(
-            caption_id=pl.Series(np.asarray(pool_ids)[negative_rows]),
-            caption=pl.Series([pool_texts[r] for r in negative_rows], dtype=pl.String),
-            label=pl.lit(0, pl.Int8),
-            positive_caption_id=pos["caption_id"],
-            similarity=pl.Series(similarity),
-            source_image_id=pl.Series(np.asarray(pool_images)[negative_rows]),
-            negative=pl.lit(negatives),
-        )
+        frames.append(pos)
         repeated = np.bincount(text_ids)[text_ids[positive_rows]] > 1
-        log.info(
-            "%s: %d positives, %d %s negatives (mean similarity %.3f), pool of %d captions; "
-            "%d positives' text recurs in the pool (never taken as their negative)",
-            split,
-            pos.height,
-            neg.height,
-            negatives,
-            float(similarity.mean()),
-            len(pool_ids),
-            int(repeated.sum()),
-        )
-        frames += [pos, neg]
+        for kind in negatives:
+            if kind == "hard":
+                negative_rows, similarity = mine_hard_negatives(
+                    positive_rows,
+                    np.asarray(pool_images),
+                    embeddings,
+                    n_candidates,
+                    seed,
+                    pool_text_ids=text_ids,
+                )
+            else:
+                negative_rows, similarity = draw_random_negatives(
+                    positive_rows, np.asarray(pool_images), embeddings, seed, text_ids
+                )
+            frames.append(
+                pos.select("image_id", "split").with_columns(
+                    caption_id=pl.Series(np.asarray(pool_ids)[negative_rows]),
+                    caption=pl.Series([pool_texts[r] for r in negative_rows], dtype=pl.String),
+                    label=pl.lit(0, pl.Int8),
+                    positive_caption_id=pos["caption_id"],
+                    similarity=pl.Series(similarity),
+                    source_image_id=pl.Series(np.asarray(pool_images)[negative_rows]),
+                    negative_kind=pl.lit(kind),
+                )
+            )
+            log.info(
+                "%s: %d positives, %d %s negatives (mean similarity %.3f), pool of %d captions; "
+                "%d positives' text recurs in the pool (never taken as their negative)",
+                split,
+                pos.height,
+                len(negative_rows),
+                kind,
+                float(similarity.mean()),
+                len(pool_ids),
+                int(repeated.sum()),
+            )
+    # per positive: the positive, then its negatives by kind
     pairs = pl.concat(frames).sort(
-        "image_id", "positive_caption_id", "label", descending=[False, False, True]
+        "image_id",
+        "positive_caption_id",
+        "label",
+        "negative_kind",
+        descending=[False, False, True, False],
     )
     return pairs.with_row_index("pair_id").with_columns(pl.col("pair_id").cast(pl.Int64))
 
 
 def negative_examples(pairs: pl.DataFrame, n: int, seed: int) -> pl.DataFrame:
-    """An audit sample of the mined hard negatives: ``n`` positives drawn with the seed.
+    """An audit sample of the negatives: ``n`` of them drawn with the seed.
 
-    One row per sampled positive, most similar negative first: image_id, split, positive
-    (its caption) and positive_caption_id, negative (the mined caption), negative_caption_id,
-    source_image_id (the image the negative belongs to) and similarity (cosine, sentence
-    embeddings).
+    One row per sampled negative, most similar first: image_id, split, positive (its caption)
+    and positive_caption_id, negative (the negative caption), negative_caption_id,
+    negative_kind, source_image_id (the image the negative belongs to) and similarity (cosine,
+    sentence embeddings).
     """
     positives = pairs.filter(pl.col("label") == 1).select("positive_caption_id", positive="caption")
     negatives = (
@@ -382,6 +395,7 @@ def negative_examples(pairs: pl.DataFrame, n: int, seed: int) -> pl.DataFrame:
             "positive_caption_id",
             "source_image_id",
             "similarity",
+            "negative_kind",
             negative_caption_id="caption_id",
             negative="caption",
         )
@@ -400,6 +414,7 @@ def negative_examples(pairs: pl.DataFrame, n: int, seed: int) -> pl.DataFrame:
             "source_image_id",
             "positive_caption_id",
             "negative_caption_id",
+            "negative_kind",
         )
         .sort("similarity", "positive_caption_id", descending=[True, False])
     )
@@ -473,15 +488,21 @@ def category_names(instances_path: str | os.PathLike) -> list[str]:
 
 
 def caption_task(
-    pairs: pl.DataFrame, prompt: str, template: str
+    pairs: pl.DataFrame, prompt: str, template: str, negatives: str = "hard"
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """Prompt variant ``prompt`` (a ``{caption}`` placeholder in ``template``) filled into every
-    pair: the task table and its metadata (kind, prompt, template, label_names)."""
+    """Prompt variant ``prompt`` (a ``{caption}`` placeholder in ``template``) filled into the
+    positives and the ``negatives`` kind of negative: the task table and its metadata (kind,
+    prompt, template, negatives, label_names)."""
     if "{caption}" not in template:
         raise TaskError(f"caption prompt {template!r} has no {{caption}} placeholder")
-    texts = [template.format(caption=c.rstrip(". ")) for c in pairs["caption"]]
-    table = pairs.rename({"pair_id": "sample_id"}).with_columns(text=pl.Series(texts))
-    metadata = {"kind": "caption", "prompt": prompt, "template": template}
+    chosen = pairs.filter((pl.col("label") == 1) | (pl.col("negative_kind") == negatives))
+    if chosen.height == pairs.filter(pl.col("label") == 1).height:
+        raise TaskError(
+            f"caption prompt {prompt!r}: the caption pairs hold no {negatives} negatives"
+        )
+    texts = [template.format(caption=c.rstrip(". ")) for c in chosen["caption"]]
+    table = chosen.rename({"pair_id": "sample_id"}).with_columns(text=pl.Series(texts))
+    metadata = {"kind": "caption", "prompt": prompt, "template": template, "negatives": negatives}
     return table, {**metadata, "label_names": [ENTAILMENT]}
 
 

@@ -148,6 +148,22 @@ def task_names():
     ]
 
 
+def caption_prompt(prompt):
+    """A caption prompt variant's template and kind of negative (the study's, unless the
+    variant names its own)."""
+    entry = config["caption"]["prompts"][prompt]
+    if isinstance(entry, str):
+        entry = {"template": entry}
+    return {"negatives": config["caption"]["negatives"], **entry}
+
+
+def caption_negatives():
+    """The kinds of negative the caption pairs hold: those the variants take."""
+    return sorted(
+        {caption_prompt(p)["negatives"] for p in config["caption"]["prompts"]}
+    )
+
+
 def task_kind(task):
     return task.split("-", 1)[0]
 

@@ -16,7 +16,7 @@ rule caption_pairs:
         candidates_per_positive=config["caption"]["candidates_per_positive"],
         embedding_model=config["caption"]["embedding_model"],
         seed=config["caption"]["seed"],
-        negatives=config["caption"]["negatives"],
+        negatives=caption_negatives(),
     script:
         "../scripts/caption_pairs.py"
 
@@ -45,7 +45,8 @@ rule caption_task:
     conda:
         CONDA_ENV
     params:
-        template=lambda wc: config["caption"]["prompts"][wc.prompt],
+        template=lambda wc: caption_prompt(wc.prompt)["template"],
+        negatives=lambda wc: caption_prompt(wc.prompt)["negatives"],
     script:
         "../scripts/caption_task.py"
 

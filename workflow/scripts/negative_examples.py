@@ -1,4 +1,4 @@
-"""A seeded sample of positives with their mined hard negative, as Parquet and as HTML."""
+"""A seeded sample of negatives with their positive, as Parquet and as HTML."""
 
 import polars as pl
 
@@ -12,5 +12,5 @@ with job_log(snakemake.log[0]):
     )
     write_parquet(examples, snakemake.output.table)
     write_html_table(
-        examples, snakemake.output.html, "Hard negatives: sampled positives and their negative"
+        examples, snakemake.output.html, "Caption negatives: a sample, with their positive"
     )
