@@ -39,6 +39,7 @@ class Idefics3Adapter(LoadedVLM):
         extra=("<fake_token_around_image>", "<image>", "<global-img>", *TILE_TOKENS),
     )
     tiny_defaults = {"image_size": 64}
+    tiny_chat_template = "idefics3.jinja"
 
     @classmethod
     def tiny_model_and_processor(
