@@ -48,6 +48,7 @@ class Gemma3Adapter(LoadedVLM):
         },
     )
     tiny_defaults = {"image_size": 64, "image_tokens": 16}
+    tiny_chat_template = "gemma3.jinja"
 
     @classmethod
     def tiny_model_and_processor(
