@@ -38,7 +38,7 @@ class LlavaOnevisionAdapter(LlavaAdapter):
         eos="<|im_end|>", pad="<|endoftext|>", extra=("<|im_start|>", "<image>", "<video>")
     )
     tiny_defaults = {"image_size": 28}
-    tiny_chat_template = None  # not LLaVA-1.5's; its own is not carried yet
+    tiny_chat_template = "llava_onevision.jinja"
 
     @classmethod
     def tiny_model_and_processor(
