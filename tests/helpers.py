@@ -2,6 +2,10 @@
 
 from PIL import Image, ImageDraw
 
+# the generated COCO-format set the data and task tests share (the conftest's demo_coco)
+DEMO_IMAGES = 30
+DEMO_SEED = 0
+
 
 def both(value):
     """The same source for the train and the eval split."""

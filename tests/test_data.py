@@ -2,7 +2,7 @@ import json
 
 import polars as pl
 import pytest
-from helpers import both
+from helpers import DEMO_IMAGES, DEMO_SEED, both
 from PIL import Image
 
 from vlprobe.baselines import load_blank_image
@@ -18,19 +18,19 @@ from vlprobe.data import (
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> CocoFiles:
-    return make_demo_coco(tmp_path_factory.mktemp("demo"), n_images=24, seed=3)
+def demo(demo_coco) -> CocoFiles:
+    return demo_coco
 
 
 def test_demo_dataset_is_official_coco_format(demo):
     from pycocotools.coco import COCO
 
     coco = COCO(str(demo.instances))
-    assert len(coco.getImgIds()) == 24
+    assert len(coco.getImgIds()) == DEMO_IMAGES
     assert len(coco.getCatIds()) == 80
     captions = json.loads(demo.captions.read_text())
     per_image = pl.DataFrame(captions["annotations"]).group_by("image_id").len()
-    assert per_image["len"].to_list() == [5] * 24
+    assert per_image["len"].to_list() == [5] * DEMO_IMAGES
     for image in coco.loadImgs(coco.getImgIds()):
         assert (demo.images_dir / image["file_name"]).is_file()
     # captions name exactly the drawn categories
@@ -40,7 +40,7 @@ def test_demo_dataset_is_official_coco_format(demo):
 
 
 def test_demo_dataset_is_deterministic(tmp_path, demo):
-    again = make_demo_coco(tmp_path, n_images=24, seed=3)
+    again = make_demo_coco(tmp_path, n_images=DEMO_IMAGES, seed=DEMO_SEED)
     assert again.instances.read_text() == demo.instances.read_text()
     assert again.captions.read_text() == demo.captions.read_text()
 
@@ -59,7 +59,7 @@ def test_split_is_disjoint_seeded_and_sized(demo):
 
 def test_too_many_images_names_the_keys(demo):
     with pytest.raises(DataError, match="coco.n_train_images"):
-        build_images_table(both(demo), {"train": 20, "eval": 10}, 0, "error")
+        build_images_table(both(demo), {"train": DEMO_IMAGES - 9, "eval": 10}, 0, "error")
 
 
 def test_bad_image_error_or_skip(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from helpers import both
 
-from vlprobe.data import CocoFiles, build_images_table, make_demo_coco
+from vlprobe.data import CocoFiles, build_images_table
 from vlprobe.figures import negative_similarity_histogram, save_chart
 from vlprobe.tasks import (
     TaskError,
@@ -35,10 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    files = make_demo_coco(tmp_path_factory.mktemp("demo"), n_images=30, seed=0)
-    images, _ = build_images_table(both(files), {"train": 20, "eval": 10}, 0, "error")
-    return files, images
+def demo(demo_coco):
+    images, _ = build_images_table(both(demo_coco), {"train": 20, "eval": 10}, 0, "error")
+    return demo_coco, images
 
 
 @pytest.fixture(scope="module")
