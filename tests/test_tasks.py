@@ -233,6 +233,10 @@ def test_each_caption_variant_takes_the_positives_and_its_kind_of_negative(
         assert metadata["negatives"] == kind
         assert task["label"].to_list().count(0) == task["label"].to_list().count(1) == n_positives
         assert set(task.filter(pl.col("label") == 0)["negative_kind"]) == {kind}
+    # the audit histogram stacks the two kinds apart in each split
+    spec = negative_similarity_histogram(both_kinds).to_dict()
+    groups = {row["split"] for row in spec["datasets"][spec["data"]["name"]]}
+    assert groups == {"train hard", "train random", "eval hard", "eval random"}
     hard, _ = caption_task(both_kinds, "c", "{caption}", "hard")
     only_hard, _ = caption_task(pairs, "c", "{caption}", "hard")
     columns = ["image_id", "caption_id", "label", "positive_caption_id", "similarity", "text"]
