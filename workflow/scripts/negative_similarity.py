@@ -6,7 +6,9 @@ from vlprobe.figures import negative_similarity_histogram, save_chart
 from vlprobe.joblog import job_log
 
 with job_log(snakemake.log[0]):
-    pairs = pl.read_parquet(snakemake.input[0], columns=["label", "split", "similarity", "negative_kind"])
+    pairs = pl.read_parquet(
+        snakemake.input[0], columns=["label", "split", "similarity", "negative_kind"]
+    )
     chart = negative_similarity_histogram(
         pairs, width=snakemake.params.width, height=snakemake.params.height
     )
