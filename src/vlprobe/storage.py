@@ -107,9 +107,7 @@ def write_activations(
     metadata: Mapping[str, Any],
 ) -> None:
     """Write one layer-shard of pooled activations atomically (see :func:`activation_table`)."""
-    table = activation_table(sample_ids, layers, pooled, metadata)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+    write_parquet(activation_table(sample_ids, layers, pooled, metadata), path)
 
 
 def with_metadata(table: pa.Table, metadata: Mapping[str, Any]) -> pa.Table:

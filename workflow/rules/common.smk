@@ -193,8 +193,8 @@ def model_param(wildcards):
     """The model entry a model job computes with, its hf_id the built tiny model's directory.
 
     Left out, so that editing them reruns nothing: batch_size (how, not what: the jobs get it
-    as a resource),
-    baselines (other jobs) and tiny (the model's own rule, an input of the job)."""
+    as a resource), baselines (other jobs) and tiny (the model's own rule, an input of the
+    job)."""
     entry = model_entry(wildcards.model)
     kept = {
         k: v for k, v in entry.items() if k not in ("batch_size", "baselines", "tiny")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import abc
 import copy
+import functools
 import importlib.metadata
 import logging
 import os
@@ -385,10 +386,11 @@ class LoadedVLM(abc.ABC):
             [turn], add_generation_prompt=self.generation_prompt, tokenize=False
         )
 
-    @property
+    @functools.cached_property
     def text_kwargs(self) -> dict[str, Any]:
         """Tokenizer options for model texts: a chat template that writes the BOS token itself
-        gets none added (as the processor's apply_chat_template does)."""
+        gets none added (as the processor's apply_chat_template does). Rendered once: whether
+        the text starts with BOS does not depend on the prompt or the generation prompt."""
         bos = self.tokenizer.bos_token
         if self.prompt_format == "chat" and bos is not None and self.prompt("").startswith(bos):
             return {"add_special_tokens": False}
