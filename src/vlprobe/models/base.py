@@ -163,6 +163,26 @@ class PrefixBatch:
 RANDOM_INIT_SEED = 1
 
 
+def check_local_checkpoint(name: str, hf_id: str | os.PathLike) -> None:
+    """Fail with one line when ``hf_id`` names a local checkpoint that is not there.
+
+    A hub id has the form ``org/name``; anything else (absolute, relative with ``.`` or ``~``,
+    or deeper than one slash) is a path, and transformers would otherwise answer with "Repo id
+    must be in the form 'repo_name'...".
+    """
+    text = os.fspath(hf_id)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model {name!r}: {text} has no config.json; not a checkpoint")
+        return
+    if path.exists() or text.startswith(("/", ".", "~")) or text.count("/") > 1:
+        raise ModelError(
+            f"model {name!r}: hf_id {text} is not a checkpoint directory (no such directory); "
+            "fix the path, or give a hub id of the form 'org/name'"
+        )
+
+
 def random_init_model(
     auto_model: type, hf_id: str, source: Mapping[str, Any], settings: Mapping[str, Any]
 ) -> PreTrainedModel:
@@ -247,6 +267,7 @@ class LoadedVLM(abc.ABC):
             "revision": entry.get("revision"),
             "trust_remote_code": entry.get("trust_remote_code", False),
         }
+        check_local_checkpoint(name, hf_id)
         try:
             checkpoint, _ = PretrainedConfig.get_config_dict(hf_id, revision=source["revision"])
             adapter = cls.for_model_type(checkpoint.get("model_type"))
@@ -291,6 +312,11 @@ class LoadedVLM(abc.ABC):
             raise ModelError(
                 f"model {name!r}: config says num_layers={entry['num_layers']} but {hf_id} has "
                 f"{loaded.num_layers} decoder layers"
+            )
+        if entry.get("hidden_size", loaded.hidden_size) != loaded.hidden_size:
+            raise ModelError(
+                f"model {name!r}: config says hidden_size={entry['hidden_size']} but {hf_id} "
+                f"has {loaded.hidden_size}"
             )
         return loaded
 
