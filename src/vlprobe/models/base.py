@@ -295,7 +295,7 @@ class LoadedVLM(abc.ABC):
             raise ModelError(
                 f"model {name!r}: prompt_format {prompt_format!r} is not one of {PROMPT_FORMATS}"
             )
-        if prompt_format == "chat" and getattr(processor, "chat_template", None) is None:
+        if prompt_format == "chat" and adapter.chat_template_of(processor) is None:
             raise ModelError(
                 f"model {name!r}: prompt_format chat, but the processor of {hf_id} has no chat "
                 "template; use prompt_format: raw"
@@ -333,6 +333,11 @@ class LoadedVLM(abc.ABC):
         """The checkpoint's processor, checked for an image token before any weights are read."""
         processor = AutoProcessor.from_pretrained(hf_id, **source)
         cls.image_token_in(name, processor)
+        if getattr(processor, "chat_template", None) is None:
+            # the checkpoint's chat_template.jinja, as its tokenizer read it: some processor
+            # classes drop it on load (Phi-4-multimodal's takes no chat_template argument in
+            # transformers 5.23), and some conversions wrote it for the tokenizer only (FastVLM's)
+            processor.chat_template = processor.tokenizer.chat_template
         return processor
 
     @classmethod
@@ -400,17 +405,32 @@ class LoadedVLM(abc.ABC):
         """The text put before the prompt where the image goes; the processor expands it."""
         return self.image_token + self.image_token_suffix
 
+    # how a chat turn holds the image: "parts" (an image part, then a text part, which the
+    # processor's template turns into its image placeholder) or "text" (one string, the image
+    # placeholder then the prompt, rendered by the tokenizer's template: checkpoints whose
+    # template knows no images, e.g. Apple's FastVLM, whose model card writes the turn so)
+    chat_turn_content: ClassVar[str] = "parts"
+
+    @classmethod
+    def chat_template_of(cls, processor: ProcessorMixin) -> str | dict | None:
+        """The chat template that renders this family's chat-format prompts (None: none)."""
+        holder = processor.tokenizer if cls.chat_turn_content == "text" else processor
+        return getattr(holder, "chat_template", None)
+
     def prompt(self, text: str) -> str:
         """The model's text input for a prompt: in raw format the image placeholder, then the
         prompt; in chat format one user turn holding the image, then the prompt, rendered by the
-        processor's own chat template (its default system prompt kept; the assistant turn's
+        checkpoint's own chat template (its default system prompt kept; the assistant turn's
         start only with ``generation_prompt``)."""
         if self.prompt_format == "raw":
             return self.image_placeholder + text
-        turn = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}
-        return self.processor.apply_chat_template(
-            [turn], add_generation_prompt=self.generation_prompt, tokenize=False
-        )
+        if self.chat_turn_content == "text":
+            turn = {"role": "user", "content": self.image_placeholder + text}
+            render = self.tokenizer.apply_chat_template
+        else:
+            turn = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}
+            render = self.processor.apply_chat_template
+        return render([turn], add_generation_prompt=self.generation_prompt, tokenize=False)
 
     @functools.cached_property
     def text_kwargs(self) -> dict[str, Any]:
