@@ -1,6 +1,7 @@
 """Extraction speed: vlprobe's extractor against the straightforward implementation, in one run.
 
     .venv/bin/python benchmarks/extraction.py [--images 64] [--threads 1] [--max-objects 3]
+        [--all-tasks-images 32] [--case all|one-task|all-tasks]
 
 On CPU, with the demo's object-recognition task (NoCat and WithCat prompts of the same images:
 several prompts per image) and two tiny randomly initialised Qwen2-VLs built here into a
@@ -18,9 +19,18 @@ it measures for each
 
 checks that both give the same pooled values (max abs diff per pooling) and prints the samples/s
 of both. It also prints a FLOP-based estimate of samples/s for Qwen2-VL-2B on one H100 at paper
-scale, plain forward passes against prefix reuse. The last two lines are
-``image-heavy ratio: <b over a>`` and ``ratio: <b over a>`` for the demo's model; it exits
-non-zero if the pooled values of (a) and (b) differ.
+scale, plain forward passes against prefix reuse.
+
+The all-tasks case: every caption and object task of config/config.yaml (all prompt variants)
+on ``--all-tasks-images`` real coco-mini images (../shared/coco-mini), with the image-heavy
+model, extracted (c) task by task, as one job per task did before (prefix reuse within the
+task), and (d) in one pass over every task (:func:`vlprobe.extract.extract_variants`: one
+vision pass and one prefix pass per image for all of them). It prints the samples/s of both,
+checks that every task's pooled values agree, and prints FLOP estimates of one image's
+prompts for Qwen2-VL-2B and FastVLM-0.5B per task set.
+
+The last lines are ``all-tasks ratio: <d over c>``, ``image-heavy ratio: <b over a>`` and
+``ratio: <b over a>`` for the demo's model; it exits non-zero if pooled values differ.
 """
 
 from __future__ import annotations
@@ -39,14 +49,24 @@ import torch
 import transformers
 import yaml
 
-from vlprobe.data import build_images_table, load_image, make_demo_coco
-from vlprobe.extract import POOLINGS, extract_activations
+from vlprobe.data import CocoFiles, build_images_table, load_image, make_demo_coco
+from vlprobe.extract import POOLINGS, Variant, extract_activations, extract_variants
 from vlprobe.models import build_tiny_model, load_model
-from vlprobe.storage import read_activations
-from vlprobe.tasks import build_object_rows, category_names, extraction_samples, object_task
+from vlprobe.storage import read_activations, shard_path
+from vlprobe.tasks import (
+    build_caption_pairs,
+    build_object_rows,
+    caption_task,
+    category_names,
+    extraction_samples,
+    object_task,
+)
 
 PROMPT = "This image contains the following types of objects:"
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "config" / "demo.yaml"
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = ROOT / "config" / "demo.yaml"
+PAPER_CONFIG = ROOT / "config" / "config.yaml"
+COCO_MINI = ROOT.parent / "shared" / "coco-mini"
 DEMO_MODEL = "tiny-qwen2-vl"
 # a tiny Qwen2-VL whose image prefix dominates the cost, as in the real model (vision tower 3x
 # the decoder here; Qwen2-VL-2B: 2.4x on a COCO image): 256 image tokens (4 ViT patches each)
@@ -126,21 +146,15 @@ def vlprobe_extraction(model, samples: pl.DataFrame, poolings, out_dir: Path, ba
 
 
 @dataclass(frozen=True)
-class Qwen2VL2B:
-    """Cost model of Qwen2-VL-2B (NOTES-transformers.md): FLOPs of one forward pass."""
+class VlmCost:
+    """Cost model of one VLM: FLOPs of its forward passes (lm_head skipped)."""
 
-    vit_params: float = 665e6  # vision tower incl. merger
-    vit_layers: int = 32
-    vit_width: int = 1280
-    llm_params: float = 1.31e9  # decoder without the (tied) embedding; lm_head skipped
-    llm_layers: int = 28
-    llm_width: int = 1536
-    patches: int = 1564  # a 640x480 COCO image
-    image_tokens: int = 393  # 391 merged patches + vision start/end
-
-    def vit(self) -> float:
-        attention = 4 * self.vit_layers * self.vit_width * self.patches**2  # full attention
-        return 2 * self.vit_params * self.patches + attention
+    name: str
+    vision_flops: float  # one image through the vision tower and projector
+    image_tokens: int  # what the decoder sees of one image
+    llm_params: float  # decoder without the embedding
+    llm_layers: int
+    llm_width: int
 
     def llm(self, tokens: float, context: float = 0.0) -> float:
         """``tokens`` new tokens after ``context`` cached ones (causal attention)."""
@@ -149,13 +163,35 @@ class Qwen2VL2B:
 
     def plain(self, prompt_tokens: float) -> float:
         """One sample: image and prompt in one pass."""
-        return self.vit() + self.llm(self.image_tokens + prompt_tokens)
+        return self.vision_flops + self.llm(self.image_tokens + prompt_tokens)
+
+    def image_passes(self, shared_tokens: float = 0.0) -> float:
+        """The vision pass and the prefix pass (image block and shared text) of one image."""
+        return self.vision_flops + self.llm(self.image_tokens + shared_tokens)
 
     def reuse(self, shared_tokens: float, suffix_tokens: float, prompts: float) -> float:
         """One sample's share of an image: prefix (image + shared text) once, suffixes each."""
         prefix = self.image_tokens + shared_tokens
-        per_image = self.vit() + self.llm(prefix) + prompts * self.llm(suffix_tokens, prefix)
+        per_image = self.image_passes(shared_tokens) + prompts * self.llm(suffix_tokens, prefix)
         return per_image / prompts
+
+
+def qwen2_vl_2b() -> VlmCost:
+    """Qwen2-VL-2B (its config.json; NOTES-transformers.md): a 640x480 COCO image is 1,564 ViT
+    patches of 14 pixels (32 layers, width 1280, 665M parameters with the merger, full
+    attention), merged 2x2 into 391 tokens plus vision start and end."""
+    patches, vit_params, vit_layers, vit_width = 1564, 665e6, 32, 1280
+    vit = 2 * vit_params * patches + 4 * vit_layers * vit_width * patches**2
+    return VlmCost("Qwen2-VL-2B", vit, 393, 1.31e9, 28, 1536)
+
+
+def fastvlm_0_5b() -> VlmCost:
+    """FastVLM-0.5B (its config.json): FastViTHD (timm's fastvit_mci3) on a 1024x1024 image,
+    0.473 TFLOP as torch.utils.flop_counter counts it on timm 1.0.31, 256 tokens of width 3072
+    through a two-layer projector into Qwen2-0.5B (24 layers, width 896, intermediate 4864,
+    14 heads, 2 KV heads: 358M parameters without the embedding)."""
+    projector = 2 * 256 * (3072 * 896 + 896 * 896)
+    return VlmCost("FastVLM-0.5B", 0.473e12 + projector, 256, 0.358e9, 24, 896)
 
 
 # (task, prompts per image, prompt tokens, tokens all prompts of an image share)
@@ -174,12 +210,12 @@ MFU = 0.40  # assumed model FLOP utilisation, both paths
 
 
 def h100_estimate() -> list[str]:
-    cost = Qwen2VL2B()
+    cost = qwen2_vl_2b()
     lines = [
         "FLOP-based estimate, Qwen2-VL-2B on one H100 (bf16 dense peak 989 TFLOP/s, assumed "
-        f"MFU {MFU:.0%} for both paths; one 640x480 image = {cost.patches} ViT patches, "
-        f"{cost.image_tokens} image tokens; ViT {cost.vit() / 1e12:.2f} TFLOP per image; "
-        "lm_head skipped; CPU preprocessing assumed to keep up):",
+        f"MFU {MFU:.0%} for both paths; one 640x480 image = {cost.image_tokens} image tokens; "
+        f"vision {cost.vision_flops / 1e12:.2f} TFLOP per image; lm_head skipped; CPU "
+        "preprocessing assumed to keep up):",
         f"  {'task':<24}{'prompts/img':>12}{'tok/prompt':>11}{'plain':>12}{'reuse':>12}{'x':>7}",
     ]
     for name, prompts, tokens, shared in PAPER_TASKS:
@@ -190,6 +226,147 @@ def h100_estimate() -> list[str]:
             f"{reuse / plain:>7.1f}"
         )
     return lines
+
+
+def task_set_estimate(tasks: dict[str, tuple[float, float]]) -> list[str]:
+    """Per image of a task set (``tasks``: prompts per image and tokens per prompt of each),
+    TFLOP without reuse, with prefix reuse per task (one vision and prefix pass per task), and
+    with one image pass for every task."""
+    lines = [
+        f"FLOP estimate of one image's prompts in the task set above ({len(tasks)} tasks, "
+        f"{sum(p for p, _ in tasks.values()):.1f} prompts of "
+        f"{sum(p * t for p, t in tasks.values()) / sum(p for p, _ in tasks.values()):.0f} tokens "
+        "on average at 1.3 tokens per word), TFLOP per image: vision tower, image prefix, then "
+        "all prompts without reuse, with prefix reuse task by task, and in one image pass:",
+        f"  {'model':<14}{'vision':>8}{'prefix':>8}{'no reuse':>10}{'per task':>10}"
+        f"{'one pass':>10}{'x':>6}",
+    ]
+    for cost in (qwen2_vl_2b(), fastvlm_0_5b()):
+        plain = sum(p * cost.plain(t) for p, t in tasks.values())
+        suffixes = sum(p * cost.llm(t, cost.image_tokens) for p, t in tasks.values())
+        per_task = len(tasks) * cost.image_passes() + suffixes
+        shared = cost.image_passes() + suffixes
+        lines.append(
+            f"  {cost.name:<14}{cost.vision_flops / 1e12:>8.2f}"
+            f"{cost.llm(cost.image_tokens) / 1e12:>8.2f}{plain / 1e12:>10.1f}"
+            f"{per_task / 1e12:>10.1f}{shared / 1e12:>10.1f}{per_task / shared:>6.1f}"
+        )
+    return lines
+
+
+# ---------------------------------------------------------------------------- all tasks
+
+
+def paper_tasks(root: Path, n_images: int) -> tuple[dict[str, pl.DataFrame], CocoFiles]:
+    """Every caption and object task of config/config.yaml on ``n_images`` coco-mini images:
+    per task its extraction samples. Hard negatives come from the sample's own captions (the
+    pool's size does not change the extraction's cost), embedded with the packaged MiniLM."""
+    config = yaml.safe_load(PAPER_CONFIG.read_text())
+    files = CocoFiles.in_directory(COCO_MINI)
+    n_eval = n_images // 4
+    images, _ = build_images_table(
+        {"train": files, "eval": files}, {"train": n_images - n_eval, "eval": n_eval}, 0, "error"
+    )
+    caption = config["caption"]
+    splits = {"train": files.captions, "eval": files.captions}
+    pairs = build_caption_pairs(
+        images,
+        splits,
+        splits,
+        caption["positives_per_image"],
+        caption["candidates_per_positive"],
+        yaml.safe_load(DEMO_CONFIG.read_text())["caption"]["embedding_model"],
+        caption["seed"],
+    )
+    tables = {
+        f"caption-{name}": caption_task(pairs, name, template)[0]
+        for name, template in caption["prompts"].items()
+    }
+    rows = build_object_rows(images, {"train": files.instances, "eval": files.instances})
+    names = category_names(files.instances)
+    for name, entry in config["object"]["prompts"].items():
+        tables[f"object-{name}"] = object_task(
+            rows,
+            name,
+            entry["template"],
+            entry["categories"],
+            config["object"]["seed"],
+            names,
+            entry.get("absent_per_image"),
+        )[0]
+    return {
+        task: extraction_samples(table, images, files.images_dir, 0, 1)
+        for task, table in tables.items()
+    }, files
+
+
+def all_tasks_case(root: Path, n_images: int) -> Measured:
+    """(c) every task by itself against (d) one pass over all tasks, on the image-heavy model."""
+    tasks, _ = paper_tasks(root, n_images)
+    n_samples = sum(samples.height for samples in tasks.values())
+    build_tiny_model("qwen2_vl", root / "model", IMAGE_HEAVY)
+    entry = {"family": "qwen2_vl", "hf_id": str(root / "model"), "dtype": "float32"}
+    model = load_model("image-heavy", {**entry, "num_layers": IMAGE_HEAVY["num_layers"]})
+    poolings = list(POOLINGS)
+    shards = [(0, model.num_layers)]
+    print(
+        f"all tasks: the {len(tasks)} caption and object tasks of config/config.yaml on "
+        f"{n_images} coco-mini images: {n_samples} samples "
+        f"({n_samples / n_images:.1f} prompts per image); image-heavy-qwen2-vl, "
+        f"batch size {BATCH_SIZE}"
+    )
+    for task, samples in tasks.items():
+        tokens = np.mean([len(model.tokenizer(text)["input_ids"]) for text in samples["text"]])
+        print(f"  {task:<26}{samples.height / n_images:>6.1f} prompts/image, {tokens:.0f} tokens")
+
+    def per_task() -> None:
+        for task, samples in tasks.items():
+            paths = [shard_path(root / "c" / task, shard) for shard in shards]
+            extract_activations(model, samples, poolings, shards, paths, {}, BATCH_SIZE)
+
+    def one_pass() -> None:
+        variants = [
+            Variant(samples, [shard_path(root / "d" / task, shard) for shard in shards], {})
+            for task, samples in tasks.items()
+        ]
+        extract_variants(model, variants, poolings, shards, BATCH_SIZE)
+
+    wall = {}
+    for which, run in (("a", per_task), ("b", one_pass)):
+        started = time.perf_counter()
+        run()
+        wall[which] = time.perf_counter() - started
+    worst = 0.0
+    for task in tasks:
+        for name in poolings:
+            c, d = (
+                read_activations([shard_path(root / which / task, shards[0])], name)[2]
+                for which in "cd"
+            )
+            worst = max(worst, float(np.abs(c - d).max()) / float(np.abs(c).max()))
+    measured = Measured(n_samples, wall, worst)
+    print(
+        f"  (c) task by task, prefix reuse within each task: {wall['a']:.1f} s, "
+        f"{measured.rate('a'):.2f} samples/s"
+    )
+    print(
+        f"  (d) one pass over every task (one vision and prefix pass per image): "
+        f"{wall['b']:.1f} s, {measured.rate('b'):.2f} samples/s"
+    )
+    print(f"  worst relative difference over tasks and poolings: {worst:.1e}")
+    print("  pooled values identical within tolerance:", "yes" if measured.identical else "NO")
+    # real tokenizers (Qwen2's BPE) spend about 1.3 tokens per English word; the tiny models'
+    # locally built vocabulary spends more, so the estimate counts words
+    token_counts = {
+        task: (
+            samples.height / n_images,
+            1.3 * float(samples["text"].str.split(" ").list.len().mean()),
+        )
+        for task, samples in tasks.items()
+    }
+    for line in task_set_estimate(token_counts):
+        print(line)
+    return measured
 
 
 # ---------------------------------------------------------------------------- main
@@ -307,27 +484,56 @@ def main() -> None:
         help="objects per demo image: 1 to this many (default 3, as in the demo; COCO images "
         "have 2.9 categories on average, i.e. about 5 here)",
     )
+    parser.add_argument(
+        "--all-tasks-images", type=int, default=32, help="coco-mini images of the all-tasks case"
+    )
+    parser.add_argument(
+        "--case",
+        choices=["all", "one-task", "all-tasks"],
+        default="all",
+        help="one-task: (a) against (b) on the demo's object task; all-tasks: (c) against (d)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     transformers.logging.disable_progress_bar()
 
+    results: list[tuple[str, Measured]] = []
     with tempfile.TemporaryDirectory(prefix="vlprobe-bench-") as tmp:
         root = Path(tmp)
-        samples = demo_samples(root, args.images, args.max_objects)
-        n_images = samples["image_path"].n_unique()
-        prompts_per_image = samples.height / n_images
-        print(
-            f"task: demo object recognition, NoCat + WithCat prompts: {samples.height} samples "
-            f"of {n_images} images ({prompts_per_image:.2f} prompts per image; demo images with "
-            f"1 to {args.max_objects} objects); poolings {', '.join(POOLINGS)}; CPU, "
-            f"{args.threads} thread(s)"
-        )
-        demo_tiny, demo_batch_size = demo_model()
-        # the demo's model is fast: repeated so that its timings are as long as the other's
-        demo = measure(DEMO_MODEL, demo_tiny, demo_batch_size, samples, root / "demo", DEMO_REPEATS)
-        heavy = measure("image-heavy-qwen2-vl", IMAGE_HEAVY, BATCH_SIZE, samples, root / "heavy", 1)
+        if args.case in ("all", "all-tasks"):
+            results.append(("all-tasks", all_tasks_case(root / "all-tasks", args.all_tasks_images)))
+            print(
+                f"target: (d) at least {TARGET:.0f}x (c) with identical pooled values: "
+                + (
+                    "met"
+                    if results[-1][1].ratio >= TARGET and results[-1][1].identical
+                    else "NOT met"
+                )
+            )
+        if args.case in ("all", "one-task"):
+            results += one_task_case(root, args)
+    for label, measured in results:
+        print(f"{label} ratio: {measured.ratio:.2f}" if label else f"ratio: {measured.ratio:.2f}")
+    if not all(measured.identical for _, measured in results):
+        raise SystemExit("pooled values differ")
 
+
+def one_task_case(root: Path, args: argparse.Namespace) -> list[tuple[str, Measured]]:
+    """(a) one prompt at a time against (b) vlprobe's extractor, on the demo's object task."""
+    samples = demo_samples(root, args.images, args.max_objects)
+    n_images = samples["image_path"].n_unique()
+    prompts_per_image = samples.height / n_images
+    print(
+        f"task: demo object recognition, NoCat + WithCat prompts: {samples.height} samples "
+        f"of {n_images} images ({prompts_per_image:.2f} prompts per image; demo images with "
+        f"1 to {args.max_objects} objects); poolings {', '.join(POOLINGS)}; CPU, "
+        f"{args.threads} thread(s)"
+    )
+    demo_tiny, demo_batch_size = demo_model()
+    # the demo's model is fast: repeated so that its timings are as long as the other's
+    demo = measure(DEMO_MODEL, demo_tiny, demo_batch_size, samples, root / "demo", DEMO_REPEATS)
+    heavy = measure("image-heavy-qwen2-vl", IMAGE_HEAVY, BATCH_SIZE, samples, root / "heavy", 1)
     print(
         f"bound: where the vision tower and image prefix dominate (image-heavy-qwen2-vl, as in "
         f"real models), one pass per image against one per prompt gives at most about "
@@ -342,10 +548,7 @@ def main() -> None:
         f"target: (b) at least {TARGET:.0f}x (a) on {DEMO_MODEL} with identical pooled values: "
         + ("met" if demo.ratio >= TARGET and demo.identical else "NOT met")
     )
-    print(f"image-heavy ratio: {heavy.ratio:.2f}")
-    print(f"ratio: {demo.ratio:.2f}")
-    if not (demo.identical and heavy.identical):
-        raise SystemExit("pooled values differ between (a) and (b)")
+    return [("image-heavy", heavy), ("", demo)]
 
 
 if __name__ == "__main__":

@@ -21,11 +21,16 @@ from transformers.utils import ModelOutput
 from vlprobe.data import load_image
 from vlprobe.extract import (
     POOLINGS,
+    ExtractionJob,
     Extractor,
     LayerPooler,
+    TaskPart,
+    Variant,
     batch_order,
     chunk_dir_of,
     extract_activations,
+    extract_variants,
+    passes,
     plan_chunks,
     pooling_of,
     run_extraction,
@@ -694,3 +699,154 @@ def test_bad_arguments_are_named(tmp_path, models, samples):
     with pytest.raises(ValueError, match="batch_size"):
         extract_activations(loaded, samples, ["last"], [(0, 1)], out, {}, 0)
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ one pass for every task
+
+# three tasks over the same four images: each image's prompts spread over them
+TASK_ROWS = {"caption-a": [0, 1, 4, 5], "object-b": [2, 3, 7, 8], "object-c": [6, 9]}
+
+
+def task_parts(samples, rows=TASK_ROWS) -> list[TaskPart]:
+    return [
+        TaskPart(task, samples[positions], {"prompt": task}) for task, positions in rows.items()
+    ]
+
+
+@pytest.mark.parametrize("family", FAMILY_PARAMS)
+def test_one_pass_over_every_task_equals_each_task_alone(
+    tmp_path, loaded, samples, references, family
+):
+    """The prompts of all tasks in one pass: one prefix pass per image, whatever the tasks,
+    and every task's tables hold what it alone gives (the plain full forward, per sample)."""
+    prefix_rows = []
+    forward_cached = loaded.forward_cached
+
+    def counting(inputs, cache, **kwargs):
+        if cache.get_seq_length() == 0:
+            prefix_rows.append(len(inputs["input_ids"]))
+        return forward_cached(inputs, cache, **kwargs)
+
+    shards = [(0, 1), (2, NUM_LAYERS)]
+    parts = task_parts(samples)
+    variants = [
+        Variant(part.samples, [shard_path(tmp_path / part.task, s) for s in shards], {})
+        for part in parts
+    ]
+    loaded.forward_cached = counting
+    try:
+        extract_variants(loaded, variants, ALL_POOLINGS, shards, batch_size=4)
+    finally:
+        del loaded.forward_cached
+    if loaded.prefix_reuse and family != "phi4_multimodal":  # see the prefix reuse test
+        assert sum(prefix_rows) == samples["image_path"].n_unique()  # 4 images, 10 prompts
+    positions = {int(sample_id): row for row, sample_id in enumerate(samples["sample_id"])}
+    for part in parts:
+        rows = [positions[int(i)] for i in part.samples["sample_id"]]
+        for pooling in ALL_POOLINGS:
+            values = np.concatenate(
+                [
+                    read_activations([shard_path(tmp_path / part.task, s)], pooling)[2]
+                    for s in shards
+                ],
+                axis=1,
+            )
+            np.testing.assert_allclose(
+                values,
+                references[family][pooling][rows],
+                rtol=1e-4,
+                atol=1e-5,
+                err_msg=f"{part.task}, {pooling} pooling",
+            )
+
+
+@pytest.fixture
+def pass_job(tiny_dirs, monkeypatch):
+    """An extraction job of the tiny LLaVA that counts the samples it pools and its loads."""
+    counts = {"samples": 0, "loads": 0}
+    pool, load = Extractor.pool, passes.load_model
+
+    def counting_pool(self, paths, texts):
+        counts["samples"] += len(paths)
+        return pool(self, paths, texts)
+
+    def counting_load(*args, **kwargs):
+        counts["loads"] += 1
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(Extractor, "pool", counting_pool)
+    monkeypatch.setattr(passes, "load_model", counting_load)
+    job = ExtractionJob(
+        "tiny-llava",
+        {**entry(tiny_dirs["llava"], "llava"), "batch_size": 4},
+        ["mean", "last"],
+        [(0, 1), (2, NUM_LAYERS)],
+        storage_dtype="float16",
+    )
+    return job, counts
+
+
+def run_and_publish(job, parts, root) -> dict[str, str]:
+    """The image pass over ``parts``, then each part's tables job, as the workflow runs them."""
+
+    def published(task: str) -> Path:
+        return root / task / "part-0"
+
+    status = job.run_passes(parts, root / "passes" / "part-0", published)
+    for part in parts:
+        job.publish(part, root / "passes" / "part-0", published(part.task))
+    return status
+
+
+def tables_of(root: Path) -> dict[Path, tuple[int, bytes]]:
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in root.glob("[co]*/part-0/*.parquet")}
+
+
+def test_one_pass_stages_every_task_and_a_new_task_computes_only_itself(
+    tmp_path, samples, pass_job
+):
+    job, counts = pass_job
+    parts = task_parts(samples)
+    first, added = parts[:2], parts[2]
+    assert run_and_publish(job, first, tmp_path) == {
+        "caption-a": "computed",
+        "object-b": "computed",
+    }
+    assert counts == {"samples": 8, "loads": 1}  # one pass, one model load
+    before = tables_of(tmp_path)
+    assert len(before) == 4 and not list((tmp_path / "passes" / "part-0").iterdir())
+
+    # a variant added later: its own job finds nothing staged and pools its prompts alone
+    out = tmp_path / added.task / "part-0"
+    assert job.publish(added, tmp_path / "passes" / "part-0", out) == "computed"
+    assert counts == {"samples": 8 + 2, "loads": 2}
+    assert {p: v for p, v in tables_of(tmp_path).items() if p in before} == before
+
+    # an edited variant: the same
+    edited = TaskPart("object-b", first[1].samples.with_columns(text=pl.lit("x")), {})
+    job.publish(edited, tmp_path / "passes" / "part-0", tmp_path / "object-b" / "part-0")
+    assert counts == {"samples": 14, "loads": 3}
+    first[1] = edited
+
+    # the pass rerun (what it depends on unchanged): current tables are linked, not computed
+    staging = tmp_path / "passes" / "part-0"
+    linked = job.run_passes([*first, added], staging, lambda task: tmp_path / task / "part-0")
+    assert linked == dict.fromkeys(["caption-a", "object-b", "object-c"], "linked")
+    assert counts == {"samples": 14, "loads": 3}
+    for task in linked:
+        for table in (staging / task).iterdir():
+            assert table.samefile(tmp_path / task / "part-0" / table.name)
+    path = shard_path(tmp_path / "object-b" / "part-0", job.shards[0])
+    assert read_activations([path], "mean")[2].shape == (4, 2, 64)
+    assert read_metadata(path)["storage_dtype"] == "float16"
+
+
+def test_a_task_alone_holds_what_it_holds_pooled_with_the_others(tmp_path, samples, pass_job):
+    job, _ = pass_job
+    parts = task_parts(samples)
+    run_and_publish(job, parts, tmp_path)
+    shared = read_activations([shard_path(tmp_path / "object-b/part-0", job.shards[1])], "last")
+    job.publish(parts[1], tmp_path / "nothing-staged", tmp_path / "b")
+    alone = read_activations([shard_path(tmp_path / "b", job.shards[1])], "last")
+    assert shared[0].tolist() == alone[0].tolist()
+    np.testing.assert_allclose(alone[2], shared[2], rtol=1e-3, atol=1e-3)  # float16 storage

@@ -314,7 +314,7 @@ def test_withcat_label_matrix_selects_one_row_per_image_and_category(demo):
 def test_parts_keep_images_together_and_cover_the_task(demo, pairs):
     files, images = demo
     task, _ = caption_task(pairs, "plain", "{caption}")
-    parts = [task_part(task, k, 3) for k in range(3)]
+    parts = [task_part(task, k, 3, images["image_id"]) for k in range(3)]
     assert sum(p.height for p in parts) == task.height
     image_sets = [set(p["image_id"]) for p in parts]
     assert all(not (a & b) for i, a in enumerate(image_sets) for b in image_sets[i + 1 :])
@@ -506,11 +506,27 @@ def test_statement_rows_with_sampled_absent_categories(real):
     assert none_absent.height == sum(len(p) for p in rows["present"])
 
 
+def test_a_part_holds_the_same_images_in_every_task(real):
+    """Parts split the study's images, not each task's: a task over fewer images keeps every
+    image in the part it has in the others, so one job pools all prompts of its images."""
+    files, images, rows = real
+    names = category_names(files.instances)
+    full, _ = object_task(rows, "n", "Objects:", "none", 0, names)
+    fewer = full.filter(pl.col("image_id") % 3 != 0)
+    for k in range(4):
+        ids = set(task_part(full, k, 4, images["image_id"])["image_id"])
+        assert set(task_part(fewer, k, 4, images["image_id"])["image_id"]) == {
+            i for i in ids if i % 3 != 0
+        }
+    with pytest.raises(TaskError, match=r"task images \[\d+\] are not in the images table"):
+        task_part(full, 0, 4, images["image_id"].head(len(images) - 1))
+
+
 def test_statement_task_parts_and_extraction_samples(real):
     files, images, rows = real
     names = category_names(files.instances)
     task, _ = object_task(rows, "s", STATEMENT, "self", 0, names, absent_per_image=2)
-    parts = [task_part(task, k, 4) for k in range(4)]
+    parts = [task_part(task, k, 4, images["image_id"]) for k in range(4)]
     assert sum(p.height for p in parts) == task.height
     image_sets = [set(p["image_id"]) for p in parts]
     assert all(not (a & b) for i, a in enumerate(image_sets) for b in image_sets[i + 1 :])

@@ -247,6 +247,7 @@ EVERYTHING_AFTER_SAMPLING = {
     "object_rows": 1,
     "caption_task": 1,
     "object_task": 2,
+    "image_passes": 8,
     "extract": 12,
     "text_embedding": 1,
     "first_tokens": 2,
@@ -254,6 +255,7 @@ EVERYTHING_AFTER_SAMPLING = {
     **DOWNSTREAM,
 }
 
+DEMO_NOCAT = demo_config()["object"]["prompts"]["nocat"]
 # config edit -> exactly the jobs it must rerun
 RERUNS = {
     "probe hyperparameter": (
@@ -262,15 +264,26 @@ RERUNS = {
     ),
     "added model": (
         {"models.tiny-idefics3": TINY_IDEFICS3},
-        {"tiny_model": 1, "extract": 3, "probe": 3, "first_tokens": 1, **DOWNSTREAM},
+        {"tiny_model": 1, "image_passes": 2, "extract": 3, "probe": 3, "first_tokens": 1}
+        | DOWNSTREAM,
     ),
     "added pooling (pooled during extraction)": (
         {"extract.poolings": ["mean", "max"]},
-        {"extract": 12, "probe": 24, **DOWNSTREAM},
+        {"image_passes": 8, "extract": 12, "probe": 24, **DOWNSTREAM},
     ),
     "prompt variant text": (
         {"object.prompts.withcat.template": "Objects in this picture: {categories}"},
         {"object_task": 1, "extract": 4, "probe": 4, "first_tokens": 2, **DOWNSTREAM},
+    ),
+    # the new variant's tables pool its prompts alone (tests/test_extract.py: the image passes
+    # are not rerun and no other variant's tables are touched)
+    "added prompt variant": (
+        {"object.prompts.question": {"template": "What is in this image?", "categories": "none"}},
+        {"object_task": 1, "extract": 4, "probe": 4, "first_tokens": 2, **DOWNSTREAM},
+    ),
+    "removed prompt variant": (
+        {"object.prompts": {"nocat": DEMO_NOCAT}},
+        {"first_tokens": 2, **DOWNSTREAM},
     ),
     "sampling seed": (
         {"coco.seed": 1},
@@ -295,7 +308,7 @@ RERUNS = {
     # images reach the processor smaller: every image-model job, not the text embedding
     "image size": (
         {"images.max_side": 40},
-        {"extract": 12, "probe": 12, "first_tokens": 2, **DOWNSTREAM},
+        {"image_passes": 8, "extract": 12, "probe": 12, "first_tokens": 2, **DOWNSTREAM},
     ),
     # how a model runs, not what it computes
     "model batch size": ({"models.tiny-qwen2-vl.batch_size": 2}, {}),
@@ -313,12 +326,12 @@ RERUNS = {
     "device of models with an explicit dtype": ({"extract.device": "auto"}, {}),
     "storage dtype": (
         {"extract.storage_dtype": "float32"},
-        {"extract": 12, "probe": 12, **DOWNSTREAM},
+        {"image_passes": 8, "extract": 12, "probe": 12, **DOWNSTREAM},
     ),
     # the baseline's own jobs, not tiny-llava's extraction, first tokens or probes
     "added baseline": (
         {"models.tiny-llava.baselines": ["random_init"]},
-        {"extract": 3, "probe": 3, **DOWNSTREAM},
+        {"image_passes": 2, "extract": 3, "probe": 3, **DOWNSTREAM},
     ),
 }
 
@@ -338,7 +351,8 @@ def copy_of_run(run: Path, workdir: Path, *removed: str) -> Path:
     Snakemake plans exactly their jobs again."""
     shutil.copytree(run, workdir, symlinks=True)
     for output in removed:
-        shutil.rmtree(workdir / output)
+        path = workdir / output
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
     return workdir
 
 
@@ -357,18 +371,31 @@ def assert_same_shards(actual: Path, expected: Path, exact: bool = True) -> None
         )
 
 
-# two extraction jobs of the demo, run side by side by the tests below
+# two extraction jobs of the demo, run side by side by the tests below, and their image passes
 EXTRACTIONS = [
     "results/activations/tiny-qwen2-vl/object-withcat/part-0",
     "results/activations/tiny-llava/object-withcat/part-0",
 ]
+PASSES = [
+    "results/activations/tiny-qwen2-vl/passes/object-part-0.json",
+    "results/activations/tiny-llava/passes/object-part-0.json",
+]
 
 
 def test_killed_run_resumes_from_finished_chunks_and_matches(demo_run, tmp_path):
-    """SIGKILL to the whole process group during extraction, then the same command again."""
-    workdir = copy_of_run(demo_run, tmp_path / "run", *EXTRACTIONS)
+    """SIGKILL to the whole process group during two image passes (every task of a model at
+    once), then the same command again: they resume from their chunks, and every task's
+    tables are what the uninterrupted run wrote."""
+    models = {Path(output).parts[2] for output in EXTRACTIONS}
+    tables = [
+        str(path.relative_to(demo_run))
+        for model in models
+        for path in (demo_run / "results/activations" / model).glob("object-*/part-0")
+    ]
+    workdir = copy_of_run(demo_run, tmp_path / "run", *tables, *PASSES)
     command = [*SNAKEMAKE, "--directory", str(workdir), *EXTRACTIONS]
     command += ["--cores", "2", "--configfile", "config.yaml"]
+    chunks = "results/activations/*/passes/*.chunks/*/*.done"
     with open(tmp_path / "killed.log", "w") as log:
         run = subprocess.Popen(
             command,
@@ -379,15 +406,13 @@ def test_killed_run_resumes_from_finished_chunks_and_matches(demo_run, tmp_path)
             env=run_env(),
         )
         deadline = time.monotonic() + 300
-        while not list((workdir / "results/activations").glob("*/*/*.chunks/*/*.done")):
+        while not list(workdir.glob(chunks)):
             assert run.poll() is None, "the run ended before any chunk was finished"
             assert time.monotonic() < deadline, "no extraction chunk finished in time"
             time.sleep(0.05)
         os.killpg(run.pid, signal.SIGKILL)
         run.wait()
-    finished = {
-        p.relative_to(workdir) for p in workdir.glob("results/activations/*/*/*.chunks/*/*.done")
-    }
+    finished = {p.relative_to(workdir) for p in workdir.glob(chunks)}
     snakemake(workdir, "--unlock", "--configfile", "config.yaml")
     snakemake(workdir, *command[command.index(EXTRACTIONS[0]) :])
     resumed = [
@@ -396,10 +421,15 @@ def test_killed_run_resumes_from_finished_chunks_and_matches(demo_run, tmp_path)
         for line in log.read_text().splitlines()
         if "resuming:" in line
     ]
-    assert resumed, f"no extraction job resumed from {sorted(map(str, finished))}"
-    assert not list((workdir / "results/activations").glob("*/*/*.chunks"))
+    assert resumed, f"no image pass resumed from {sorted(map(str, finished))}"
+    assert not list(workdir.glob("results/activations/*/passes/*.chunks"))
     for output in EXTRACTIONS:
         assert_same_shards(workdir / output, demo_run / output)
+    # the other tasks' tables were pooled in the same passes, and wait staged
+    for table in set(tables) - set(EXTRACTIONS):
+        model, task = Path(table).parts[2:4]
+        staged = workdir / f"results/activations/{model}/passes/object-part-0/{task}"
+        assert_same_shards(staged, demo_run / table)
 
 
 # Loaded by every Python process of the run (PYTHONPATH); acts in extraction jobs only. A batch
@@ -423,7 +453,7 @@ if sys.argv and sys.argv[0].endswith(".extract.py"):
 
 
 def test_killed_extraction_is_retried_with_half_the_batch_size(demo_run, tmp_path):
-    workdir = copy_of_run(demo_run, tmp_path / "run", EXTRACTIONS[0])
+    workdir = copy_of_run(demo_run, tmp_path / "run", EXTRACTIONS[0], PASSES[0])
     inject = tmp_path / "inject"
     inject.mkdir()
     (inject / "sitecustomize.py").write_text(OOM_KILLER)
@@ -436,7 +466,7 @@ def test_killed_extraction_is_retried_with_half_the_batch_size(demo_run, tmp_pat
         workdir, EXTRACTIONS[0], "--cores", "2", "--configfile", "config.yaml", env=env
     )
     assert "Trying to restart job" in result.stdout + result.stderr
-    log = (workdir / "logs/extract/tiny-qwen2-vl/object-withcat/part-0.log").read_text()
+    log = (workdir / "logs/extract/tiny-qwen2-vl/passes/object-part-0.log").read_text()
     assert f"batch size {batch_size // 2} instead of the entry's {batch_size}" in log
     # another batch size pads the batches differently: equal up to float rounding
     assert_same_shards(workdir / EXTRACTIONS[0], demo_run / EXTRACTIONS[0], exact=False)

@@ -182,6 +182,8 @@ def _reading(path: str | os.PathLike) -> Iterator[None]:
     try:
         yield
     except (pa.ArrowInvalid, OSError) as error:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such file") from None
         # writes are atomic, so a file that does not read was damaged after it was written
         # (a copy cut short, a full disk on a synced filesystem): only rebuilding it helps
         producer = Path(path).parent if Path(path).name.startswith("layers-") else Path(path)

@@ -625,6 +625,39 @@ def _statement_categories(
     return [c for c in names if c in chosen]
 
 
+def variant_spec(config: Mapping[str, Any], kind: str, prompt: str) -> dict[str, Any]:
+    """What a prompt variant of the study's config says its task is: for ``caption``, its
+    template and kind of negative (the study's, unless the variant names its own); for
+    ``object``, its template, categories, absent_per_image and the object seed."""
+    entry = config[kind]["prompts"][prompt]
+    if kind == "caption":
+        entry = {"template": entry} if isinstance(entry, str) else dict(entry)
+        return {"negatives": config["caption"]["negatives"], **entry}
+    return {"absent_per_image": None, **entry, "seed": config["object"]["seed"]}
+
+
+def build_variant(
+    kind: str,
+    prompt: str,
+    spec: Mapping[str, Any],
+    labels: pl.DataFrame,
+    names: list[str] | None = None,
+) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """A prompt variant's task table and metadata from its :func:`variant_spec` and the label
+    table of its kind (caption pairs, or object rows with the category ``names``)."""
+    if kind == "caption":
+        return caption_task(labels, prompt, spec["template"], spec["negatives"])
+    return object_task(
+        labels,
+        prompt,
+        spec["template"],
+        spec["categories"],
+        spec["seed"],
+        names=names or [],
+        absent_per_image=spec["absent_per_image"],
+    )
+
+
 def write_task(frame: pl.DataFrame, path: str | os.PathLike, metadata: Mapping[str, Any]) -> None:
     """Write a task table atomically with the metadata its builder returned."""
     write_parquet(with_metadata(frame.to_arrow(), metadata), path)
@@ -674,28 +707,33 @@ def label_matrix(
     return sample_ids, labels, mask, names
 
 
-def task_part(task: pl.DataFrame, part: int, n_parts: int) -> pl.DataFrame:
-    """The rows of one extraction part: images split into ``n_parts`` contiguous groups.
+def task_part(
+    task: pl.DataFrame, part: int, n_parts: int, image_ids: Sequence[int] | pl.Series
+) -> pl.DataFrame:
+    """The rows of one extraction part: the study's images (``image_ids``, the images table's)
+    split into ``n_parts`` contiguous groups by id.
 
-    All prompts of an image fall in the same part, so its image is encoded in one job only.
+    The split is over the study's images, not the task's, so a part holds the same images in
+    every task: one job pools all their prompts, and each image is encoded once.
     """
     if not 0 <= part < n_parts:
         raise TaskError(f"part {part} outside 0..{n_parts - 1}")
-    image_rank = task["image_id"].rank("dense").cast(pl.Int64) - 1
-    n_images = int(image_rank.max()) + 1
-    return task.filter(image_rank * n_parts // n_images == part)
+    ids = pl.Series("image_id", image_ids).unique().sort()
+    rank = pl.DataFrame({"image_id": ids, "rank": pl.int_range(len(ids), eager=True)})
+    ranked = task.join(rank, on="image_id", how="left", maintain_order="left")
+    outside = ranked.filter(pl.col("rank").is_null())["image_id"].unique().to_list()
+    if outside:
+        raise TaskError(f"task images {outside[:5]} are not in the images table")
+    return ranked.filter(pl.col("rank") * n_parts // len(ids) == part).drop("rank")
 
 
 def extraction_samples(
     task: pl.DataFrame, images: pl.DataFrame, images_dir: str | os.PathLike, part: int, n_parts: int
 ) -> pl.DataFrame:
     """The model inputs of one extraction part: sample_id, image_path, text."""
-    rows = task_part(task, part, n_parts).join(
-        images.select("image_id", "file_name"), on="image_id", how="left"
+    rows = task_part(task, part, n_parts, images["image_id"]).join(
+        images.select("image_id", "file_name"), on="image_id", how="left", maintain_order="left"
     )
-    missing = rows.filter(pl.col("file_name").is_null())["image_id"].unique().to_list()
-    if missing:
-        raise TaskError(f"task images {missing[:5]} are not in the images table")
     root = str(Path(images_dir))
     return rows.select(
         "sample_id",

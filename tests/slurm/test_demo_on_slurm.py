@@ -17,9 +17,9 @@ pytestmark = [
 ]
 
 # The same threads as a local run, so probes sum in the same order and the tables match exactly;
-# device auto makes the extraction and first-token jobs request a GPU (this host's is declared on
-# /dev/null).
-SAME_AS_LOCAL = ["--set-threads", "extract=2", "probe=1", "caption_pairs=1"]
+# device auto makes the image passes, first tokens and caption pairs request a GPU (this host's
+# is declared on /dev/null).
+SAME_AS_LOCAL = ["--set-threads", "image_passes=2", "probe=1", "caption_pairs=1"]
 TABLES = [
     "results/data/images.parquet",
     "results/tasks/caption-tao.parquet",
@@ -58,7 +58,9 @@ def test_demo_on_slurm_matches_a_local_run_and_requests_gpus(tmp_path):
     for table in TABLES:
         assert_frame_equal(pl.read_parquet(cluster / table), pl.read_parquet(local / table))
     jobs = [job for job in read_jobs() if str(cluster) in job.get("WorkDir", "")]
-    assert not check(jobs, {"extract", "first_tokens", "caption_pairs"}, gpu_partition="gpu")
-    # 3 tasks x 1 part; one first-token job
+    gpu_rules = {"image_passes", "first_tokens", "caption_pairs"}
+    assert not check(jobs, gpu_rules, gpu_partition="gpu")
+    # one image pass (1 part) for 3 tasks, each published by a CPU job; one first-token job
+    assert sum(rule_of(job) == "image_passes" for job in jobs) == 1
     assert sum(rule_of(job) == "extract" for job in jobs) == 3
     assert sum(rule_of(job) == "first_tokens" for job in jobs) == 1

@@ -7,6 +7,7 @@ import jsonschema
 from snakemake.utils import validate
 
 from vlprobe.baselines import (
+    MODEL_BASELINES,
     TEXT_EMBEDDING_MODEL,
     TEXT_EMBEDDING_POOLING,
     baseline_entry,
@@ -16,6 +17,7 @@ from vlprobe import sizing
 from vlprobe.data import SPLITS
 from vlprobe.settings import FIGURES, EvaluationConfig, probe_settings
 from vlprobe.storage import layer_shards
+from vlprobe.tasks import variant_spec
 
 
 def validated(config, schema):
@@ -64,12 +66,24 @@ COCO = "resources/coco"
 # the outputs that helpers expand as other jobs' inputs: each template is written once here
 TASK = "results/tasks/{task}.parquet"
 ACTIVATIONS = "results/activations/{model}/{task}/part-{part}"
+# the image pass of (model, kind of task, part): its summary (declared) and the tables it stages
+# (not declared: a job's declared outputs are deleted before it runs; vlprobe.extract.passes)
+PASS_SUMMARY = "results/activations/{model}/passes/{kind}-part-{part}.json"
+PASS_STAGING = "results/activations/{model}/passes/{kind}-part-{part}"
+# the label table each kind of task is filled from
+LABELS = {
+    "caption": "results/tasks/labels/caption_pairs.parquet",
+    "object": "results/tasks/labels/object_rows.parquet",
+}
 PROBE_JOB = "{model}/{task}/{pooling}/{probe}/layers-{first}-{last}"
 PROBE_TABLE = f"results/probes/{PROBE_JOB}.parquet"
 SCORE_TABLE = f"results/scores/{PROBE_JOB}.parquet"
 SUMMARY = "results/metrics/summary.parquet"
 # model jobs: the cores each one takes
 MODEL_THREADS = 2
+# the models whose extraction shows images: configured ones and their baselines, not the
+# text-embedding baseline
+IMAGE_MODEL = f"[A-Za-z0-9_.-]+(@({'|'.join(MODEL_BASELINES)}))?"
 
 
 def coco_sources():
@@ -150,19 +164,13 @@ def task_names():
     ]
 
 
-def caption_prompt(prompt):
-    """A caption prompt variant's template and kind of negative (the study's, unless the
-    variant names its own)."""
-    entry = config["caption"]["prompts"][prompt]
-    if isinstance(entry, str):
-        entry = {"template": entry}
-    return {"negatives": config["caption"]["negatives"], **entry}
-
-
 def caption_negatives():
     """The kinds of negative the caption pairs hold: those the variants take."""
     return sorted(
-        {caption_prompt(p)["negatives"] for p in config["caption"]["prompts"]}
+        {
+            variant_spec(config, "caption", p)["negatives"]
+            for p in config["caption"]["prompts"]
+        }
     )
 
 
@@ -209,6 +217,20 @@ def model_param(wildcards):
     return {**kept, "hf_id": model_dir(wildcards.model)}
 
 
+def extract_params():
+    """What an extraction computes with, the params of the image pass and of a publication
+    alike (a publication that finds nothing staged pools its task itself)."""
+    return {
+        "model": model_param,
+        "images_dir": COCO_SOURCES["images"],
+        "parts": config["extract"]["parts"],
+        "shards": lambda wc: shards_of(wc.model),
+        "poolings": config["extract"]["poolings"],
+        "max_side": config["images"]["max_side"],
+        "storage_dtype": config["extract"]["storage_dtype"],
+    }
+
+
 def model_gpus(wildcards):
     """The GPUs a model job holds: none on the CPU."""
     return 0 if config["extract"]["device"] == "cpu" else 1
@@ -225,19 +247,26 @@ def task_rows(task):
     return sizing.task_rows(kind, config[kind]["prompts"][task_prompt(task)], config)
 
 
-def part_rows(wildcards):
-    return math.ceil(task_rows(wildcards.task) / config["extract"]["parts"])
+def part_rows(wildcards, tasks):
+    """Rows of one extraction part of ``tasks``."""
+    parts = config["extract"]["parts"]
+    return sum(math.ceil(task_rows(task) / parts) for task in tasks)
 
 
-# Memory (MB) and time (minutes) each job declares, estimated from the config (vlprobe.sizing);
-# a retry asks for `attempt` times as much (capped locally at what --resources gives)
+def job_tasks(wildcards):
+    """The tasks an extraction job pools: its own, or every task of the image pass's kind."""
+    if "task" in wildcards.keys():
+        return [wildcards.task]
+    return [task for task in task_names() if task_kind(task) == wildcards.kind]
 
 
 def extract_mem_mb(wildcards, attempt):
+    """An extraction job's memory: of its task's rows, or of all its kind's in the image pass."""
     extract = config["extract"]
+    tasks = job_tasks(wildcards)
     return attempt * sizing.extract_mem_mb(
         model_entry(wildcards.model),
-        part_rows(wildcards),
+        part_rows(wildcards, tasks),
         extract["layers_per_shard"],
         len(extract["poolings"]),
         extract["chunk_samples"],
@@ -245,8 +274,11 @@ def extract_mem_mb(wildcards, attempt):
 
 
 def extract_runtime(wildcards, attempt):
+    tasks = job_tasks(wildcards)
     return attempt * sizing.extract_runtime(
-        model_entry(wildcards.model), part_rows(wildcards), config["extract"]["device"]
+        model_entry(wildcards.model),
+        part_rows(wildcards, tasks),
+        config["extract"]["device"],
     )
 
 

@@ -13,19 +13,28 @@ rule tiny_model:
         "../scripts/tiny_model.py"
 
 
-rule extract:
+# One GPU job per (model, kind of task, part) pools the prompts of every variant of that kind
+# together: one vision pass and one image-prefix pass per image. The tasks come from the config
+# (not params): the prompt variants decide which tables the pass stages for sharing, while each
+# table's own job (extract, below) carries what its values depend on, so adding, editing or
+# removing a variant reruns that variant's jobs only. Why one pass per kind: a pass that reruns
+# reruns every job after it, and a pass downstream of both label tables would rerun the object
+# tasks' extraction and probes for an edit of the caption pairs (vlprobe.extract.passes).
+rule image_passes:
     input:
-        task=TASK,
+        labels=lambda wc: LABELS[wc.kind],
+        instances=COCO_SOURCES["train_instances"],
         images="results/data/images.parquet",
         model=model_input,
     output:
-        directory(ACTIVATIONS),
+        PASS_SUMMARY,
     log:
-        "logs/extract/{model}/{task}/part-{part}.log",
+        "logs/extract/{model}/passes/{kind}-part-{part}.log",
     benchmark:
-        "benchmarks/out/extract/{model}/{task}/part-{part}.tsv"
+        "benchmarks/out/extract/{model}/passes/{kind}-part-{part}.tsv"
     wildcard_constraints:
-        model="[A-Za-z0-9_.-]+(@(random_init|blank_image))?",
+        model=IMAGE_MODEL,
+        kind="caption|object",
     retries: config["extract"]["retries"]
     conda:
         CONDA_ENV
@@ -40,13 +49,50 @@ rule extract:
         entry_batch_size=lambda wc: model_entry(wc.model)["batch_size"],
         chunk_samples=config["extract"]["chunk_samples"],
     params:
-        model=model_param,
-        images_dir=COCO_SOURCES["images"],
-        parts=config["extract"]["parts"],
-        shards=lambda wc: shards_of(wc.model),
-        poolings=config["extract"]["poolings"],
-        max_side=config["images"]["max_side"],
-        storage_dtype=config["extract"]["storage_dtype"],
+        **extract_params(),
+        staging=lambda wc: PASS_STAGING.format(**wc),
+        published=lambda wc: ACTIVATIONS.format(
+            model=wc.model, task="{task}", part=wc.part
+        ),
+    script:
+        "../scripts/extract.py"
+
+
+# a task's tables: the ones its image pass staged, moved into place; where none were staged
+# (a variant added or edited since the pass ran) it pools its own prompts
+rule extract:
+    input:
+        task=TASK,
+        images="results/data/images.parquet",
+        model=model_input,
+        passes=lambda wc: PASS_SUMMARY.format(
+            model=wc.model, kind=task_kind(wc.task), part=wc.part
+        ),
+    output:
+        directory(ACTIVATIONS),
+    log:
+        "logs/extract/{model}/{task}/part-{part}.log",
+    benchmark:
+        "benchmarks/out/extract/{model}/{task}/part-{part}.tsv"
+    wildcard_constraints:
+        model=IMAGE_MODEL,
+    retries: config["extract"]["retries"]
+    conda:
+        CONDA_ENV
+    threads: MODEL_THREADS
+    resources:
+        gpu=model_gpus,
+        mem_mb=extract_mem_mb,
+        runtime=extract_runtime,
+        device=config["extract"]["device"],
+        batch_size=extract_batch_size,
+        entry_batch_size=lambda wc: model_entry(wc.model)["batch_size"],
+        chunk_samples=config["extract"]["chunk_samples"],
+    params:
+        **extract_params(),
+        staging=lambda wc: PASS_STAGING.format(
+            model=wc.model, kind=task_kind(wc.task), part=wc.part
+        ),
     script:
         "../scripts/extract.py"
 

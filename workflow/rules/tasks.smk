@@ -51,8 +51,7 @@ rule caption_task:
     conda:
         CONDA_ENV
     params:
-        template=lambda wc: caption_prompt(wc.prompt)["template"],
-        negatives=lambda wc: caption_prompt(wc.prompt)["negatives"],
+        spec=lambda wc: variant_spec(config, "caption", wc.prompt),
     script:
         "../scripts/caption_task.py"
 
@@ -70,8 +69,7 @@ rule object_task:
     resources:
         mem_mb=annotations_mem_mb("instances"),
     params:
-        prompt=lambda wc: config["object"]["prompts"][wc.prompt],
-        seed=config["object"]["seed"],
+        spec=lambda wc: variant_spec(config, "object", wc.prompt),
     script:
         "../scripts/object_task.py"
 

@@ -3,13 +3,13 @@
 import polars as pl
 
 from vlprobe.joblog import job_log
-from vlprobe.tasks import caption_task, write_task
+from vlprobe.tasks import build_variant, write_task
 
 with job_log(snakemake.log[0]):
-    task, metadata = caption_task(
-        pl.read_parquet(snakemake.input[0]),
+    task, metadata = build_variant(
+        "caption",
         snakemake.wildcards.prompt,
-        snakemake.params.template,
-        snakemake.params.negatives,
+        snakemake.params.spec,
+        pl.read_parquet(snakemake.input[0]),
     )
     write_task(task, snakemake.output[0], metadata)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import sys
@@ -18,13 +17,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from vlprobe.baselines import load_blank_image
 from vlprobe.data import load_image
 from vlprobe.extract.chunks import (
     CHUNK_SAMPLES,
     SAMPLE_COLUMNS,
     ChunkStore,
-    chunk_dir_of,
     chunk_fingerprint,
     chunk_root,
     plan_chunks,
@@ -38,9 +35,9 @@ from vlprobe.extract.pooling import (
     pool_parts,
     pooling_of,
 )
-from vlprobe.models import LoadedVLM, load_model
+from vlprobe.models import LoadedVLM
 from vlprobe.models.base import PrefixBatch
-from vlprobe.storage import shard_path, write_activations
+from vlprobe.storage import write_activations
 
 log = logging.getLogger(__name__)
 
@@ -213,11 +210,16 @@ class Extractor:
         cache = model.new_cache()
         extra = {} if prefix.position_ids is None else {"position_ids": prefix.position_ids}
         prefix_mask = prefix.attention_mask
-        suffixes = [
-            (row, ids, position)
-            for row, image in enumerate(images)
-            for ids, position in zip(prefix.suffixes[row], image.positions, strict=True)
-        ]
+        # shortest first: a suffix pass then holds prompts of about one length (an image's
+        # prompts come from several tasks, of 10 to 200 tokens), so little of it is padding
+        suffixes = sorted(
+            (
+                (row, ids, position)
+                for row, image in enumerate(images)
+                for ids, position in zip(prefix.suffixes[row], image.positions, strict=True)
+            ),
+            key=lambda suffix: len(suffix[1]),
+        )
         # token N of every prompt, by its position in the whole sequence: the prefix pass
         # gathers it for the prompts whose prefix holds it (the others' picks are clamped into
         # the prefix and dropped in pool_parts)
@@ -245,12 +247,18 @@ class Extractor:
             [r for name in self.poolings if (r := pooling_of(name).prefix) is not None],
         )
         prefix_part = _PrefixPart(prefix, cache, prefix_reduced, tokens.counts(), positions)
-        # suffix passes of about as many tokens as the prefix pass
-        longest = max(len(ids) for _, ids, _ in suffixes)
-        per_pass = max(self.batch_size, self.batch_size * width // longest)
-        for start in range(0, len(suffixes), per_pass):
-            items = torch.arange(start, min(start + per_pass, len(suffixes)), device=model.device)
-            self._pool_suffixes(prefix_part, items, suffixes[start : start + per_pass], out)
+        # suffix passes of about as many tokens as the prefix pass (at least batch_size prompts)
+        budget = self.batch_size * width
+        start = 0
+        while start < len(suffixes):
+            end = start + 1
+            while end < len(suffixes) and (
+                end - start < self.batch_size or (end + 1 - start) * len(suffixes[end][1]) <= budget
+            ):
+                end += 1
+            items = torch.arange(start, end, device=model.device)
+            self._pool_suffixes(prefix_part, items, suffixes[start:end], out)
+            start = end
 
     def _pool_suffixes(
         self,
@@ -317,6 +325,16 @@ def _duration(seconds: float) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One task's samples (sample_id, image_path, text) and where its layer-shards go, with
+    the metadata recorded in each."""
+
+    samples: pl.DataFrame
+    out_paths: Sequence[str | os.PathLike]
+    metadata: Mapping[str, Any]
+
+
 def extract_activations(
     model: LoadedVLM,
     samples: pl.DataFrame,
@@ -324,6 +342,21 @@ def extract_activations(
     shards: Sequence[Sequence[int]],
     out_paths: Sequence[str | os.PathLike],
     metadata: Mapping[str, Any],
+    batch_size: int,
+    **options: Any,
+) -> None:
+    """Pool the hidden states of ``samples`` (sample_id, image_path, text) and write them:
+    :func:`extract_variants` for one variant."""
+    extract_variants(
+        model, [Variant(samples, out_paths, metadata)], poolings, shards, batch_size, **options
+    )
+
+
+def extract_variants(
+    model: LoadedVLM,
+    variants: Sequence[Variant],
+    poolings: Sequence[str],
+    shards: Sequence[Sequence[int]],
     batch_size: int,
     *,
     chunk_dir: str | os.PathLike | None = None,
@@ -335,16 +368,17 @@ def extract_activations(
     load: Callable[[str], Image.Image] | None = None,
     storage_dtype: str = "float32",
 ) -> None:
-    """Pool the hidden states of ``samples`` (sample_id, image_path, text) and write them.
+    """Pool the samples of several variants (tasks) in one pass and write each one's shards.
 
-    ``shards`` are inclusive (first, last) hidden-state ranges, written to ``out_paths`` (one
-    per shard) as activation tables in the order of ``samples``, their values in
-    ``storage_dtype`` (see vlprobe.storage); ``metadata`` is recorded in each, with the pooling
-    definitions added.
+    The samples of all variants are pooled together, so the prompts of one image, whatever
+    their task, share its vision pass and its image-prefix pass. ``shards`` are inclusive
+    (first, last) hidden-state ranges; each variant's are written to its ``out_paths`` (one
+    per shard) as activation tables in the order of its samples, values in ``storage_dtype``
+    (see vlprobe.storage), its ``metadata`` recorded with the pooling definitions added.
 
     Work is done in chunks of about ``chunk_samples`` samples (whole images), kept in
     ``chunk_dir`` (default: a temporary directory, i.e. no resuming) under a fingerprint of
-    model, samples, poolings, shards, ``metadata`` and ``resume_key``; a call after an
+    model, samples, poolings, shards, the metadata and ``resume_key``; a call after an
     interrupted one computes only the chunks that are missing there. The chunk directory is
     removed once every output is written. ``prefix_reuse`` overrides the adapter's setting
     (False forces the plain path); ``prefetch`` prepares the next batch's inputs in a thread
@@ -352,11 +386,12 @@ def extract_activations(
     after each chunk computed in this call.
     """
     check_poolings(poolings)
-    missing = [column for column in SAMPLE_COLUMNS if column not in samples.columns]
-    if missing:
-        raise ValueError(f"samples lack columns {missing}; expected {list(SAMPLE_COLUMNS)}")
-    if len(out_paths) != len(shards):
-        raise ValueError(f"{len(shards)} shards but {len(out_paths)} output paths")
+    for variant in variants:
+        missing = [c for c in SAMPLE_COLUMNS if c not in variant.samples.columns]
+        if missing:
+            raise ValueError(f"samples lack columns {missing}; expected {list(SAMPLE_COLUMNS)}")
+        if len(variant.out_paths) != len(shards):
+            raise ValueError(f"{len(shards)} shards but {len(variant.out_paths)} output paths")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if chunk_samples < 1:
@@ -365,21 +400,25 @@ def extract_activations(
     extractor = Extractor(
         model, poolings, hidden_states, batch_size, prefix_reuse, prefetch, load=load
     )
-
+    samples = pl.concat([variant.samples.select(SAMPLE_COLUMNS) for variant in variants])
     plan = plan_chunks(samples, chunk_samples)
     key = {
-        "metadata": dict(metadata),
+        "metadata": [dict(variant.metadata) for variant in variants],
+        "sizes": [variant.samples.height for variant in variants],
         "resume_key": dict(resume_key or {}),
         "shards": shards,
         "prefix_reuse": prefix_reuse,
     }
     fingerprint = chunk_fingerprint(model, samples, poolings, hidden_states, chunk_samples, key)
+    out_paths = [path for variant in variants for path in variant.out_paths]
     with chunk_root(chunk_dir, out_paths) as root:
         store = ChunkStore(root, fingerprint).open()
         _compute_chunks(extractor, samples, plan, store, on_chunk)
-        _write_shards(
-            model, samples, poolings, shards, out_paths, metadata, plan, store, storage_dtype
-        )
+        offset = 0
+        for variant in variants:
+            rows = range(offset, offset + variant.samples.height)
+            _write_shards(model, variant, rows, poolings, shards, plan, store, storage_dtype)
+            offset += variant.samples.height
         store.remove()
 
 
@@ -413,7 +452,7 @@ def _compute_chunks(
             len(plan),
             done_samples,
         )
-    started, computed = time.perf_counter(), 0
+    started, computed, computed_images = time.perf_counter(), 0, 0
     with (
         extractor,
         tqdm(
@@ -431,15 +470,17 @@ def _compute_chunks(
             pooled = extractor.pool([paths[i] for i in rows], [texts[i] for i in rows])
             store.write(index, rows, pooled)
             computed += len(rows)
+            computed_images += len({paths[i] for i in rows})
             progress.update(len(rows))
             elapsed = time.perf_counter() - started
             rate = computed / elapsed if elapsed > 0 else float("nan")
             left = n_samples - done_samples - computed
             log.info(
-                "chunk %d/%d: %d samples; %.2f samples/s; %d samples left, about %s",
+                "chunk %d/%d: %d samples; %.2f images/s, %.2f samples/s; %d samples left, about %s",
                 index + 1,
                 len(plan),
                 len(rows),
+                computed_images / elapsed if elapsed > 0 else float("nan"),
                 rate,
                 left,
                 _duration(left / rate) if rate > 0 else "?",
@@ -451,118 +492,51 @@ def _compute_chunks(
         log.warning("%d images took the plain path", extractor.plain_images)
     if computed:
         log.info(
-            "%s: pooled %d samples in %.1f s (%.2f samples/s)",
+            "%s: pooled %d samples of %d images in %.1f s (%.2f images/s, %.2f samples/s)",
             model.name,
             computed,
+            computed_images,
             elapsed,
+            computed_images / elapsed if elapsed > 0 else float("nan"),
             computed / elapsed if elapsed > 0 else float("nan"),
         )
 
 
 def _write_shards(
     model: LoadedVLM,
-    samples: pl.DataFrame,
+    variant: Variant,
+    rows: range,
     poolings: Sequence[str],
     shards: Sequence[Sequence[int]],
-    out_paths: Sequence[str | os.PathLike],
-    metadata: Mapping[str, Any],
     plan: Sequence[np.ndarray],
     store: ChunkStore,
     storage_dtype: str,
 ) -> None:
-    """Assemble each shard's table from the chunks, one shard in memory at a time."""
+    """Assemble a variant's shard tables from the chunks (its ``rows`` of the pooled samples),
+    one shard in memory at a time."""
     hidden_states = sorted({i for first, last in shards for i in range(first, last + 1)})
     slot_of = {index: slot for slot, index in enumerate(hidden_states)}
-    shard_metadata = {
-        **metadata,
+    metadata = {
+        **variant.metadata,
         "poolings": {name: pooling_of(name).definition for name in poolings},
         "num_hidden_states": model.num_layers + 1,
         "storage_dtype": storage_dtype,
     }
-    sample_ids = samples["sample_id"].to_numpy()
-    for (first, last), path in zip(shards, out_paths, strict=True):
+    sample_ids = variant.samples["sample_id"].to_numpy()
+    for (first, last), path in zip(shards, variant.out_paths, strict=True):
         slots = slice(slot_of[first], slot_of[last] + 1)
-        shape = (samples.height, last - first + 1, model.hidden_size)
+        shape = (len(rows), last - first + 1, model.hidden_size)
         pooled = {name: np.empty(shape, dtype=np.float32) for name in poolings}
         for index, planned in enumerate(plan):
-            rows = store.rows(index)
-            if not np.array_equal(rows, planned):
+            chunk_rows = store.rows(index)
+            if not np.array_equal(chunk_rows, planned):
                 raise RuntimeError(f"{store.dir}: chunk {index} holds other samples than planned")
+            mine = (chunk_rows >= rows.start) & (chunk_rows < rows.stop)
+            if not mine.any():
+                continue
             for name in poolings:
-                pooled[name][rows] = store.values(index, name, slots)
+                values = store.values(index, name, slots)
+                pooled[name][chunk_rows[mine] - rows.start] = values[mine]
         write_activations(
-            path, sample_ids, list(range(first, last + 1)), pooled, shard_metadata, storage_dtype
+            path, sample_ids, list(range(first, last + 1)), pooled, metadata, storage_dtype
         )
-
-
-def run_extraction(
-    model_name: str,
-    model_entry: Mapping[str, Any],
-    samples: pl.DataFrame,
-    poolings: Sequence[str],
-    shards: Sequence[Sequence[int]],
-    out_dir: str | os.PathLike,
-    device: str = "cpu",  # cpu, cuda, cuda:N, or auto
-    threads: int = 1,
-    metadata: Mapping[str, Any] | None = None,
-    chunk_samples: int = CHUNK_SAMPLES,
-    on_chunk: Callable[[int, int], None] | None = None,
-    batch_size: int | None = None,
-    max_side: int | None = None,
-    storage_dtype: str = "float32",
-) -> None:
-    """One extraction job: load the model of a config entry, pool, write one file per shard
-    (values in ``storage_dtype``).
-
-    Images are shrunk to a longer side of at most ``max_side`` before the processor (None: as
-    stored).
-
-    ``batch_size`` overrides the entry's (the workflow halves it on each retry); it does not
-    change the pooled values, so chunks of an attempt with another batch size are reused.
-
-    Finished chunks are kept in ``<out_dir>.chunks/`` (see :func:`chunk_dir_of`), so that a
-    re-run after a kill resumes.
-    """
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if torch.device(device).type == "cpu":
-        torch.set_num_threads(threads)
-    model = load_model(model_name, model_entry, device=device)
-    if batch_size is not None and batch_size != model_entry["batch_size"]:
-        log.warning(
-            "%s: batch size %d instead of the entry's %d (retry after a failed attempt)",
-            model_name,
-            batch_size,
-            model_entry["batch_size"],
-        )
-    extract_activations(
-        model,
-        samples,
-        poolings,
-        shards,
-        [shard_path(out_dir, shard) for shard in shards],
-        {
-            "model": model_name,
-            "family": model_entry["family"],
-            "hf_id": str(model_entry["hf_id"]),
-            "revision": model_entry.get("revision"),
-            "dtype": str(model.model.dtype).removeprefix("torch."),  # "auto" resolved
-            "max_side": max_side,
-            **(metadata or {}),
-        },
-        batch_size or model_entry["batch_size"],
-        chunk_dir=chunk_dir_of(out_dir),
-        chunk_samples=chunk_samples,
-        resume_key={
-            "model_name": model_name,
-            "entry": dict(model_entry),
-            "device": device,
-            "max_side": max_side,
-        },
-        on_chunk=on_chunk,
-        load=functools.partial(
-            load_blank_image if model_entry.get("baseline") == "blank_image" else load_image,
-            max_side=max_side,
-        ),
-        storage_dtype=storage_dtype,
-    )
