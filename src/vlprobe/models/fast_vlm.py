@@ -134,6 +134,7 @@ class AppleFastVlmAdapter(FastVlmAdapter):
     # one user turn whose content is "<image>\n" + the prompt, the placeholder then replaced by
     # the image's features
     chat_turn_content = "text"
+    image_token_suffix = "\n"  # the model card's turn: "<image>\n" + the prompt
 
     @classmethod
     def load_processor(
