@@ -33,6 +33,11 @@ from vlprobe.models.qwen2_vl import Qwen2VLAdapter
 from vlprobe.models.qwen3_vl import Qwen3VLAdapter
 from vlprobe.models.smolvlm import SmolVLMAdapter
 from vlprobe.models.vipllava import VipLlavaAdapter
+from vlprobe.models.paligemma import PaliGemmaAdapter
+from vlprobe.models.emu3 import Emu3Adapter
+from vlprobe.models.chameleon import ChameleonAdapter
+from vlprobe.models.qwen3_vl import Qwen3VLMoeAdapter
+from vlprobe.models.glm4v import Glm4vMoeAdapter
 
 FAMILIES: dict[str, type[LoadedVLM]] = {
     adapter.family: adapter
@@ -57,6 +62,11 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         Glm4vAdapter,
         Idefics2Adapter,
         SmolVLMAdapter,
+        PaliGemmaAdapter,
+        Emu3Adapter,
+        ChameleonAdapter,
+        Qwen3VLMoeAdapter,
+        Glm4vMoeAdapter,
     )
 }
 

@@ -495,7 +495,7 @@ class LoadedVLM(abc.ABC):
         **kwargs: Any,
     ) -> BatchFeature:
         """The processor's tensors for (image, model text) pairs, padded on ``padding_side``."""
-        return self.processor(
+        batch = self.processor(
             images=[[image] for image in images],  # one image per text
             text=list(texts),
             padding=True,
@@ -503,6 +503,8 @@ class LoadedVLM(abc.ABC):
             return_tensors="pt",
             **kwargs,
         )
+        batch.pop("labels", None)  # PaliGemma's processor writes training labels too
+        return batch
 
     def image_token_mask(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Where the image features go in a batch of model inputs: [batch, tokens] bool."""
@@ -589,31 +591,36 @@ class LoadedVLM(abc.ABC):
             return_text_replacement_offsets=True,
             **self.text_kwargs,
         )
-        if "text_replacement_offsets" not in processed:
-            # a processor of its own making (Idefics2's) that does not say how it expanded the
-            # placeholder: every prompt is processed with its image
-            return processed, [
-                self.processed_ids([image] * len(texts), [self.prompt(t) for t in texts])
-                for image, texts in zip(images, prompts, strict=True)
-            ]
-        replacements = [
-            [offset["replacement"] for offset in row]
-            for row in processed.pop("text_replacement_offsets")
+        offsets = processed.pop("text_replacement_offsets", None)
+        if offsets is not None:
+            replacements = [[offset["replacement"] for offset in row] for row in offsets]
+            expanded: list[str] = []
+            for image_replacements, texts in zip(replacements, prompts, strict=True):
+                image_texts, _ = self.processor.get_text_with_replacements(
+                    [self.prompt(text) for text in texts], image_replacements * len(texts)
+                )
+                expanded.extend(image_texts)
+            flat = iter(self.tokenizer(expanded, **self.text_kwargs)["input_ids"])
+            ids = [[next(flat) for _ in texts] for texts in prompts]
+            mask = processed["attention_mask"].bool()
+            if all(
+                image_ids[0] == row[row_mask].tolist()
+                for image_ids, row, row_mask in zip(ids, processed["input_ids"], mask, strict=True)
+            ):
+                return processed, ids
+        # a processor that does not say how it expanded the placeholder (Idefics2's), or that
+        # writes more than the expansion (Emu3's adds BOS to the text): every prompt is
+        # processed with its image
+        return processed, [
+            self.processed_ids([image] * len(texts), [self.prompt(t) for t in texts])
+            for image, texts in zip(images, prompts, strict=True)
         ]
-        expanded: list[str] = []
-        for image_replacements, texts in zip(replacements, prompts, strict=True):
-            image_texts, _ = self.processor.get_text_with_replacements(
-                [self.prompt(text) for text in texts], image_replacements * len(texts)
-            )
-            expanded.extend(image_texts)
-        flat = iter(self.tokenizer(expanded, **self.text_kwargs)["input_ids"])
-        return processed, [[next(flat) for _ in texts] for texts in prompts]
 
     def processed_ids(self, images: Sequence[Image.Image], texts: Sequence[str]) -> list[list[int]]:
         """The processor's token ids of (image, model text) pairs, without padding."""
         batch = self.process(images, texts, "left", **self.text_kwargs)
         mask = batch["attention_mask"].bool()
-        return [ids[row_mask].tolist() for ids, row_mask in zip(batch["input_ids"], mask)]
+        return [ids[keep].tolist() for ids, keep in zip(batch["input_ids"], mask, strict=True)]
 
     @property
     def image_token_ids(self) -> list[int]:

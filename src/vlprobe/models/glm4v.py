@@ -4,12 +4,14 @@ interpolated absolute positions) and a GLM-4 decoder with partial M-RoPE."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from transformers import (
     Glm4vConfig,
     Glm4vForConditionalGeneration,
     Glm4vImageProcessor,
+    Glm4vMoeConfig,
+    Glm4vMoeForConditionalGeneration,
     Glm4vProcessor,
     Glm4vVideoProcessor,
     PreTrainedTokenizerBase,
@@ -45,6 +47,24 @@ class Glm4vAdapter(LoadedVLM):
         },
     )
     tiny_defaults = {"min_image_tokens": 16, "max_image_tokens": 64}
+    # the real classes; GLM-4.5V swaps them and its decoder's MLPs
+    config_class: ClassVar[type] = Glm4vConfig
+    model_class: ClassVar[type] = Glm4vForConditionalGeneration
+
+    @classmethod
+    def tiny_text_config(cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]) -> dict:
+        head_dim = spec["hidden_size"] // spec["num_attention_heads"]
+        rotary_half = head_dim // 4  # half of the rotary half: partial_rotary_factor 0.5
+        spatial = max(3 * rotary_half // 8, 1)  # the real sections: 8/12/12 of 32
+        return {
+            **text_config_kwargs(tokenizer, spec),
+            "head_dim": head_dim,
+            "rope_parameters": {
+                "rope_type": "default",
+                "mrope_section": [rotary_half - 2 * spatial, spatial, spatial],
+                "partial_rotary_factor": 0.5,
+            },
+        }
 
     @classmethod
     def tiny_model_and_processor(
@@ -63,20 +83,8 @@ class Glm4vAdapter(LoadedVLM):
             tokenizer=tokenizer,
             video_processor=Glm4vVideoProcessor(),  # required by the processor; unused here
         )
-        head_dim = spec["hidden_size"] // spec["num_attention_heads"]
-        rotary_half = head_dim // 4  # half of the rotary half: partial_rotary_factor 0.5
-        spatial = 3 * rotary_half // 8  # the real sections: 8/12/12 of 32
-        spatial = max(spatial, 1)
-        config = Glm4vConfig(
-            text_config={
-                **text_config_kwargs(tokenizer, spec),
-                "head_dim": head_dim,
-                "rope_parameters": {
-                    "rope_type": "default",
-                    "mrope_section": [rotary_half - 2 * spatial, spatial, spatial],
-                    "partial_rotary_factor": 0.5,
-                },
-            },
+        config = cls.config_class(
+            text_config=cls.tiny_text_config(tokenizer, spec),
             vision_config={
                 "depth": spec["vision_layers"],
                 "hidden_size": spec["vision_hidden_size"],
@@ -94,4 +102,25 @@ class Glm4vAdapter(LoadedVLM):
             video_start_token_id=tokenizer.video_start_token_id,
             video_end_token_id=tokenizer.video_end_token_id,
         )
-        return Glm4vForConditionalGeneration(config), processor
+        return cls.model_class(config), processor
+
+
+class Glm4vMoeAdapter(Glm4vAdapter):
+    """GLM-4.5V checkpoints (model_type ``glm4v_moe``, ``zai-org/GLM-4.5V``): GLM-4.1V with a
+    mixture-of-experts decoder (the first layer dense). Nothing differs from the generic
+    adapter; tiny keys as for ``glm4v``."""
+
+    config_class = Glm4vMoeConfig
+    model_class = Glm4vMoeForConditionalGeneration
+    family = "glm4v_moe"
+
+    @classmethod
+    def tiny_text_config(cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]) -> dict:
+        return {
+            **super().tiny_text_config(tokenizer, spec),
+            "n_routed_experts": 4,
+            "n_shared_experts": 1,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": spec["intermediate_size"] // 2,
+            "first_k_dense_replace": 1,
+        }

@@ -12,6 +12,8 @@ from transformers import (
     Qwen2VLImageProcessor,
     Qwen3VLConfig,
     Qwen3VLForConditionalGeneration,
+    Qwen3VLMoeConfig,
+    Qwen3VLMoeForConditionalGeneration,
     Qwen3VLProcessor,
     Qwen3VLVideoProcessor,
 )
@@ -99,3 +101,22 @@ class Qwen3VLAdapter(LoadedVLM):
             },
         )
         return cls.model_class(config), processor
+
+
+class Qwen3VLMoeAdapter(Qwen3VLAdapter):
+    """Qwen3-VL mixture-of-experts checkpoints (model_type ``qwen3_vl_moe``,
+    ``Qwen/Qwen3-VL-30B-A3B-*``): Qwen3-VL with routed experts in the decoder's MLPs. Nothing
+    differs from the generic adapter; tiny keys as for ``qwen3_vl``."""
+
+    config_class = Qwen3VLMoeConfig
+    model_class = Qwen3VLMoeForConditionalGeneration
+    family = "qwen3_vl_moe"
+
+    @classmethod
+    def tiny_text_config(cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]) -> dict:
+        return {
+            **super().tiny_text_config(tokenizer, spec),
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": spec["intermediate_size"] // 2,
+        }
