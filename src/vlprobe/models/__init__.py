@@ -14,9 +14,11 @@ import torch
 
 from vlprobe.models.aya_vision import AyaVisionAdapter
 from vlprobe.models.base import LoadedVLM, ModelError, NoImageTokenError, generic_adapter
+from vlprobe.models.chameleon import ChameleonAdapter
+from vlprobe.models.emu3 import Emu3Adapter
 from vlprobe.models.fast_vlm import FastVlmAdapter
 from vlprobe.models.gemma3 import Gemma3Adapter
-from vlprobe.models.glm4v import Glm4vAdapter
+from vlprobe.models.glm4v import Glm4vAdapter, Glm4vMoeAdapter
 from vlprobe.models.idefics2 import Idefics2Adapter
 from vlprobe.models.idefics3 import Idefics3Adapter
 from vlprobe.models.internvl import InternVLAdapter
@@ -26,18 +28,14 @@ from vlprobe.models.llava_next import LlavaNextAdapter
 from vlprobe.models.llava_onevision import LlavaOnevisionAdapter
 from vlprobe.models.minicpmv4_6 import MiniCPMV4_6Adapter
 from vlprobe.models.mistral3 import Mistral3Adapter
+from vlprobe.models.paligemma import PaliGemmaAdapter
 from vlprobe.models.perception_lm import PerceptionLMAdapter
 from vlprobe.models.phi4_multimodal import Phi4MultimodalAdapter
 from vlprobe.models.qwen2_5_vl import Qwen2_5VLAdapter
 from vlprobe.models.qwen2_vl import Qwen2VLAdapter
-from vlprobe.models.qwen3_vl import Qwen3VLAdapter
+from vlprobe.models.qwen3_vl import Qwen3VLAdapter, Qwen3VLMoeAdapter
 from vlprobe.models.smolvlm import SmolVLMAdapter
 from vlprobe.models.vipllava import VipLlavaAdapter
-from vlprobe.models.paligemma import PaliGemmaAdapter
-from vlprobe.models.emu3 import Emu3Adapter
-from vlprobe.models.chameleon import ChameleonAdapter
-from vlprobe.models.qwen3_vl import Qwen3VLMoeAdapter
-from vlprobe.models.glm4v import Glm4vMoeAdapter
 
 FAMILIES: dict[str, type[LoadedVLM]] = {
     adapter.family: adapter
@@ -72,6 +70,8 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
 
 __all__ = [
     "AUTO",
+    "FAMILY_OF_MODEL_TYPE",
+    "AutoFamily",
     "CONFIG_FAMILIES",
     "FAMILIES",
     "LoadedVLM",
@@ -156,5 +156,6 @@ def build_tiny_model(family: str, out_dir: str | os.PathLike, tiny: Mapping[str,
     max_image_tokens [64]; gemma3 image_size [64], image_tokens [16]; image_size for llava
     [56], llava_onevision [28], idefics3 [64], fast_vlm [64], kosmos2 [28], internvl [56],
     minicpmv4_6 [112]. phi4_multimodal has no keys of its own (its crops are 448 pixels).
+    The families added with the generic adapter document theirs in their class docstrings.
     """
     family_adapter(family).build_tiny(out_dir, tiny)

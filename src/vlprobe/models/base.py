@@ -30,6 +30,7 @@ prompt's tokens are exactly those of the plain path (no tokenisation across the 
 from __future__ import annotations
 
 import abc
+import contextlib
 import copy
 import functools
 import importlib.metadata
@@ -393,10 +394,8 @@ class LoadedVLM(abc.ABC):
         (remote code) wherever the model's ``get_decoder`` points."""
         language_model = None
         if self.language_model_path is not None:
-            try:
+            with contextlib.suppress(AttributeError):  # remote code: elsewhere
                 language_model = model.get_submodule(self.language_model_path)
-            except AttributeError:
-                pass
         if language_model is None:
             language_model = decoder_of(model)
         if not isinstance(getattr(language_model, "layers", None), nn.ModuleList) or (
@@ -438,6 +437,9 @@ class LoadedVLM(abc.ABC):
         if self.image_token_suffix is not None:
             return self.image_token + self.image_token_suffix
         return image_text_of_template(self.processor, self.image_token) or self.image_token
+
+    # options of the family's processor call (the processor's own defaults where empty)
+    processor_kwargs: ClassVar[dict[str, Any]] = {}
 
     # how a chat turn holds the image: "parts" (an image part, then a text part, which the
     # processor's template turns into its image placeholder) or "text" (one string, the image
@@ -501,6 +503,7 @@ class LoadedVLM(abc.ABC):
             padding=True,
             padding_side=padding_side,
             return_tensors="pt",
+            **self.processor_kwargs,
             **kwargs,
         )
         batch.pop("labels", None)  # PaliGemma's processor writes training labels too

@@ -49,6 +49,9 @@ class ChameleonAdapter(LoadedVLM):
         named={"image_token": "<image>", "boi_token": "<racm3:break>", "eoi_token": "<eoss>"},
     )
     tiny_defaults = {"image_size": 32}
+    # the prompt as a text to continue: otherwise the processor ends it with the separator
+    # token that closes a chat turn, and that, not the prompt's end, is the last token
+    processor_kwargs = {"return_for_text_completion": True}
 
     def image_feature_token_id(self, name: str, model: PreTrainedModel) -> int:
         # the config has no image_token_id: its vocabulary map names the placeholder's

@@ -16,7 +16,6 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
-
 from transformers.utils import ModelOutput
 
 from vlprobe.models.base import LoadedVLM, text_config_kwargs
@@ -78,7 +77,9 @@ class Emu3Adapter(LoadedVLM):
         if pixels is None:
             return inputs
         codes = [
-            self.model.model.get_image_tokens(pixels[i : i + 1, :, :height, :width], sizes[i : i + 1])
+            self.model.model.get_image_tokens(
+                pixels[i : i + 1, :, :height, :width], sizes[i : i + 1]
+            )
             for i, (height, width) in enumerate(sizes.tolist())
         ]
         input_ids = inputs["input_ids"].clone()

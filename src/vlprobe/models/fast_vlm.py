@@ -45,6 +45,7 @@ class FastVlmAdapter(LlavaAdapter):
     """
 
     family = "fast_vlm"
+    model_types = ("fast_vlm", "llava_qwen2")  # converted, and Apple's own (for_model_type)
     special_tokens = SpecialTokens(
         eos="<|im_end|>", pad="<|endoftext|>", extra=("<|im_start|>", "<image>")
     )

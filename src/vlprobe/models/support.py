@@ -35,6 +35,10 @@ UNSUPPORTED: dict[str, str] = {
         "a vision-language-action policy: images and state form a bidirectional prefix for an "
         "action expert, not a text decoder over COCO prompts"
     ),
+    "git": (
+        "no image token: GIT prepends the image's features to the text's embeddings, with no "
+        "placeholder in the text for the processor to expand"
+    ),
     "diffusion_gemma": (
         "a block-diffusion decoder: not causal, so layer states of a prompt are not defined as "
         "for a left-to-right decoder"
