@@ -15,7 +15,7 @@ import torch
 from apple_fastvlm import APPLE, apple_forward
 from helpers import drawing
 from PIL import Image
-from tiny_models import BUILT, FAMILY_PARAMS, NUM_LAYERS, entry
+from tiny_models import BUILT, FAMILY_PARAMS, NUM_LAYERS, entry, image_ends_text, layer_inputs
 from transformers.utils import ModelOutput
 
 from vlprobe.data import load_image
@@ -124,7 +124,9 @@ def single_sample_reference(loaded, samples, forward=None) -> dict[str, np.ndarr
         inputs = loaded.inputs([load_image(path)], [text])
         mask, image = inputs["attention_mask"], loaded.image_token_mask(inputs)
         with torch.inference_mode():
-            states = forward(inputs, output_hidden_states=True).hidden_states
+            states = layer_inputs(
+                loaded, inputs, forward(inputs, output_hidden_states=True).hidden_states
+            )
         for pooling in ALL_POOLINGS:
             pooled[pooling].append(
                 torch.stack([reference_pooling(h, mask, image, pooling)[0] for h in states])
@@ -179,6 +181,7 @@ def test_hooks_pool_what_the_forward_pass_returns(loaded, samples, family, paddi
         pooled = pooler.pool(inputs)
     with torch.inference_mode():
         reference = loaded.forward(inputs, output_hidden_states=True).hidden_states
+        reference = layer_inputs(loaded, inputs, reference)
     assert len(reference) == NUM_LAYERS + 1
     for pooling in ALL_POOLINGS:
         assert pooled[pooling].shape == (3, NUM_LAYERS + 1, loaded.hidden_size)
@@ -213,9 +216,12 @@ def test_prefix_reuse_equals_the_full_forward(loaded, samples, references, famil
             pooled = extractor.pool(paths, texts)
     finally:
         del loaded.forward_cached
-    if family == "phi4_multimodal":
-        # nothing follows Phi-4's image tokens, so the image with an empty prompt cannot be
-        # split after them: its prefix batch (2 images) takes the plain path
+    if not loaded.prefix_reuse:  # a prefix-LM (PaliGemma): never a prefix pass, all plain
+        assert not extractor.prefix_reuse
+        assert prefix_passes == []
+    elif image_ends_text(loaded):
+        # nothing follows the image tokens (Phi-4's, or a bare placeholder), so the image with
+        # an empty prompt cannot be split after them: its prefix batch (2 images) goes plain
         assert extractor.plain_images == 2
         assert prefix_passes == [2]
     else:

@@ -13,7 +13,7 @@ from apple_fastvlm import APPLE, apple_forward
 from helpers import drawing
 from PIL import Image
 from safetensors.torch import load_file
-from tiny_models import FAMILY_PARAMS, NUM_LAYERS, available, entry
+from tiny_models import FAMILY_PARAMS, NUM_LAYERS, available, entry, image_ends_text, selected
 
 from vlprobe.models import FAMILIES, ModelError, base, build_tiny_model, load_model
 from vlprobe.models.base import resolve_dtype, shared_prefix_length
@@ -31,6 +31,20 @@ MODEL_CLASSES = {
     "internvl": ("InternVLForConditionalGeneration", "InternVLProcessor"),
     "phi4_multimodal": ("Phi4MultimodalForCausalLM", "Phi4MultimodalProcessor"),
     "minicpmv4_6": ("MiniCPMV4_6ForConditionalGeneration", "MiniCPMV4_6Processor"),
+    "llava_next": ("LlavaNextForConditionalGeneration", "LlavaNextProcessor"),
+    "mistral3": ("Mistral3ForConditionalGeneration", "PixtralProcessor"),
+    "vipllava": ("VipLlavaForConditionalGeneration", "LlavaProcessor"),
+    "aya_vision": ("AyaVisionForConditionalGeneration", "AyaVisionProcessor"),
+    "perception_lm": ("PerceptionLMForConditionalGeneration", "PerceptionLMProcessor"),
+    "qwen3_vl": ("Qwen3VLForConditionalGeneration", "Qwen3VLProcessor"),
+    "qwen3_vl_moe": ("Qwen3VLMoeForConditionalGeneration", "Qwen3VLProcessor"),
+    "glm4v": ("Glm4vForConditionalGeneration", "Glm4vProcessor"),
+    "glm4v_moe": ("Glm4vMoeForConditionalGeneration", "Glm4vProcessor"),
+    "idefics2": ("Idefics2ForConditionalGeneration", "Idefics2Processor"),
+    "smolvlm": ("SmolVLMForConditionalGeneration", "SmolVLMProcessor"),
+    "paligemma": ("PaliGemmaForConditionalGeneration", "PaliGemmaProcessor"),
+    "emu3": ("Emu3ForConditionalGeneration", "Emu3Processor"),
+    "chameleon": ("ChameleonForConditionalGeneration", "ChameleonProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 
@@ -76,7 +90,8 @@ def test_image_placeholder_comes_before_the_text(tiny_dirs, family):
     if loaded.image_token_id is not None:  # Kosmos-2 marks the positions in its inputs
         assert (inputs["input_ids"][0][image] == loaded.image_token_id).all()
     last_image = int(image.nonzero().max())
-    assert loaded.tokenizer.decode(ids[last_image + 1 :]).endswith("a dog")
+    # (PaliGemma's processor ends the prompt with a newline)
+    assert loaded.tokenizer.decode(ids[last_image + 1 :]).rstrip("\n").endswith("a dog")
     assert "a dog" not in loaded.tokenizer.decode(ids[: last_image + 1])
 
 
@@ -125,7 +140,7 @@ def test_tiny_keys_shape_the_model(tmp_path):
 
 
 def test_unknown_family_is_named_with_the_supported_ones(tiny_dirs):
-    families = r"supported families: qwen2_vl, qwen2_5_vl, llava, .*minicpmv4_6$"
+    families = rf"supported families: qwen2_vl, qwen2_5_vl, llava, .*, {list(FAMILIES)[-1]}$"
     with pytest.raises(ValueError, match=rf"'my-model'.*'gpt5'.*{families}") as error:
         load_model("my-model", {**entry(tiny_dirs["llava"], "llava"), "family": "gpt5"})
     assert "\n" not in str(error.value)
@@ -292,10 +307,31 @@ def test_shared_prefix_length_leaves_every_suffix_a_token():
     assert shared_prefix_length([[7], [7, 8]]) == 0
 
 
-def test_every_family_reuses_its_image_prefix():
-    """All families are causal over their image tokens (Gemma-3's bidirectional attention stays
-    within the image), so none is a prefix-LM; test_extract checks reuse against the full pass."""
-    assert all(adapter.prefix_reuse for adapter in FAMILIES.values())
+def test_every_family_but_the_prefix_lm_reuses_its_image_prefix():
+    """All families but PaliGemma are causal over their image tokens (Gemma-3's bidirectional
+    attention stays within the image); test_extract checks reuse against the full pass."""
+    assert [family for family, adapter in FAMILIES.items() if not adapter.prefix_reuse] == [
+        "paligemma"
+    ]
+
+
+@pytest.mark.skipif(not selected("paligemma"), reason="not in VLPROBE_TINY_FAMILIES")
+def test_paligemma_is_a_prefix_lm_so_a_reused_prefix_would_be_wrong(tiny_dirs, monkeypatch):
+    """PaliGemma's image tokens attend to the prompt (one bidirectional block), so a prefix run
+    alone gives other image states than the full pass: its adapter never splits one."""
+    loaded = load_model("tiny", entry(tiny_dirs["paligemma"], "paligemma"))
+    image = drawing((64, 64), (220, 40, 40))
+    assert loaded.prefix_batch([image], [["a cat", "a dog"]]) is None
+    full = loaded.inputs([image], ["a cat"])
+    images = loaded.image_token_mask(full)[0]
+    with torch.inference_mode():
+        states = loaded.forward(full, output_hidden_states=True).hidden_states
+        monkeypatch.setattr(type(loaded), "prefix_reuse", True)
+        prefix = loaded.prefix_batch([image], [["a cat", "a dog"]])
+        alone = loaded.forward_cached(prefix.inputs, loaded.new_cache(), output_hidden_states=True)
+    n = int(images.sum())
+    last = states[-1][0][images]
+    assert not torch.allclose(alone.hidden_states[-1][0][:n], last, atol=1e-4)
 
 
 def test_a_prefix_lm_family_never_splits_a_prefix(tiny_dirs, monkeypatch):
@@ -316,9 +352,13 @@ def test_prefix_and_suffix_are_the_processors_tokens(tiny_dirs, family):
         drawing((64, 64), (0, 0, 200)),
     ]
     prompts_of_images = PROMPTS
-    if family == "phi4_multimodal":
-        # nothing follows Phi-4's image tokens: after an empty prompt the image ends the text,
-        # and a suffix cannot be cut after it; such images take the plain path
+    if not loaded.prefix_reuse:  # a prefix-LM (PaliGemma) never splits a prefix
+        assert loaded.prefix_batch(images, PROMPTS) is None
+        return
+    if image_ends_text(loaded):
+        # nothing follows the image tokens (Phi-4's, or a bare placeholder): after an empty
+        # prompt the image ends the text, and a suffix cannot be cut after it; such images
+        # take the plain path
         assert loaded.prefix_batch(images, PROMPTS) is None
         prompts_of_images = [[text for text in texts if text] for texts in PROMPTS]
     prefix = loaded.prefix_batch(images, prompts_of_images)
@@ -561,3 +601,74 @@ def test_phi4_multimodal_loads_and_activates_its_vision_lora(tmp_path, tiny_dirs
         assert not torch.allclose(
             with_lora.forward(inputs).logits, plain.forward(inputs).logits, atol=1e-4
         )
+
+
+# ------------------------------------------------------------------ family: auto, unsupported
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen3_vl", "kosmos2", "paligemma"])
+def test_family_auto_takes_the_family_of_the_model_type(tiny_dirs, family):
+    if family not in tiny_dirs:
+        pytest.skip("not built")
+    loaded = load_model("m", {**entry(tiny_dirs[family], family), "family": "auto"})
+    assert type(loaded) is FAMILIES[family]
+
+
+def test_family_auto_of_apples_fastvlm_is_its_layout(tiny_dirs):
+    if APPLE not in tiny_dirs:
+        pytest.skip("not built")
+    from vlprobe.models.fast_vlm import AppleFastVlmAdapter
+
+    loaded = load_model("m", {**entry(tiny_dirs[APPLE], APPLE), "family": "auto"})
+    assert type(loaded) is AppleFastVlmAdapter
+
+
+def unsupported_checkpoint(path: Path, model_type: str) -> Path:
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    return path
+
+
+@pytest.mark.parametrize("family", ["auto", "llava"])
+def test_an_unsupported_type_fails_before_any_weights_load(tmp_path, monkeypatch, family):
+    from vlprobe.models.support import UNSUPPORTED
+
+    checkpoint = unsupported_checkpoint(tmp_path / "mllama", "mllama")
+    for loader in (base.AutoModelForImageTextToText, base.AutoModelForCausalLM, base.AutoProcessor):
+        monkeypatch.setattr(loader, "from_pretrained", None)  # any load would fail
+    with pytest.raises(ModelError) as error:
+        load_model("llama-vision", {"family": family, "hf_id": str(checkpoint), "num_layers": 2})
+    assert str(error.value) == (
+        f"model 'llama-vision': {checkpoint} has model_type 'mllama', which vlprobe cannot "
+        f"probe: {UNSUPPORTED['mllama']}"
+    )
+
+
+def test_family_auto_of_a_type_that_is_not_image_text_to_text_is_one_line(tmp_path):
+    checkpoint = unsupported_checkpoint(tmp_path / "bert", "bert")
+    with pytest.raises(ModelError) as error:
+        load_model("b", {"family": "auto", "hf_id": str(checkpoint), "num_layers": 2})
+    assert str(error.value).startswith(
+        f"model 'b': {checkpoint}: family auto: model_type 'bert' is not an image-text-to-text"
+    )
+    assert "\n" not in str(error.value)
+
+
+def test_family_auto_of_a_type_without_a_family_class_is_the_generic_adapter(caplog):
+    from vlprobe.models import AutoFamily
+    from vlprobe.models.base import GenericAdapter
+
+    with caplog.at_level("WARNING"):
+        adapter = AutoFamily.for_model_type("llava_next_video")
+    assert issubclass(adapter, GenericAdapter) and adapter.family == "llava_next_video"
+    assert "untested" in caplog.text
+
+
+def test_every_unsupported_type_is_an_image_text_to_text_type():
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    from vlprobe.models import FAMILY_OF_MODEL_TYPE
+    from vlprobe.models.support import UNSUPPORTED
+
+    assert set(UNSUPPORTED) <= set(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
+    assert not set(UNSUPPORTED) & set(FAMILY_OF_MODEL_TYPE)

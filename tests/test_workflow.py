@@ -25,7 +25,7 @@ from workflow_run import (
 
 from vlprobe.baselines import MODEL_BASELINES
 from vlprobe.extract import INDEX_POOLING, POOLINGS
-from vlprobe.models import FAMILIES
+from vlprobe.models import CONFIG_FAMILIES
 from vlprobe.models.base import DTYPES, PROMPT_FORMATS
 from vlprobe.settings import PROBE_KINDS
 from vlprobe.storage import STORAGE_DTYPES
@@ -46,7 +46,7 @@ from vlprobe.tasks import read_task
             "models.tiny-llava.family",
             "llama",
             # the schema lists exactly the registry's families
-            f"config models.tiny-llava.family: 'llama' is not one of {list(FAMILIES)}",
+            f"config models.tiny-llava.family: 'llama' is not one of {CONFIG_FAMILIES}",
         ),
     ],
 )
@@ -62,7 +62,7 @@ def test_bad_config_fails_before_any_job_naming_the_key(tmp_path, dotted, value,
 def test_schema_enums_are_the_library_registries():
     schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
     entry = schema["properties"]["models"]["additionalProperties"]["properties"]
-    assert entry["family"]["enum"] == list(FAMILIES)
+    assert entry["family"]["enum"] == CONFIG_FAMILIES  # the registry and auto
     assert entry["dtype"]["enum"] == ["auto", *DTYPES]
     assert entry["baselines"]["items"]["enum"] == list(MODEL_BASELINES)
     assert entry["prompt_format"]["enum"] == schema["properties"]["prompt_format"]["enum"]

@@ -2,6 +2,7 @@
 FastVLM layout (:data:`APPLE`), with their config entries."""
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -21,13 +22,25 @@ def available(family: str) -> bool:
     return all(importlib.util.find_spec(package) is not None for package in requires(family))
 
 
-BUILT = [family for family in FAMILIES_AND_LAYOUTS if available(family)]
+# VLPROBE_TINY_FAMILIES=llava,qwen3_vl: build (and test) only these (a CI shard, or while
+# working on one family); the others' tests are skipped
+ONLY = [f for f in os.environ.get("VLPROBE_TINY_FAMILIES", "").split(",") if f]
+
+
+def selected(family: str) -> bool:
+    return not ONLY or family in ONLY
+
+
+BUILT = [family for family in FAMILIES_AND_LAYOUTS if available(family) and selected(family)]
 FAMILY_PARAMS = [
     pytest.param(
         family,
-        marks=pytest.mark.skipif(
-            not available(family), reason=f"{family} needs {', '.join(requires(family))}"
-        ),
+        marks=[
+            pytest.mark.skipif(
+                not available(family), reason=f"{family} needs {', '.join(requires(family))}"
+            ),
+            pytest.mark.skipif(not selected(family), reason="not in VLPROBE_TINY_FAMILIES"),
+        ],
     )
     for family in FAMILIES_AND_LAYOUTS
 ]
@@ -47,3 +60,36 @@ def build_tiny_models(root: Path) -> dict[str, Path]:
         else:
             build_tiny_model(family, root / family, {"num_layers": NUM_LAYERS, "seed": 0})
     return {family: root / family for family in BUILT}
+
+
+def image_ends_text(loaded) -> bool:
+    """Whether an empty prompt leaves the image's tokens at the end of the text (Phi-4's image
+    block, a bare placeholder without a chat template): no suffix can then be cut after them,
+    so such an image takes the plain path."""
+    from helpers import drawing
+
+    inputs = loaded.inputs([drawing((64, 64), (0, 0, 0))], [""])
+    last = inputs["input_ids"][0][inputs["attention_mask"][0].bool()][-1]
+    return bool(loaded.image_token_mask(inputs)[0][-1]) or int(last) in loaded.image_token_ids
+
+
+def layer_inputs(loaded, inputs, hidden_states):
+    """The hidden states that the decoder layers read, from ``output_hidden_states``: the same,
+    except in a deepstack decoder (Qwen3-VL), whose first layers' outputs get the vision tower's
+    intermediate features added at the image tokens before the next layer reads them
+    (transformers reports them before the addition; vlprobe's hooks see them after)."""
+    import torch
+
+    decoder = getattr(getattr(loaded.model, "model", None), "language_model", None)
+    if not hasattr(decoder, "_deepstack_process"):
+        return hidden_states
+    image = loaded.model.model.get_image_features(
+        inputs["pixel_values"], inputs["image_grid_thw"], return_dict=True
+    )
+    mask = loaded.image_token_mask(inputs)
+    states = list(hidden_states)
+    for level, features in enumerate(image.deepstack_features):
+        state = states[level + 1].clone()
+        state[mask] = state[mask] + torch.cat(features).to(state.dtype)
+        states[level + 1] = state
+    return tuple(states)

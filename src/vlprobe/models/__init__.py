@@ -12,18 +12,30 @@ from typing import Any
 
 import torch
 
-from vlprobe.models.base import LoadedVLM, ModelError, NoImageTokenError
+from vlprobe.models.aya_vision import AyaVisionAdapter
+from vlprobe.models.base import LoadedVLM, ModelError, NoImageTokenError, generic_adapter
+from vlprobe.models.chameleon import ChameleonAdapter
+from vlprobe.models.emu3 import Emu3Adapter
 from vlprobe.models.fast_vlm import FastVlmAdapter
 from vlprobe.models.gemma3 import Gemma3Adapter
+from vlprobe.models.glm4v import Glm4vAdapter, Glm4vMoeAdapter
+from vlprobe.models.idefics2 import Idefics2Adapter
 from vlprobe.models.idefics3 import Idefics3Adapter
 from vlprobe.models.internvl import InternVLAdapter
 from vlprobe.models.kosmos2 import Kosmos2Adapter
 from vlprobe.models.llava import LlavaAdapter
+from vlprobe.models.llava_next import LlavaNextAdapter
 from vlprobe.models.llava_onevision import LlavaOnevisionAdapter
 from vlprobe.models.minicpmv4_6 import MiniCPMV4_6Adapter
+from vlprobe.models.mistral3 import Mistral3Adapter
+from vlprobe.models.paligemma import PaliGemmaAdapter
+from vlprobe.models.perception_lm import PerceptionLMAdapter
 from vlprobe.models.phi4_multimodal import Phi4MultimodalAdapter
 from vlprobe.models.qwen2_5_vl import Qwen2_5VLAdapter
 from vlprobe.models.qwen2_vl import Qwen2VLAdapter
+from vlprobe.models.qwen3_vl import Qwen3VLAdapter, Qwen3VLMoeAdapter
+from vlprobe.models.smolvlm import SmolVLMAdapter
+from vlprobe.models.vipllava import VipLlavaAdapter
 
 FAMILIES: dict[str, type[LoadedVLM]] = {
     adapter.family: adapter
@@ -39,10 +51,28 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         InternVLAdapter,
         Phi4MultimodalAdapter,
         MiniCPMV4_6Adapter,
+        LlavaNextAdapter,
+        Mistral3Adapter,
+        VipLlavaAdapter,
+        AyaVisionAdapter,
+        PerceptionLMAdapter,
+        Qwen3VLAdapter,
+        Glm4vAdapter,
+        Idefics2Adapter,
+        SmolVLMAdapter,
+        PaliGemmaAdapter,
+        Emu3Adapter,
+        ChameleonAdapter,
+        Qwen3VLMoeAdapter,
+        Glm4vMoeAdapter,
     )
 }
 
 __all__ = [
+    "AUTO",
+    "FAMILY_OF_MODEL_TYPE",
+    "AutoFamily",
+    "CONFIG_FAMILIES",
     "FAMILIES",
     "LoadedVLM",
     "ModelError",
@@ -52,12 +82,45 @@ __all__ = [
 ]
 
 
+# a config entry's `family: auto`: the adapter of the checkpoint's model_type
+AUTO = "auto"
+# what a config entry's `family` may be (the schema's enum)
+CONFIG_FAMILIES = [*FAMILIES, AUTO]
+# config.json model types -> family
+FAMILY_OF_MODEL_TYPE: dict[str, str] = {
+    model_type: family
+    for family, adapter in FAMILIES.items()
+    for model_type in (adapter.model_types or (family,))
+}
+
+
 def supported_families() -> str:
     return f"supported families: {', '.join(FAMILIES)}"
 
 
+class AutoFamily(LoadedVLM):
+    """``family: auto``: the family registered for the checkpoint's model_type; for another
+    image-text-to-text type of transformers that is not known to be unsupported, the generic
+    adapter (:class:`GenericAdapter`), with a warning that no tiny model of it is tested."""
+
+    family = AUTO
+
+    @classmethod
+    def for_model_type(cls, model_type: str | None) -> type[LoadedVLM]:
+        if model_type in FAMILY_OF_MODEL_TYPE:
+            return FAMILIES[FAMILY_OF_MODEL_TYPE[model_type]].for_model_type(model_type)
+        return generic_adapter(model_type)
+
+    @classmethod
+    def tiny_model_and_processor(cls, tokenizer, spec):  # noqa: ANN001, ANN206
+        raise ModelError(f"tiny models need a named family; {supported_families()}")
+
+
 def family_adapter(family: str, name: str | None = None) -> type[LoadedVLM]:
-    """The adapter class of a family; an unknown family is named in a one-line error."""
+    """The adapter class of a family (``auto``: chosen by model_type when the checkpoint's
+    config is read); an unknown family is named in a one-line error."""
+    if family == AUTO:
+        return AutoFamily
     if family not in FAMILIES:
         subject = f"model {name!r}: " if name else ""
         raise ModelError(f"{subject}unknown family {family!r}; {supported_families()}")
@@ -93,5 +156,6 @@ def build_tiny_model(family: str, out_dir: str | os.PathLike, tiny: Mapping[str,
     max_image_tokens [64]; gemma3 image_size [64], image_tokens [16]; image_size for llava
     [56], llava_onevision [28], idefics3 [64], fast_vlm [64], kosmos2 [28], internvl [56],
     minicpmv4_6 [112]. phi4_multimodal has no keys of its own (its crops are 448 pixels).
+    The families added with the generic adapter document theirs in their class docstrings.
     """
     family_adapter(family).build_tiny(out_dir, tiny)

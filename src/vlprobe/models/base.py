@@ -30,9 +30,11 @@ prompt's tokens are exactly those of the plain path (no tokenisation across the 
 from __future__ import annotations
 
 import abc
+import contextlib
 import copy
 import functools
 import importlib.metadata
+import inspect
 import logging
 import os
 import shutil
@@ -207,10 +209,13 @@ class LoadedVLM(abc.ABC):
     """
 
     family: ClassVar[str]
+    # the config.json model types whose checkpoints this family serves (empty: the family's
+    # name), which `family: auto` maps to it
+    model_types: ClassVar[tuple[str, ...]] = ()
     # dotted path, inside the loaded model, of the language model (it has .layers), and the
-    # name of its final norm in it
-    language_model_path: ClassVar[str] = "model.language_model"
-    final_norm_name: ClassVar[str] = "norm"
+    # name of its final norm in it; None: found generically (get_decoder(), FINAL_NORM_NAMES)
+    language_model_path: ClassVar[str | None] = None
+    final_norm_name: ClassVar[str | None] = None
     # the Auto class that loads the family's checkpoints
     auto_model_class: ClassVar[type] = AutoModelForImageTextToText
     # special tokens of the tiny model's tokenizer (those of the real checkpoints)
@@ -252,7 +257,9 @@ class LoadedVLM(abc.ABC):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         language_model = self.find_language_model(name, model)
         self.decoder_layers: nn.ModuleList = language_model.layers
-        self.final_norm: nn.Module = getattr(language_model, self.final_norm_name)
+        self.final_norm: nn.Module = getattr(
+            language_model, final_norm_of(language_model, self.final_norm_name)
+        )
 
     @classmethod
     def load(
@@ -270,7 +277,11 @@ class LoadedVLM(abc.ABC):
         check_local_checkpoint(name, hf_id)
         try:
             checkpoint, _ = PretrainedConfig.get_config_dict(hf_id, revision=source["revision"])
-            adapter = cls.for_model_type(checkpoint.get("model_type"))
+            check_supported(name, hf_id, checkpoint.get("model_type"))
+            try:
+                adapter = cls.for_model_type(checkpoint.get("model_type"))
+            except ModelError as err:
+                raise ModelError(f"model {name!r}: {hf_id}: {err}") from err
             require_packages(f"model {name!r}", adapter.requires, adapter.family)
             auto_model = model_class_of(name, hf_id, checkpoint, source, adapter.auto_model_class)
             processor = adapter.load_processor(name, hf_id, source)
@@ -359,8 +370,18 @@ class LoadedVLM(abc.ABC):
         return image_token_of(name, processor)
 
     def image_feature_token_id(self, name: str, model: PreTrainedModel) -> int | None:
-        """The id of the tokens whose embeddings the model replaces by image features."""
-        token_id = getattr(model.config, "image_token_id", None)
+        """The id of the tokens whose embeddings the model replaces by image features: the
+        config's ``image_token_id`` (or ``image_token_index``), or its vision config's."""
+        configs = [model.config, getattr(model.config, "vision_config", None)]
+        token_id = next(
+            (
+                value
+                for config in configs
+                for key in IMAGE_TOKEN_ID_KEYS
+                if (value := getattr(config, key, None)) is not None
+            ),
+            None,
+        )
         if token_id is None:
             raise NoImageTokenError(
                 f"model {name!r}: its config ({type(model.config).__name__}) has no "
@@ -371,12 +392,14 @@ class LoadedVLM(abc.ABC):
     def find_language_model(self, name: str, model: PreTrainedModel) -> nn.Module:
         """The decoder (with ``.layers`` and the final norm): at ``language_model_path``, else
         (remote code) wherever the model's ``get_decoder`` points."""
-        try:
-            language_model = model.get_submodule(self.language_model_path)
-        except AttributeError:
-            language_model = model.get_decoder()
-        if not isinstance(getattr(language_model, "layers", None), nn.ModuleList) or not hasattr(
-            language_model, self.final_norm_name
+        language_model = None
+        if self.language_model_path is not None:
+            with contextlib.suppress(AttributeError):  # remote code: elsewhere
+                language_model = model.get_submodule(self.language_model_path)
+        if language_model is None:
+            language_model = decoder_of(model)
+        if not isinstance(getattr(language_model, "layers", None), nn.ModuleList) or (
+            final_norm_of(language_model, self.final_norm_name) is None
         ):
             raise ModelError(
                 f"model {name!r}: cannot find the decoder layers of {type(model).__name__} "
@@ -397,13 +420,26 @@ class LoadedVLM(abc.ABC):
     def hidden_size(self) -> int:
         return self.model.config.get_text_config().hidden_size
 
-    # text after the image token, before the prompt (a newline where the chat template has one)
-    image_token_suffix: ClassVar[str] = ""
+    # text after the image token, before the prompt (a newline where the chat template has one);
+    # None: the image's text as the checkpoint's chat template writes it (image_placeholder)
+    image_token_suffix: ClassVar[str | None] = None
 
-    @property
+    @functools.cached_property
     def image_placeholder(self) -> str:
-        """The text put before the prompt where the image goes; the processor expands it."""
-        return self.image_token + self.image_token_suffix
+        """The text put before the prompt where the image goes; the processor expands it.
+
+        The image token and :attr:`image_token_suffix`; where that is None, what the chat
+        template writes for an image part before a text part (e.g. Qwen2-VL's
+        ``<|vision_start|><|image_pad|><|vision_end|>``, LLaVA's ``<image>\n``), so that the
+        raw format reads the image as the checkpoint's own turns do; the image token alone
+        where there is no template.
+        """
+        if self.image_token_suffix is not None:
+            return self.image_token + self.image_token_suffix
+        return image_text_of_template(self.processor, self.image_token) or self.image_token
+
+    # options of the family's processor call (the processor's own defaults where empty)
+    processor_kwargs: ClassVar[dict[str, Any]] = {}
 
     # how a chat turn holds the image: "parts" (an image part, then a text part, which the
     # processor's template turns into its image placeholder) or "text" (one string, the image
@@ -461,14 +497,17 @@ class LoadedVLM(abc.ABC):
         **kwargs: Any,
     ) -> BatchFeature:
         """The processor's tensors for (image, model text) pairs, padded on ``padding_side``."""
-        return self.processor(
+        batch = self.processor(
             images=[[image] for image in images],  # one image per text
             text=list(texts),
             padding=True,
             padding_side=padding_side,
             return_tensors="pt",
+            **self.processor_kwargs,
             **kwargs,
         )
+        batch.pop("labels", None)  # PaliGemma's processor writes training labels too
+        return batch
 
     def image_token_mask(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Where the image features go in a batch of model inputs: [batch, tokens] bool."""
@@ -555,18 +594,36 @@ class LoadedVLM(abc.ABC):
             return_text_replacement_offsets=True,
             **self.text_kwargs,
         )
-        replacements = [
-            [offset["replacement"] for offset in row]
-            for row in processed.pop("text_replacement_offsets")
+        offsets = processed.pop("text_replacement_offsets", None)
+        if offsets is not None:
+            replacements = [[offset["replacement"] for offset in row] for row in offsets]
+            expanded: list[str] = []
+            for image_replacements, texts in zip(replacements, prompts, strict=True):
+                image_texts, _ = self.processor.get_text_with_replacements(
+                    [self.prompt(text) for text in texts], image_replacements * len(texts)
+                )
+                expanded.extend(image_texts)
+            flat = iter(self.tokenizer(expanded, **self.text_kwargs)["input_ids"])
+            ids = [[next(flat) for _ in texts] for texts in prompts]
+            mask = processed["attention_mask"].bool()
+            if all(
+                image_ids[0] == row[row_mask].tolist()
+                for image_ids, row, row_mask in zip(ids, processed["input_ids"], mask, strict=True)
+            ):
+                return processed, ids
+        # a processor that does not say how it expanded the placeholder (Idefics2's), or that
+        # writes more than the expansion (Emu3's adds BOS to the text): every prompt is
+        # processed with its image
+        return processed, [
+            self.processed_ids([image] * len(texts), [self.prompt(t) for t in texts])
+            for image, texts in zip(images, prompts, strict=True)
         ]
-        expanded: list[str] = []
-        for image_replacements, texts in zip(replacements, prompts, strict=True):
-            image_texts, _ = self.processor.get_text_with_replacements(
-                [self.prompt(text) for text in texts], image_replacements * len(texts)
-            )
-            expanded.extend(image_texts)
-        flat = iter(self.tokenizer(expanded, **self.text_kwargs)["input_ids"])
-        return processed, [[next(flat) for _ in texts] for texts in prompts]
+
+    def processed_ids(self, images: Sequence[Image.Image], texts: Sequence[str]) -> list[list[int]]:
+        """The processor's token ids of (image, model text) pairs, without padding."""
+        batch = self.process(images, texts, "left", **self.text_kwargs)
+        mask = batch["attention_mask"].bool()
+        return [ids[keep].tolist() for ids, keep in zip(batch["input_ids"], mask, strict=True)]
 
     @property
     def image_token_ids(self) -> list[int]:
@@ -583,8 +640,29 @@ class LoadedVLM(abc.ABC):
         plain forward does; since rotary attention depends only on position differences, the
         left padding shifts nothing.
         """
+        rope_index = self.rope_index_function
+        if rope_index is not None:
+            # multimodal rotary positions (M-RoPE: image tokens get (temporal, height, width)
+            # positions, text after an image continues from the largest of them): the model's
+            # own function, given the inputs it names (padding excluded through the mask); its
+            # `rope_deltas` (largest position + 1 - tokens) give the next position
+            names = inspect.signature(rope_index).parameters
+            position_ids, rope_deltas = rope_index(
+                **{key: value for key, value in inputs.items() if key in names}
+            )
+            return position_ids, inputs["attention_mask"].sum(dim=1) + rope_deltas.reshape(-1)
         batch, width = inputs["input_ids"].shape
         return None, torch.full((batch,), width, dtype=torch.long)
+
+    @functools.cached_property
+    def rope_index_function(self) -> Any:
+        """The model's multimodal rope-index function (``get_rope_index``), None if it has
+        none (plain 1-d positions)."""
+        for module in (self.model, getattr(self.model, "model", None)):
+            function = getattr(module, "get_rope_index", None)
+            if callable(function):
+                return function
+        return None
 
     def suffix_position_ids(self, next_position: torch.Tensor, width: int) -> torch.Tensor:
         """Position ids [batch, width] of suffix tokens that follow prefixes ending before
@@ -611,6 +689,10 @@ class LoadedVLM(abc.ABC):
             "attention_mask": torch.cat([prefix.attention_mask[rows], suffix_mask], dim=1),
             "position_ids": self.suffix_position_ids(prefix.next_position[rows], width),
         }
+        if prefix.position_ids is not None and prefix.position_ids.ndim == 3:
+            # M-RoPE: text tokens have the same position in every section
+            sections = prefix.position_ids.shape[0]
+            inputs["position_ids"] = inputs["position_ids"].expand(sections, -1, -1)
         return inputs, suffix_mask
 
     def new_cache(self) -> DynamicCache:
@@ -682,6 +764,36 @@ class LoadedVLM(abc.ABC):
         """A randomly initialised model of the family's real class, and its processor."""
 
 
+class GenericAdapter(LoadedVLM):
+    """The generic adapter alone, for an image-text-to-text model type without a family class
+    (``family: auto``): everything is found in the checkpoint; no tiny model is built."""
+
+    family = "generic"
+
+    @classmethod
+    def tiny_model_and_processor(
+        cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]
+    ) -> tuple[PreTrainedModel, ProcessorMixin]:
+        raise ModelError(f"no tiny model of {cls.family!r}: it has no family class")
+
+
+def generic_adapter(model_type: str | None) -> type[LoadedVLM]:
+    """The generic adapter for checkpoints of ``model_type``, which has no family class: only
+    for transformers' image-text-to-text types (unsupported ones fail before this)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    if model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        raise ModelError(
+            f"family auto: model_type {model_type!r} is not an image-text-to-text type of "
+            f"transformers {transformers.__version__} and has no family; name one"
+        )
+    log.warning(
+        "family auto: model_type %r has no family class; the generic adapter is untested on it",
+        model_type,
+    )
+    return type(f"Generic_{model_type}", (GenericAdapter,), {"family": model_type})
+
+
 def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
     """Length of the longest common prefix, at most one less than the shortest sequence."""
     limit = min(len(ids) for ids in sequences) - 1
@@ -723,6 +835,68 @@ def model_class_of(
         f"model {name!r}: the remote code of {hf_id} has no AutoModelForImageTextToText or "
         f"AutoModelForCausalLM in its auto_map ({sorted(auto_map)})"
     )
+
+
+# where the image features' token id sits in a config (or its vision config: Phi-4-multimodal)
+IMAGE_TOKEN_ID_KEYS = ("image_token_id", "image_token_index")
+# the names of a decoder's final norm across families, tried in this order
+FINAL_NORM_NAMES = ("norm", "final_layernorm", "layer_norm", "final_norm", "ln_f")
+
+
+def decoder_of(model: nn.Module) -> nn.Module:
+    """The decoder stack of a model: what ``get_decoder()`` returns, or the stack inside it
+    where that is a causal LM (``.model``) rather than the stack itself."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+    for candidate in (decoder, getattr(decoder, "model", None), getattr(decoder, "decoder", None)):
+        if isinstance(getattr(candidate, "layers", None), nn.ModuleList):
+            return candidate
+    return decoder
+
+
+def final_norm_of(decoder: nn.Module, name: str | None = None) -> str | None:
+    """The attribute name of a decoder's final norm: ``name``, else the first of
+    :data:`FINAL_NORM_NAMES` that it has; None if it has none."""
+    names = (name,) if name is not None else FINAL_NORM_NAMES
+    return next((n for n in names if isinstance(getattr(decoder, n, None), nn.Module)), None)
+
+
+def check_supported(name: str, hf_id: str, model_type: str | None) -> None:
+    """Fail with one line, before any weights load, for a model type that vlprobe cannot
+    probe (:data:`vlprobe.models.support.UNSUPPORTED`), naming the model, type and reason."""
+    from vlprobe.models.support import UNSUPPORTED
+
+    if model_type in UNSUPPORTED:
+        raise ModelError(
+            f"model {name!r}: {hf_id} has model_type {model_type!r}, which vlprobe cannot "
+            f"probe: {UNSUPPORTED[model_type]}"
+        )
+
+
+# a text part that no chat template changes, to find what it writes around an image part
+_SENTINEL = "VLPROBE_SENTINEL"
+
+
+def image_text_of_template(processor: ProcessorMixin, image_token: str) -> str | None:
+    """What the processor's chat template writes for an image part that comes before a text
+    part: the difference between one user turn with and without the image, from the point
+    where they part to the text; None without a template, or where the difference does not
+    hold the image token exactly once."""
+    if getattr(processor, "chat_template", None) is None:
+        return None
+    text = {"type": "text", "text": _SENTINEL}
+    try:
+        with_image, without = (
+            processor.apply_chat_template(
+                [{"role": "user", "content": content}], add_generation_prompt=False, tokenize=False
+            )
+            for content in ([{"type": "image"}, text], [text])
+        )
+    except Exception:  # noqa: BLE001 - a template that cannot render this turn has no answer
+        return None
+    start = len(os.path.commonprefix([with_image, without]))
+    end = with_image.find(_SENTINEL, start)
+    inserted = with_image[start:end] if end >= 0 else ""
+    return inserted if inserted.count(image_token) == 1 else None
 
 
 def image_token_of(name: str, processor: ProcessorMixin) -> str:

@@ -45,6 +45,7 @@ class FastVlmAdapter(LlavaAdapter):
     """
 
     family = "fast_vlm"
+    model_types = ("fast_vlm", "llava_qwen2")  # converted, and Apple's own (for_model_type)
     special_tokens = SpecialTokens(
         eos="<|im_end|>", pad="<|endoftext|>", extra=("<|im_start|>", "<image>")
     )
@@ -134,6 +135,7 @@ class AppleFastVlmAdapter(FastVlmAdapter):
     # one user turn whose content is "<image>\n" + the prompt, the placeholder then replaced by
     # the image's features
     chat_turn_content = "text"
+    image_token_suffix = "\n"  # the model card's turn: "<image>\n" + the prompt
 
     @classmethod
     def load_processor(

@@ -31,7 +31,6 @@ class Idefics3Adapter(LoadedVLM):
     """
 
     family = "idefics3"
-    language_model_path = "model.text_model"
     special_tokens = SpecialTokens(
         bos="<|begin_of_text|>",
         eos="<end_of_utterance>",

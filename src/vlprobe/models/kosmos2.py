@@ -45,6 +45,7 @@ class Kosmos2Adapter(LoadedVLM):
     """
 
     family = "kosmos2"
+    model_types = ("kosmos-2",)
     language_model_path = "text_model.model"
     final_norm_name = "layer_norm"
     special_tokens = SpecialTokens(bos="<s>", eos="</s>", pad="<pad>", unk="<unk>")

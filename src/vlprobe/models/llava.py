@@ -33,8 +33,6 @@ class LlavaAdapter(LoadedVLM):
         bos="<s>", eos="</s>", pad="<pad>", unk="<unk>", extra=("<image>",)
     )
     tiny_defaults = {"image_size": 56}
-    # LLaVA-1.5 puts the image on its own line before the question
-    image_token_suffix = "\n"
     tiny_chat_template = "llava.jinja"
 
     @classmethod

@@ -64,7 +64,6 @@ class Phi4MultimodalAdapter(LoadedVLM):
     """
 
     family = "phi4_multimodal"
-    language_model_path = "model"
     auto_model_class = AutoModelForCausalLM  # not among the image-text-to-text classes
     special_tokens = SpecialTokens(
         eos="<|endoftext|>",

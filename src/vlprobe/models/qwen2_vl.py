@@ -5,9 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-import torch
 from transformers import (
-    BatchFeature,
     PreTrainedTokenizerBase,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
@@ -25,7 +23,9 @@ MERGE_SIZE = 2
 
 
 class Qwen2VLAdapter(LoadedVLM):
-    """Qwen2-VL checkpoints (model_type ``qwen2_vl``).
+    """Qwen2-VL checkpoints (model_type ``qwen2_vl``). Everything is generic: the image
+    placeholder (``<|vision_start|><|image_pad|><|vision_end|>``) comes from the chat template,
+    the M-RoPE positions of a reused prefix from the model's ``get_rope_index``.
 
     Tiny keys: ``min_image_tokens`` (16) and ``max_image_tokens`` (64) bound the image tokens
     per image, through the image processor's pixel limits.
@@ -51,27 +51,6 @@ class Qwen2VLAdapter(LoadedVLM):
     )
     tiny_defaults = {"min_image_tokens": 16, "max_image_tokens": 64}
     tiny_chat_template = "qwen2_vl.jinja"  # Qwen2.5-VL's checkpoints ship the same
-
-    @property
-    def image_placeholder(self) -> str:
-        # as the chat template writes an image
-        return f"<|vision_start|>{self.image_token}<|vision_end|>"
-
-    def prefix_positions(self, inputs: BatchFeature) -> tuple[torch.Tensor, torch.Tensor]:
-        # M-RoPE: image tokens get (temporal, height, width) positions, text after an image
-        # continues from the largest of them; the model's own function computes them (padding
-        # excluded), and its `rope_deltas` (largest position + 1 - tokens) give the next one
-        position_ids, rope_deltas = self.model.model.get_rope_index(
-            inputs["input_ids"],
-            mm_token_type_ids=inputs["mm_token_type_ids"],
-            image_grid_thw=inputs["image_grid_thw"],
-            attention_mask=inputs["attention_mask"],
-        )
-        return position_ids, inputs["attention_mask"].sum(dim=1) + rope_deltas.reshape(-1)
-
-    def suffix_position_ids(self, next_position: torch.Tensor, width: int) -> torch.Tensor:
-        # text tokens: the same position in all three M-RoPE sections, [3, batch, width]
-        return super().suffix_position_ids(next_position, width).expand(3, -1, -1)
 
     @classmethod
     def tiny_vision_config(cls, spec: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,216 @@
+"""Write docs/models.md, the support table, from a run of the family tests.
+
+    python docs/models.py                   # runs the tests (about 10 minutes), writes the table
+    python docs/models.py --junit run.xml   # from a finished run: pytest ... --junitxml=run.xml
+
+Every image-text-to-text model type of the installed transformers gets a row: the vlprobe family
+that serves it and which of the offline tiny-model checks passed in the run, or why vlprobe
+cannot probe it (vlprobe.models.support), or that no family class exists yet (``family: auto``
+then tries the generic adapter, untested). Rerun it whenever transformers is upgraded in the lock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+from collections import defaultdict
+from pathlib import Path
+
+import transformers
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+from vlprobe.models import FAMILIES, FAMILY_OF_MODEL_TYPE
+from vlprobe.models.support import NOT_IN_TRANSFORMERS, UNSUPPORTED
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = ["tests/test_models.py", "tests/test_extract.py"]
+# column -> the test functions (per family) that make it; a check passes if all its runs pass
+CHECKS = {
+    "loads": ["test_tiny_model_loads_back_as_the_real_class"],
+    "placeholder": ["test_image_placeholder_comes_before_the_text"],
+    "image matters": ["test_the_image_changes_the_activations"],
+    "hooks = hidden states (left, right padding)": [
+        "test_hooks_pool_what_the_forward_pass_returns"
+    ],
+    "plain path": ["test_plain_path_equals_the_full_forward"],
+    "prefix split": ["test_prefix_and_suffix_are_the_processors_tokens"],
+    "prefix reuse = full forward": ["test_prefix_reuse_equals_the_full_forward"],
+    "no all-layer states": ["test_no_decoder_returns_the_hidden_states_of_all_layers"],
+    "chat format": [
+        "test_chat_format_tokens_are_the_processors_own",
+        "test_chat_format_prefix_reuse_equals_the_full_forward",
+    ],
+}
+# test parameters that are layouts rather than families: Apple's remote-code FastVLM
+LAYOUTS = {"apple_fastvlm": "llava_qwen2"}  # test parameter -> model_type
+# Tao et al.'s models in remote code only (their own rows, besides NOT_IN_TRANSFORMERS)
+REMOTE_ONLY = {
+    "Qwen-VL (Qwen/Qwen-VL, remote code, model_type qwen)": (
+        "remote code written for transformers 4.x, with a tiktoken tokenizer: it could not be "
+        "run here on transformers 5 (its code is on the Hugging Face hub only, which this build "
+        "cannot reach, and tiktoken is not in the lock), so it is not supported and has no "
+        "stand-in test"
+    ),
+}
+
+
+def run_tests(junit: Path) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            *TESTS,
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--junitxml",
+            junit,
+        ],
+        cwd=ROOT,
+        check=False,
+    )
+
+
+def results(junit: Path) -> dict[str, dict[str, list[str]]]:
+    """Per family, per test function, the outcomes of its runs (passed/failed/skipped)."""
+    outcomes: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        match = re.fullmatch(r"(\w+)\[(.+)\]", case.get("name", ""))
+        if match is None:
+            continue
+        function, params = match.groups()
+        family = next((p for p in params.split("-") if p in FAMILIES or p in LAYOUTS), None)
+        if family is None:
+            continue
+        kind = next((child.tag for child in case), "passed")
+        outcome = {"failure": "failed", "error": "failed", "skipped": "skipped"}.get(kind, kind)
+        outcomes[family][function].append(outcome)
+    return outcomes
+
+
+def check_cell(runs: dict[str, list[str]], functions: list[str]) -> str:
+    seen = [outcome for function in functions for outcome in runs.get(function, [])]
+    if not seen:
+        return "–"
+    if "failed" in seen:
+        return "FAIL"
+    return "skip" if "passed" not in seen else "pass"
+
+
+def family_row(label: str, family: str, status: str, outcomes: dict) -> tuple[str, bool]:
+    cells = [check_cell(outcomes.get(family, {}), f) for f in CHECKS.values()]
+    ok = all(c in ("pass", "–") for c in cells) and "pass" in cells
+    status += "" if ok else " (checks not all passing)"
+    return f"| {label} | {status} | " + " | ".join(cells) + " |", ok
+
+
+def table(outcomes: dict[str, dict[str, list[str]]]) -> tuple[str, str, int]:
+    """The rows of transformers' image-text-to-text types, the rows of the families and layouts
+    outside that mapping, and how many families pass."""
+    header = ["model type", "vlprobe", *CHECKS]
+    head = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines, extra = list(head), list(head)
+    passing = 0
+    for model_type in sorted(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES):
+        family = FAMILY_OF_MODEL_TYPE.get(model_type)
+        if family is not None:
+            row, ok = family_row(f"`{model_type}`", family, f"`family: {family}`", outcomes)
+            passing += ok
+            lines.append(row)
+        elif model_type in UNSUPPORTED:
+            reason = UNSUPPORTED[model_type]
+            lines.append(f"| `{model_type}` | no: {reason} |" + " |" * len(CHECKS))
+        else:
+            lines.append(
+                f"| `{model_type}` | untested: no family class yet; `family: auto` tries the "
+                "generic adapter |" + " |" * len(CHECKS)
+            )
+    for model_type, family in sorted(FAMILY_OF_MODEL_TYPE.items()):
+        if model_type not in (*MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES, *LAYOUTS.values()):
+            row, ok = family_row(f"`{model_type}`", family, f"`family: {family}`", outcomes)
+            passing += ok
+            extra.append(row)
+    for layout, model_type in LAYOUTS.items():
+        label = f"`{model_type}` (remote code)"
+        status = f"`family: {FAMILY_OF_MODEL_TYPE[model_type]}`, `trust_remote_code: true`"
+        extra.append(family_row(label, layout, status, outcomes)[0])
+    return "\n".join(lines), "\n".join(extra), passing
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--junit", type=Path, help="a finished run's JUnit XML (else: run the tests)"
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "models.md")
+    args = parser.parse_args()
+    junit = args.junit
+    if junit is None:
+        junit = Path(tempfile.mkdtemp()) / "run.xml"
+        run_tests(junit)
+    outcomes = results(junit)
+    rows, extra, passing = table(outcomes)
+    types = len(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
+    others = "\n".join(
+        f"| {name} | no: {reason} |"
+        for name, reason in {**REMOTE_ONLY, **NOT_IN_TRANSFORMERS}.items()
+    )
+    args.out.write_text(
+        f"""# Supported models
+
+Generated by `python docs/models.py` from a run of `pytest {" ".join(TESTS)}` on the installed
+transformers {transformers.__version__}; do not edit by hand. Rerun it when transformers is
+upgraded in the lock.
+
+{passing} families pass every check that applies to them, on tiny randomly initialised models of
+the real classes (built offline; `tests/tiny_models.py`). The {types} rows are every model type
+of transformers' image-text-to-text mapping. A check reads `pass` when every run of it passed,
+`skip` when it was skipped (a package missing, or the family not selected), `–` when it does
+not apply (chat format: the tiny model carries no checkpoint chat template). Checks:
+
+- **loads**: the tiny checkpoint loads back as the real model and processor classes, with the
+  decoder's layers and final norm found; the last hidden state is the final norm's output.
+- **placeholder**: the image placeholder comes before the prompt and expands into image tokens.
+- **image matters**: two images give different outputs for the same prompt.
+- **hooks = hidden states**: every pooling computed in the layer hooks equals the pooling of
+  `output_hidden_states` (for Qwen3-VL: with its deepstack features added, see config/README),
+  under left and right padding.
+- **plain path**: batched extraction equals each sample alone in the full forward pass.
+- **prefix split**: prefix and suffixes are exactly the processor's tokens, the image in the
+  prefix (a prefix-LM: no split at all).
+- **prefix reuse = full forward**: every pooling of the image-prefix reuse path equals the full
+  forward's (a prefix-LM: every image takes the plain path, checked).
+- **no all-layer states**: neither the model nor its decoder returns all layers' token states.
+- **chat format**: the chat-format tokens are the processor's own `apply_chat_template`'s, and
+  prefix reuse in chat format equals the full forward.
+
+A named family must be registered; `family: auto` takes the family of the checkpoint's
+model_type. A checkpoint of an unsupported type fails before any weights load, naming the model,
+its model_type and the reason below.
+
+{rows}
+
+## Families and layouts outside transformers' image-text-to-text mapping
+
+Loaded through the causal-LM class (Phi-4-multimodal), or remote code with a stand-in test
+(Apple's FastVLM: `tests/apple_fastvlm.py`).
+
+{extra}
+
+## Models not in transformers
+
+| model | vlprobe |
+|---|---|
+{others}
+"""
+    )
+    print(f"wrote {args.out}: {passing} families passing, {types} model types")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""LLaVA-NeXT (1.6): LLaVA's CLIP tower and projector over the image's tiles (anyres: the whole
+image and a grid of tiles at the best-fitting resolution), unpadded, with a newline token per
+row, and a Llama/Mistral decoder."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from transformers import (
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextImageProcessor,
+    LlavaNextProcessor,
+    PreTrainedTokenizerBase,
+)
+
+from vlprobe.models.base import text_config_kwargs, vision_config_kwargs
+from vlprobe.models.llava import LlavaAdapter
+
+PATCH_SIZE = 14
+
+
+class LlavaNextAdapter(LlavaAdapter):
+    """LLaVA-NeXT checkpoints converted to transformers (model_type ``llava_next``,
+    ``llava-hf/llava-v1.6-*-hf``); LLaVA's special tokens. Nothing else differs from the
+    generic adapter.
+
+    Tiny key: ``image_size`` (28), the tile resolution; grids of 1 x 1 to 2 x 2 tiles.
+    """
+
+    family = "llava_next"
+    tiny_defaults = {"image_size": 28}
+    tiny_chat_template = None  # the converted checkpoints' templates are not available offline
+
+    @classmethod
+    def tiny_model_and_processor(
+        cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]
+    ) -> tuple[LlavaNextForConditionalGeneration, LlavaNextProcessor]:
+        size = spec["image_size"]
+        pinpoints = [[size * rows, size * cols] for rows in (1, 2) for cols in (1, 2)]
+        processor = LlavaNextProcessor(
+            image_processor=LlavaNextImageProcessor(
+                size={"shortest_edge": size},
+                crop_size={"height": size, "width": size},
+                image_grid_pinpoints=pinpoints,
+            ),
+            tokenizer=tokenizer,
+            patch_size=PATCH_SIZE,
+            vision_feature_select_strategy="default",
+            num_additional_image_tokens=1,  # CLIP's CLS token
+        )
+        config = LlavaNextConfig(
+            vision_config=CLIPVisionConfig(
+                **vision_config_kwargs(spec),
+                image_size=size,
+                patch_size=PATCH_SIZE,
+                projection_dim=spec["vision_hidden_size"],
+            ),
+            text_config=LlamaConfig(**text_config_kwargs(tokenizer, spec)),
+            image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+            image_grid_pinpoints=pinpoints,
+            vision_feature_select_strategy="default",
+            vision_feature_layer=-2,
+        )
+        return LlavaNextForConditionalGeneration(config), processor

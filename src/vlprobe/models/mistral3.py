@@ -1,0 +1,72 @@
+"""Mistral 3 (Mistral-Small-3.1 and later): a Pixtral vision encoder at the image's own aspect
+ratio, a 2 x 2 patch merger, and a Mistral decoder; each row of image tokens ends in [IMG_BREAK],
+the image in [IMG_END]."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from transformers import (
+    Mistral3Config,
+    Mistral3ForConditionalGeneration,
+    PixtralImageProcessor,
+    PixtralProcessor,
+    PreTrainedTokenizerBase,
+)
+
+from vlprobe.models.base import LoadedVLM, text_config_kwargs, vision_config_kwargs
+from vlprobe.models.tiny import SpecialTokens
+
+PATCH_SIZE = 14
+MERGE_SIZE = 2
+
+
+class Mistral3Adapter(LoadedVLM):
+    """Mistral 3 checkpoints in transformers' format (model_type ``mistral3``); the processor
+    is Pixtral's. Nothing differs from the generic adapter.
+
+    Tiny key: ``image_size`` (112), the longest edge; an image gives one token per 28 x 28
+    pixels, plus a break per row.
+    """
+
+    family = "mistral3"
+    special_tokens = SpecialTokens(
+        bos="<s>", eos="</s>", pad="<pad>", unk="<unk>", extra=("[IMG]", "[IMG_BREAK]", "[IMG_END]")
+    )
+    tiny_defaults = {"image_size": 112}
+
+    @classmethod
+    def tiny_model_and_processor(
+        cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]
+    ) -> tuple[Mistral3ForConditionalGeneration, PixtralProcessor]:
+        processor = PixtralProcessor(
+            image_processor=PixtralImageProcessor(
+                size={"longest_edge": spec["image_size"]},
+                patch_size={"height": PATCH_SIZE, "width": PATCH_SIZE},
+            ),
+            tokenizer=tokenizer,
+            patch_size=PATCH_SIZE,
+            spatial_merge_size=MERGE_SIZE,
+        )
+        head_dim = spec["hidden_size"] // spec["num_attention_heads"]
+        vision_head_dim = spec["vision_hidden_size"] // spec["vision_attention_heads"]
+        config = Mistral3Config(
+            vision_config={
+                "model_type": "pixtral",
+                **vision_config_kwargs(spec),
+                "head_dim": vision_head_dim,
+                "image_size": spec["image_size"],
+                "patch_size": PATCH_SIZE,
+            },
+            text_config={
+                "model_type": "mistral",
+                **text_config_kwargs(tokenizer, spec),
+                "head_dim": head_dim,
+                "sliding_window": None,
+            },
+            image_token_index=tokenizer.convert_tokens_to_ids("[IMG]"),
+            spatial_merge_size=MERGE_SIZE,
+            vision_feature_layer=-1,
+        )
+        return Mistral3ForConditionalGeneration(config), processor
