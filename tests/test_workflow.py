@@ -99,15 +99,18 @@ def test_paper_scale_dag_plans_every_task_model_and_shard(tmp_path, path):
 
 
 def planned_resources(result: subprocess.CompletedProcess) -> dict[str, list[dict[str, str]]]:
-    """Per rule, the resources of each job a dry run prints."""
+    """Per rule, the wildcards and resources of each job a dry run prints."""
     jobs: dict[str, list[dict[str, str]]] = {}
-    rule = None
+    rule, wildcards = None, {}
     for line in result.stdout.splitlines():
+        key, _, value = line.strip().partition(": ")
         if line.startswith("rule "):
-            rule = line.removeprefix("rule ").rstrip(":")
-        elif line.strip().startswith("resources:") and rule is not None:
-            items = line.split(":", 1)[1].split(", ")
-            jobs.setdefault(rule, []).append(dict(item.strip().split("=", 1) for item in items))
+            rule, wildcards = line.removeprefix("rule ").rstrip(":"), {}
+        elif key == "wildcards":
+            wildcards = dict(item.split("=", 1) for item in value.split(", "))
+        elif key == "resources" and rule is not None:
+            resources = dict(item.split("=", 1) for item in value.split(", "))
+            jobs.setdefault(rule, []).append({**wildcards, **resources})
     return jobs
 
 
@@ -117,15 +120,20 @@ def test_paper_scale_jobs_declare_memory_and_the_gpu(tmp_path):
     model, declares more."""
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     config["extract"]["device"] = "cuda"
+    config["probe_device"] = "cuda"
     path = write_config(tmp_path, config)
     jobs = planned_resources(snakemake(tmp_path, "-n", "--configfile", path))
-    for rule in ("extract", "probe", "caption_pairs", "first_tokens", "images_table"):
+    for rule in ("image_passes", "extract", "probe", "caption_pairs", "first_tokens"):
         assert jobs[rule] and all(int(job["mem_mb"]) > 1000 for job in jobs[rule]), rule
-    for rule in ("extract", "probe"):
+    for rule in ("image_passes", "extract", "probe"):
         assert all(int(job["runtime"]) >= 10 for job in jobs[rule]), rule
-    for rule in ("extract", "first_tokens", "caption_pairs"):
+    for rule in ("image_passes", "extract", "first_tokens", "caption_pairs"):
         assert all(job["gpu"] == "1" for job in jobs[rule]), rule
-    assert not any("gpu" in job for job in jobs["probe"])
+    # linear probes fit on the GPU; logreg's solver stays on the CPU and asks for none
+    assert {(job["probe"], job["gpu"]) for job in jobs["probe"]} == {
+        ("linear", "1"),
+        ("logreg", "0"),
+    }
     probe_mb = sorted({int(job["mem_mb"]) for job in jobs["probe"]})
     assert len(probe_mb) > 2  # by task rows, layers per shard and hidden size
     # what one 4-layer caption shard of Qwen2-VL-2B holds: 22,000 images x 10 pairs of

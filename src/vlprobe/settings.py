@@ -121,15 +121,24 @@ class LinearConfig(_Settings):
     # code); true: each probe keeps its best epoch on the validation slice, patience epochs on
     early_stopping: bool = True
 
+    # the fits run on the device the probe job is given (logreg's solver stays on the CPU)
+    on_device: ClassVar[bool] = True
+
     def fit(
-        self, features: np.ndarray, labels: np.ndarray, mask: np.ndarray, seed: int, n_sets: int
+        self,
+        features: np.ndarray,
+        labels: np.ndarray,
+        mask: np.ndarray,
+        seed: int,
+        n_sets: int,
+        device: str = "cpu",
     ) -> FittedProbes:
         """Probes per (layer, label) on ``features [N, layers, hidden]``; ``labels`` and ``mask``
         ``[N, n_sets * labels]`` hold ``n_sets`` label sets (real, control) side by side. The
         fitting code is imported here, so that importing the settings imports no torch."""
         from vlprobe.probes.minibatch import fit_linear_probes
 
-        return fit_linear_probes(features, labels, mask, self, seed)
+        return fit_linear_probes(features, labels, mask, self, seed, device)
 
     def _ranges(self) -> dict[str, bool]:
         return {
@@ -152,11 +161,17 @@ class MlpConfig(LinearConfig):
     share_hidden: bool = True  # one hidden layer per (layer, label set); false: per label
 
     def fit(
-        self, features: np.ndarray, labels: np.ndarray, mask: np.ndarray, seed: int, n_sets: int
+        self,
+        features: np.ndarray,
+        labels: np.ndarray,
+        mask: np.ndarray,
+        seed: int,
+        n_sets: int,
+        device: str = "cpu",
     ) -> FittedProbes:
         from vlprobe.probes.minibatch import fit_mlp_probes
 
-        return fit_mlp_probes(features, labels, mask, self, seed, n_sets)
+        return fit_mlp_probes(features, labels, mask, self, seed, n_sets, device)
 
     def _ranges(self) -> dict[str, bool]:
         return {**super()._ranges(), "hidden_units": self.hidden_units >= 1}
@@ -180,10 +195,19 @@ class LogregConfig(_Settings):
     precondition_rank: int = 128
     seeds: tuple[int, ...] = (0,)
 
+    on_device: ClassVar[bool] = False  # its solver is bound by memory traffic: the CPU's
+
     def fit(
-        self, features: np.ndarray, labels: np.ndarray, mask: np.ndarray, seed: int, n_sets: int
+        self,
+        features: np.ndarray,
+        labels: np.ndarray,
+        mask: np.ndarray,
+        seed: int,
+        n_sets: int,
+        device: str = "cpu",
     ) -> FittedProbes:
-        """The same probes for every seed: the problem has one optimum."""
+        """The same probes for every seed: the problem has one optimum (on the CPU whatever
+        ``device`` says)."""
         from vlprobe.probes.logreg import fit_logreg_probes
 
         return fit_logreg_probes(features, labels, mask, self)

@@ -287,6 +287,12 @@ def first_tokens_mem_mb(wildcards, attempt):
     return attempt * (sizing.BASE_MB + weights)
 
 
+def probe_gpus(wildcards):
+    """A GPU for the probe jobs whose fits run on one (linear, mlp), unless on the CPU."""
+    on_gpu = config["probe_device"] != "cpu" and PROBES[wildcards.probe].on_device
+    return 1 if on_gpu else 0
+
+
 def probe_width(model):
     if model == TEXT_EMBEDDING_MODEL:
         return sizing.EMBEDDING_DIM

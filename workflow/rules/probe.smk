@@ -12,7 +12,10 @@ rule probe:
     conda:
         CONDA_ENV
     threads: 1
+    # where the fits run is how, not what: a resource, so that moving them reruns nothing
     resources:
+        gpu=probe_gpus,
+        device=config["probe_device"],
         mem_mb=probe_mem_mb,
         runtime=probe_runtime,
     params:

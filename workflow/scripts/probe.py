@@ -15,4 +15,5 @@ with job_log(snakemake.log[0]):
         out_path=snakemake.output.table,
         evaluation=snakemake.params.evaluation,
         scores_path=snakemake.output.scores,
+        device=snakemake.resources.device,
     )

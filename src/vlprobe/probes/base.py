@@ -72,22 +72,6 @@ def _linear(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) ->
     return torch.einsum("blh,lhk->blk", features, weight) + bias
 
 
-def _float32_copy(array: np.ndarray) -> torch.Tensor:
-    """A contiguous float32 tensor copied from ``array`` (any float dtype, strided, read-only).
-
-    torch converts float16 with vector instructions, several times faster than numpy.
-    """
-    if not array.flags.writeable:  # torch.from_numpy warns on read-only arrays
-        array = array.copy()
-    out = torch.empty(array.shape, dtype=torch.float32)
-    return out.copy_(torch.from_numpy(array))
-
-
-def _standardised(features: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Standardised copy of ``features`` (the caller's array, maybe read-only, is not touched)."""
-    return _float32_copy(features).sub_(mean).div_(std)
-
-
 def feature_stats(features: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-layer, per-unit mean and standard deviation ``[layers, hidden]`` (two passes, float64).
 
@@ -137,6 +121,13 @@ class _Network:
 
     unit_of_label: np.ndarray
     params: list[torch.Tensor]
+    param_names: tuple[str, ...]  # the attributes holding ``params``, in order
+
+    def to(self, device: torch.device | str) -> None:
+        """Move the parameters to ``device`` (leaf tensors again, as an optimiser needs)."""
+        for name in self.param_names:
+            setattr(self, name, getattr(self, name).detach().to(device).requires_grad_())
+        self.params = [getattr(self, name) for name in self.param_names]
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:  # [B, L, H] -> [B, L, labels]
         raise NotImplementedError
@@ -161,6 +152,8 @@ class _Network:
 
 
 class _LinearNetwork(_Network):
+    param_names = ("weight", "bias")
+
     def __init__(self, n_layers: int, hidden: int, n_labels: int):
         self.weight = torch.zeros(n_layers, hidden, n_labels, requires_grad=True)
         self.bias = torch.zeros(n_layers, n_labels, requires_grad=True)
@@ -186,6 +179,8 @@ class _MlpNetwork(_Network):
     Shared mode: one group per label set (real, control), each with one output per label.
     Independent mode: one group per (label set, label), each with one output.
     """
+
+    param_names = ("w1", "b1", "w2", "b2")
 
     def __init__(
         self,

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import numpy as np
 import polars as pl
+import torch
 
 from vlprobe.metrics import (
     COLLAPSED_LAYER_FRACTION,
@@ -114,8 +115,10 @@ def probe_layers(
     evaluation: EvaluationConfig | None = None,
     eval_groups: np.ndarray | None = None,
     task_kind: Literal["caption", "object"] | None = None,
+    device: str = "cpu",
 ) -> ProbeResults:
-    """Fit the probes of one layer-shard (every seed, with controls) and score them.
+    """Fit the probes of one layer-shard (every seed, with controls) and score them; the fits
+    run on ``device`` where the probe kind does (see the settings' ``on_device``).
 
     ``x_*`` are features ``[samples, len(layers), hidden]``; ``y_*`` 0/1 labels and ``m_*``
     task membership ``[samples, len(label_names)]`` (a row outside a label's mask counts for
@@ -145,7 +148,7 @@ def probe_layers(
     if config.seed_independent:
         labels = np.concatenate([y_train, *control_train], axis=1)
         masks = np.concatenate([m_train] * (1 + len(control_train)), axis=1)
-        probes = config.fit(x_train, labels, masks, seeds[0], 1 + len(control_train))
+        probes = config.fit(x_train, labels, masks, seeds[0], 1 + len(control_train), device)
         decided = _decisions(probes, x_eval, layers)
         for index in range(len(seeds)):
             predictions.append(decided[..., :n_labels])
@@ -158,7 +161,7 @@ def probe_layers(
             n_sets = 2 if control else 1
             labels = np.concatenate([y_train, *control_train[index : index + 1]], axis=1)
             masks = np.concatenate([m_train] * n_sets, axis=1)
-            probes = config.fit(x_train, labels, masks, seed, n_sets)
+            probes = config.fit(x_train, labels, masks, seed, n_sets, device)
             decided = _decisions(probes, x_eval, layers)
             predictions.append(decided[..., :n_labels])
             fits.append((probes, slice(0, n_labels)))
@@ -253,8 +256,10 @@ def run_probe_job(
     out_path: str | os.PathLike,
     evaluation: Mapping[str, Any] | None = None,
     scores_path: str | os.PathLike | None = None,
+    device: str = "cpu",
 ) -> ProbeResults:
-    """One probe job: the probes of one (model, task, pooling, probe, layer-shard).
+    """One probe job: the probes of one (model, task, pooling, probe, layer-shard), fitted on
+    ``device`` (cpu, cuda, or auto: CUDA if there is a GPU).
 
     Reads the shard's activations from every extraction part, aligns them with the task's
     labels by sample_id, trains on the train split, evaluates on the eval split (the bootstrap
@@ -292,6 +297,7 @@ def run_probe_job(
         evaluation_config,
         eval_groups=task["image_id"].to_numpy()[order[n_train:]],
         task_kind=metadata["kind"],
+        device=_resolved(device),
     )
     keys = {
         "model": model,
@@ -310,6 +316,12 @@ def run_probe_job(
     if scores_path is not None:
         write_parquet(scores, scores_path)
     return ProbeResults(table=table, scores=scores)
+
+
+def _resolved(device: str) -> str:
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _log_collapsed(scores: pl.DataFrame, keys: Mapping[str, str]) -> None:

@@ -8,11 +8,12 @@ import torch.nn.functional as F
 
 from vlprobe.probes.base import (
     FittedProbes,
+    _derived_seed,
     _LinearNetwork,
     _masked_bce_sums,
     _MlpNetwork,
     _Network,
-    _standardised,
+    _writeable,
     feature_stats,
 )
 from vlprobe.settings import (
@@ -28,31 +29,47 @@ def _fit_minibatch(
     config: LinearConfig,
     seed: int,
     network: _Network,
+    device: str = "cpu",
 ) -> FittedProbes:
     """Adam on mini-batches with early stopping per (layer, stopping unit), unless the config
     turns it off; see the package doc.
 
-    Dropout masks and mini-batch order come from one generator seeded by ``seed`` and do not
-    depend on the labels.
+    Mini-batch order comes from a generator seeded by ``seed``, dropout masks from it too on
+    the CPU (from one on the device elsewhere); neither depends on the labels. On ``device``
+    (cpu, cuda, cuda:N) the features are held once (on the CPU: the caller's array itself),
+    batches are gathered and standardised there, and the fitted probes come back on the CPU.
     """
     n_rows, n_layers, hidden = features.shape
     n_labels = labels.shape[1]
+    device = torch.device(device)
     generator = torch.Generator().manual_seed(seed)
+    dropout_generator = (
+        generator
+        if device.type == "cpu"
+        else torch.Generator(device).manual_seed(_derived_seed(seed, 2))
+    )
     if config.standardize:
         feature_mean, feature_std = feature_stats(features)
     else:
         feature_mean, feature_std = torch.zeros(n_layers, hidden), torch.ones(n_layers, hidden)
-    label_tensor = torch.from_numpy(np.asarray(labels, dtype=np.float32).copy())
-    mask_tensor = torch.from_numpy(np.asarray(mask, dtype=bool).copy())
+    source = torch.from_numpy(_writeable(features)).to(device)
+    mean, std = feature_mean.to(device), feature_std.to(device)
+    network.to(device)
+    label_tensor = torch.from_numpy(np.asarray(labels, dtype=np.float32).copy()).to(device)
+    mask_tensor = torch.from_numpy(np.asarray(mask, dtype=bool).copy()).to(device)
     unit_of_label = torch.from_numpy(network.unit_of_label)
     n_units = int(unit_of_label.max()) + 1
     # [labels, units] one-hot: per-unit validation loss = mean of its labels' losses
-    membership = F.one_hot(unit_of_label, n_units).to(torch.float32)
+    membership = F.one_hot(unit_of_label, n_units).to(torch.float32).to(device)
+
+    def standardised(rows: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return source.index_select(0, rows.to(device)).float().sub_(mean).div_(scale)
 
     order = torch.randperm(n_rows, generator=generator)
     n_val = min(round(config.val_fraction * n_rows), n_rows - 1)
-    val_rows, fit_rows = np.sort(order[:n_val].numpy()), order[n_val:]
-    val_features = _standardised(features[val_rows], feature_mean, feature_std)
+    val_rows, fit_rows = order[:n_val].sort().values, order[n_val:]
+    val_features = standardised(val_rows, std)
+    val_rows = val_rows.to(device)
     val_labels, val_mask = label_tensor[val_rows], mask_tensor[val_rows]
     val_counts = val_mask.sum(dim=0)
     label_has_val = (val_counts > 0).to(torch.float32)
@@ -60,24 +77,26 @@ def _fit_minibatch(
 
     optimizer = torch.optim.Adam(network.param_groups(config.weight_decay), lr=config.lr)
     best = [param.detach().clone() for param in network.params]
-    best_val = torch.full((n_layers, n_units), float("inf"))
-    best_epoch = torch.zeros(n_layers, n_units, dtype=torch.int64)
-    epochs_since_best = torch.zeros(n_layers, n_units, dtype=torch.int64)
+    best_val = torch.full((n_layers, n_units), float("inf"), device=device)
+    best_epoch = torch.zeros(n_layers, n_units, dtype=torch.int64, device=device)
+    epochs_since_best = torch.zeros(n_layers, n_units, dtype=torch.int64, device=device)
     train_curve, val_curve = [], []
+    # inverted dropout: the 1 / (1 - p) scale folded into the standardisation
+    dropout_std = std * (1 - config.dropout)
 
     for epoch in range(1, config.epochs + 1):
-        loss_sums = torch.zeros(n_layers, n_labels)
-        row_counts = torch.zeros(n_labels)
+        loss_sums = torch.zeros(n_layers, n_labels, device=device)
+        row_counts = torch.zeros(n_labels, device=device)
         shuffled = fit_rows[torch.randperm(len(fit_rows), generator=generator)]
         for batch_rows in shuffled.split(config.batch_size):
-            rows = np.sort(batch_rows.numpy())  # sorted rows read memory in order
-            # inverted dropout: the 1 / (1 - p) scale folded into the standardisation
-            batch = _standardised(
-                np.take(features, rows, axis=0), feature_mean, feature_std * (1 - config.dropout)
-            )
+            rows = batch_rows.sort().values  # sorted rows read memory in order
+            batch = standardised(rows, dropout_std)
             if config.dropout > 0:
-                drop = torch.rand(batch.shape, generator=generator) < config.dropout
+                drop = torch.rand(
+                    batch.shape, generator=dropout_generator, device=device
+                ) < config.dropout
                 batch.masked_fill_(drop, 0.0)
+            rows = rows.to(device)
             batch_mask = mask_tensor[rows]
             sums = _masked_bce_sums(network.forward(batch), label_tensor[rows], batch_mask)
             counts = batch_mask.sum(dim=0)
@@ -88,18 +107,18 @@ def _fit_minibatch(
             optimizer.step()
             loss_sums += sums.detach()
             row_counts += counts
-        train_curve.append((loss_sums / row_counts).numpy())  # NaN for labels without rows
+        train_curve.append((loss_sums / row_counts).cpu().numpy())  # NaN: labels without rows
 
         with torch.no_grad():
             if n_val:
                 val_sums = _masked_bce_sums(network.forward(val_features), val_labels, val_mask)
                 label_loss = val_sums / val_counts
-                val_curve.append(label_loss.numpy())
+                val_curve.append(label_loss.cpu().numpy())
                 unit_loss = (torch.nan_to_num(label_loss, nan=0.0) @ membership) / (
                     label_has_val @ membership
                 ).clamp(min=1)
             else:
-                unit_loss = torch.full((n_layers, n_units), float("nan"))
+                unit_loss = torch.full((n_layers, n_units), float("nan"), device=device)
             patient = epochs_since_best < config.patience
             # probes without validation rows keep their latest weights
             improved = ~has_val | (patient & (unit_loss < best_val))
@@ -114,11 +133,12 @@ def _fit_minibatch(
             break
 
     network.load(best)
+    network.to("cpu")
     return FittedProbes(
         network=network,
         feature_mean=feature_mean,
         feature_std=feature_std,
-        best_epoch=best_epoch[:, unit_of_label].numpy(),
+        best_epoch=best_epoch[:, unit_of_label.to(device)].cpu().numpy(),
         train_loss=np.stack(train_curve).astype(np.float64),
         val_loss=np.array(val_curve, dtype=np.float64).reshape(-1, n_layers, n_labels),
     )
@@ -130,15 +150,16 @@ def fit_linear_probes(
     mask: np.ndarray,
     config: LinearConfig,
     seed: int | None = None,
+    device: str = "cpu",
 ) -> FittedProbes:
     """Train a linear probe per (layer, label): ``features [N, L, H]``, ``labels``/``mask [N, K]``.
 
-    ``seed`` defaults to the first of ``config.seeds``.
+    ``seed`` defaults to the first of ``config.seeds``; the fit runs on ``device``.
     """
     _, n_layers, hidden = features.shape
     network = _LinearNetwork(n_layers, hidden, labels.shape[1])
     seed = config.seeds[0] if seed is None else seed
-    return _fit_minibatch(features, labels, mask, config, seed, network)
+    return _fit_minibatch(features, labels, mask, config, seed, network, device)
 
 
 def fit_mlp_probes(
@@ -148,6 +169,7 @@ def fit_mlp_probes(
     config: MlpConfig,
     seed: int | None = None,
     n_sets: int = 1,
+    device: str = "cpu",
 ) -> FittedProbes:
     """Train MLP probes; ``labels [N, n_sets * K]`` hold ``n_sets`` label sets side by side."""
     _, n_layers, hidden = features.shape
@@ -155,4 +177,4 @@ def fit_mlp_probes(
         raise ValueError(f"{labels.shape[1]} label columns do not split into {n_sets} sets")
     seed = config.seeds[0] if seed is None else seed
     network = _MlpNetwork(n_layers, hidden, n_sets, labels.shape[1] // n_sets, config, seed)
-    return _fit_minibatch(features, labels, mask, config, seed, network)
+    return _fit_minibatch(features, labels, mask, config, seed, network, device)
