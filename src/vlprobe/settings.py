@@ -136,8 +136,10 @@ class LinearConfig(_Settings):
         """Probes per (layer, label) on ``features [N, layers, hidden]``; ``labels`` and ``mask``
         ``[N, n_sets * labels]`` hold ``n_sets`` label sets (real, control) side by side. The
         fitting code is imported here, so that importing the settings imports no torch."""
-        from vlprobe.probes.minibatch import fit_linear_probes
+        from vlprobe.probes.minibatch import fit_linear_probes, fit_mlp_probes
 
+        if isinstance(self, MlpConfig):
+            return fit_mlp_probes(features, labels, mask, self, seed, n_sets, device)
         return fit_linear_probes(features, labels, mask, self, seed, device)
 
     def _ranges(self) -> dict[str, bool]:
@@ -159,19 +161,6 @@ class MlpConfig(LinearConfig):
     kind: ClassVar[str] = "mlp"
     hidden_units: int = 128
     share_hidden: bool = True  # one hidden layer per (layer, label set); false: per label
-
-    def fit(
-        self,
-        features: np.ndarray,
-        labels: np.ndarray,
-        mask: np.ndarray,
-        seed: int,
-        n_sets: int,
-        device: str = "cpu",
-    ) -> FittedProbes:
-        from vlprobe.probes.minibatch import fit_mlp_probes
-
-        return fit_mlp_probes(features, labels, mask, self, seed, n_sets, device)
 
     def _ranges(self) -> dict[str, bool]:
         return {**super()._ranges(), "hidden_units": self.hidden_units >= 1}

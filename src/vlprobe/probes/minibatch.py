@@ -92,9 +92,10 @@ def _fit_minibatch(
             rows = batch_rows.sort().values  # sorted rows read memory in order
             batch = standardised(rows, dropout_std)
             if config.dropout > 0:
-                drop = torch.rand(
-                    batch.shape, generator=dropout_generator, device=device
-                ) < config.dropout
+                drop = (
+                    torch.rand(batch.shape, generator=dropout_generator, device=device)
+                    < config.dropout
+                )
                 batch.masked_fill_(drop, 0.0)
             rows = rows.to(device)
             batch_mask = mask_tensor[rows]
