@@ -24,9 +24,9 @@ scale, plain forward passes against prefix reuse.
 The all-tasks case: every caption and object task of config/config.yaml (all prompt variants)
 on ``--all-tasks-images`` real coco-mini images (../shared/coco-mini), with the image-heavy
 model, extracted (c) task by task, as one job per task did before (prefix reuse within the
-task), and (d) as the workflow does it now: one image pass per kind of task, caption and object
+task), and (d) as the workflow's image pass does it now, in one pass over every task
 (:func:`vlprobe.extract.extract_variants`: one vision pass and one prefix pass per image for
-all variants of the kind). It prints the samples/s of both,
+all of them). It prints the samples/s of both,
 checks that every task's pooled values agree, and prints FLOP estimates of one image's
 prompts for Qwen2-VL-2B and FastVLM-0.5B per task set.
 
@@ -232,29 +232,26 @@ def h100_estimate() -> list[str]:
 def task_set_estimate(tasks: dict[str, tuple[float, float]]) -> list[str]:
     """Per image of a task set (``tasks``: prompts per image and tokens per prompt of each),
     TFLOP without reuse, with prefix reuse task by task (one vision and prefix pass per task),
-    with one image pass per kind of task (the workflow) and with one for every task."""
+    and with one image pass for every task (the workflow)."""
     n_prompts = sum(p for p, _ in tasks.values())
-    kinds = len({task.split("-", 1)[0] for task in tasks})
     lines = [
         f"FLOP estimate of one image's prompts in the task set above ({len(tasks)} tasks, "
         f"{n_prompts:.1f} prompts of {sum(p * t for p, t in tasks.values()) / n_prompts:.0f} "
         "tokens on average at 1.3 tokens per word), TFLOP per image: vision tower, image "
-        "prefix, then all prompts without reuse, with prefix reuse task by task, with one image "
-        f"pass per kind of task ({kinds}, the workflow) and with one for every task:",
+        "prefix, then all prompts without reuse, with prefix reuse task by task, and in one "
+        "image pass for every task:",
         f"  {'model':<14}{'vision':>8}{'prefix':>8}{'no reuse':>10}{'per task':>10}"
-        f"{'per kind':>10}{'one pass':>10}{'x':>6}",
+        f"{'one pass':>10}{'x':>6}",
     ]
     for cost in (qwen2_vl_2b(), fastvlm_0_5b()):
         plain = sum(p * cost.plain(t) for p, t in tasks.values())
         suffixes = sum(p * cost.llm(t, cost.image_tokens) for p, t in tasks.values())
         per_task = len(tasks) * cost.image_passes() + suffixes
-        per_kind = kinds * cost.image_passes() + suffixes
         shared = cost.image_passes() + suffixes
         lines.append(
             f"  {cost.name:<14}{cost.vision_flops / 1e12:>8.2f}"
             f"{cost.llm(cost.image_tokens) / 1e12:>8.2f}{plain / 1e12:>10.1f}"
-            f"{per_task / 1e12:>10.1f}{per_kind / 1e12:>10.1f}{shared / 1e12:>10.1f}"
-            f"{per_task / per_kind:>6.1f}"
+            f"{per_task / 1e12:>10.1f}{shared / 1e12:>10.1f}{per_task / shared:>6.1f}"
         )
     return lines
 
@@ -329,14 +326,12 @@ def all_tasks_case(root: Path, n_images: int) -> Measured:
             paths = [shard_path(root / "c" / task, shard) for shard in shards]
             extract_activations(model, samples, poolings, shards, paths, {}, BATCH_SIZE)
 
-    def one_pass() -> None:  # as the workflow runs it: one image pass per kind of task
-        for kind in ("caption", "object"):
-            variants = [
-                Variant(samples, [shard_path(root / "d" / task, shard) for shard in shards], {})
-                for task, samples in tasks.items()
-                if task.startswith(kind)
-            ]
-            extract_variants(model, variants, poolings, shards, BATCH_SIZE)
+    def one_pass() -> None:  # as the workflow's image pass runs it
+        variants = [
+            Variant(samples, [shard_path(root / "d" / task, shard) for shard in shards], {})
+            for task, samples in tasks.items()
+        ]
+        extract_variants(model, variants, poolings, shards, BATCH_SIZE)
 
     wall = {}
     for which, run in (("a", per_task), ("b", one_pass)):
@@ -357,7 +352,7 @@ def all_tasks_case(root: Path, n_images: int) -> Measured:
         f"{measured.rate('a'):.2f} samples/s"
     )
     print(
-        f"  (d) one image pass per kind of task (caption, object), as the workflow: "
+        f"  (d) one image pass over every task (one vision and prefix pass per image): "
         f"{wall['b']:.1f} s, {measured.rate('b'):.2f} samples/s"
     )
     print(f"  worst relative difference over tasks and poolings: {worst:.1e}")

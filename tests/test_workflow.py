@@ -255,7 +255,7 @@ EVERYTHING_AFTER_SAMPLING = {
     "object_rows": 1,
     "caption_task": 1,
     "object_task": 2,
-    "image_passes": 8,
+    "image_passes": 4,
     "extract": 12,
     "text_embedding": 1,
     "first_tokens": 2,
@@ -264,6 +264,9 @@ EVERYTHING_AFTER_SAMPLING = {
 }
 
 DEMO_NOCAT = demo_config()["object"]["prompts"]["nocat"]
+# a model's extraction settings and its image pass (1 part), for 1 and for the demo's 4 models
+EXTRACTION_OF_1 = {"extraction_settings": 1, "image_passes": 1}
+EXTRACTION_OF_4 = {"extraction_settings": 4, "image_passes": 4}
 # config edit -> exactly the jobs it must rerun
 RERUNS = {
     "probe hyperparameter": (
@@ -272,12 +275,13 @@ RERUNS = {
     ),
     "added model": (
         {"models.tiny-idefics3": TINY_IDEFICS3},
-        {"tiny_model": 1, "image_passes": 2, "extract": 3, "probe": 3, "first_tokens": 1}
+        {"tiny_model": 1, "first_tokens": 1, "extract": 3, "probe": 3}
+        | EXTRACTION_OF_1
         | DOWNSTREAM,
     ),
     "added pooling (pooled during extraction)": (
         {"extract.poolings": ["mean", "max"]},
-        {"image_passes": 8, "extract": 12, "probe": 24, **DOWNSTREAM},
+        {**EXTRACTION_OF_4, "extract": 12, "probe": 24, **DOWNSTREAM},
     ),
     "prompt variant text": (
         {"object.prompts.withcat.template": "Objects in this picture: {categories}"},
@@ -316,7 +320,7 @@ RERUNS = {
     # images reach the processor smaller: every image-model job, not the text embedding
     "image size": (
         {"images.max_side": 40},
-        {"image_passes": 8, "extract": 12, "probe": 12, "first_tokens": 2, **DOWNSTREAM},
+        {**EXTRACTION_OF_4, "extract": 12, "probe": 12, "first_tokens": 2, **DOWNSTREAM},
     ),
     # how a model runs, not what it computes
     "model batch size": ({"models.tiny-qwen2-vl.batch_size": 2}, {}),
@@ -334,12 +338,12 @@ RERUNS = {
     "device of models with an explicit dtype": ({"extract.device": "auto"}, {}),
     "storage dtype": (
         {"extract.storage_dtype": "float32"},
-        {"image_passes": 8, "extract": 12, "probe": 12, **DOWNSTREAM},
+        {**EXTRACTION_OF_4, "extract": 12, "probe": 12, **DOWNSTREAM},
     ),
     # the baseline's own jobs, not tiny-llava's extraction, first tokens or probes
     "added baseline": (
         {"models.tiny-llava.baselines": ["random_init"]},
-        {"image_passes": 2, "extract": 3, "probe": 3, **DOWNSTREAM},
+        {**EXTRACTION_OF_1, "extract": 3, "probe": 3, **DOWNSTREAM},
     ),
 }
 
@@ -385,8 +389,8 @@ EXTRACTIONS = [
     "results/activations/tiny-llava/object-withcat/part-0",
 ]
 PASSES = [
-    "results/activations/tiny-qwen2-vl/passes/object-part-0.json",
-    "results/activations/tiny-llava/passes/object-part-0.json",
+    "results/activations/tiny-qwen2-vl/passes/part-0.json",
+    "results/activations/tiny-llava/passes/part-0.json",
 ]
 
 
@@ -398,7 +402,7 @@ def test_killed_run_resumes_from_finished_chunks_and_matches(demo_run, tmp_path)
     tables = [
         str(path.relative_to(demo_run))
         for model in models
-        for path in (demo_run / "results/activations" / model).glob("object-*/part-0")
+        for path in (demo_run / "results/activations" / model).glob("*-*/part-0")
     ]
     workdir = copy_of_run(demo_run, tmp_path / "run", *tables, *PASSES)
     command = [*SNAKEMAKE, "--directory", str(workdir), *EXTRACTIONS]
@@ -436,7 +440,7 @@ def test_killed_run_resumes_from_finished_chunks_and_matches(demo_run, tmp_path)
     # the other tasks' tables were pooled in the same passes, and wait staged
     for table in set(tables) - set(EXTRACTIONS):
         model, task = Path(table).parts[2:4]
-        staged = workdir / f"results/activations/{model}/passes/object-part-0/{task}"
+        staged = workdir / f"results/activations/{model}/passes/part-0/{task}"
         assert_same_shards(staged, demo_run / table)
 
 
@@ -474,7 +478,7 @@ def test_killed_extraction_is_retried_with_half_the_batch_size(demo_run, tmp_pat
         workdir, EXTRACTIONS[0], "--cores", "2", "--configfile", "config.yaml", env=env
     )
     assert "Trying to restart job" in result.stdout + result.stderr
-    log = (workdir / "logs/extract/tiny-qwen2-vl/passes/object-part-0.log").read_text()
+    log = (workdir / "logs/extract/tiny-qwen2-vl/passes/part-0.log").read_text()
     assert f"batch size {batch_size // 2} instead of the entry's {batch_size}" in log
     # another batch size pads the batches differently: equal up to float rounding
     assert_same_shards(workdir / EXTRACTIONS[0], demo_run / EXTRACTIONS[0], exact=False)

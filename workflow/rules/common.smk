@@ -1,5 +1,6 @@
 """Helpers shared by the rules: config validation, names of tasks, models, shards and outputs."""
 
+import json
 import math
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from vlprobe.baselines import (
 from vlprobe import sizing
 from vlprobe.data import SPLITS
 from vlprobe.settings import FIGURES, EvaluationConfig, probe_settings
-from vlprobe.storage import layer_shards
+from vlprobe.storage import layer_shards, write_text
 from vlprobe.tasks import variant_spec
 
 
@@ -66,15 +67,14 @@ COCO = "resources/coco"
 # the outputs that helpers expand as other jobs' inputs: each template is written once here
 TASK = "results/tasks/{task}.parquet"
 ACTIVATIONS = "results/activations/{model}/{task}/part-{part}"
-# the image pass of (model, kind of task, part): its summary (declared) and the tables it stages
-# (not declared: a job's declared outputs are deleted before it runs; vlprobe.extract.passes)
-PASS_SUMMARY = "results/activations/{model}/passes/{kind}-part-{part}.json"
-PASS_STAGING = "results/activations/{model}/passes/{kind}-part-{part}"
-# the label table each kind of task is filled from
-LABELS = {
-    "caption": "results/tasks/labels/caption_pairs.parquet",
-    "object": "results/tasks/labels/object_rows.parquet",
-}
+# the image pass of (model, part): its summary (declared) and the tables it stages (not
+# declared: a job's declared outputs are deleted before it runs; vlprobe.extract.passes)
+PASS_SUMMARY = "results/activations/{model}/passes/part-{part}.json"
+PASS_STAGING = "results/activations/{model}/passes/part-{part}"
+# what a model's extraction computes with, written by a job of its own (see extract.smk)
+EXTRACT_SETTINGS = "results/activations/{model}/settings.json"
+CAPTION_PAIRS = "results/tasks/labels/caption_pairs.parquet"
+OBJECT_ROWS = "results/tasks/labels/object_rows.parquet"
 PROBE_JOB = "{model}/{task}/{pooling}/{probe}/layers-{first}-{last}"
 PROBE_TABLE = f"results/probes/{PROBE_JOB}.parquet"
 SCORE_TABLE = f"results/scores/{PROBE_JOB}.parquet"
@@ -231,6 +231,12 @@ def extract_params():
     }
 
 
+def write_settings(params, path):
+    """A model's extraction settings as JSON, written atomically: the settings job's output."""
+    settings = {name: value for name, value in params.items()}
+    write_text(json.dumps(settings, indent=1, sort_keys=True, default=str) + "\n", path)
+
+
 def model_gpus(wildcards):
     """The GPUs a model job holds: none on the CPU."""
     return 0 if config["extract"]["device"] == "cpu" else 1
@@ -254,14 +260,12 @@ def part_rows(wildcards, tasks):
 
 
 def job_tasks(wildcards):
-    """The tasks an extraction job pools: its own, or every task of the image pass's kind."""
-    if "task" in wildcards.keys():
-        return [wildcards.task]
-    return [task for task in task_names() if task_kind(task) == wildcards.kind]
+    """The tasks an extraction job pools: its own, or every task in the image pass."""
+    return [wildcards.task] if "task" in wildcards.keys() else task_names()
 
 
 def extract_mem_mb(wildcards, attempt):
-    """An extraction job's memory: of its task's rows, or of all its kind's in the image pass."""
+    """An extraction job's memory: of its task's rows, or of every task's in the image pass."""
     extract = config["extract"]
     tasks = job_tasks(wildcards)
     return attempt * sizing.extract_mem_mb(

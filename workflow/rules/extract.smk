@@ -13,28 +13,49 @@ rule tiny_model:
         "../scripts/tiny_model.py"
 
 
-# One GPU job per (model, kind of task, part) pools the prompts of every variant of that kind
-# together: one vision pass and one image-prefix pass per image. The tasks come from the config
-# (not params): the prompt variants decide which tables the pass stages for sharing, while each
-# table's own job (extract, below) carries what its values depend on, so adding, editing or
-# removing a variant reruns that variant's jobs only. Why one pass per kind: a pass that reruns
-# reruns every job after it, and a pass downstream of both label tables would rerun the object
-# tasks' extraction and probes for an edit of the caption pairs (vlprobe.extract.passes).
+localrules:
+    extraction_settings,
+
+
+# What a model's extraction computes with (its entry, poolings, shards, image size, storage
+# dtype), in a job of its own that reruns when any of it changes, and with it every job after it.
+# The image pass and the tables' jobs read it as an ordinary input, so such an edit reruns them
+# however the image pass is tied to the tables (below).
+rule extraction_settings:
+    output:
+        EXTRACT_SETTINGS,
+    log:
+        "logs/extract/{model}/settings.log",
+    wildcard_constraints:
+        model=IMAGE_MODEL,
+    params:
+        **extract_params(),
+    run:
+        write_settings(params, output[0])
+
+
+# One GPU job per (model, part) pools the prompts of every task and prompt variant together:
+# one vision pass and one image-prefix pass per image. The variants come from the config and
+# the label tables, which it reads as inputs whose age does not count: adding, editing or
+# removing a variant, or remaking a label table, does not rerun it; each task's own job (extract,
+# below) carries what its tables depend on, and pools its prompts alone where the pass staged
+# nothing for it (vlprobe.extract.passes).
 rule image_passes:
     input:
-        labels=lambda wc: LABELS[wc.kind],
-        instances=COCO_SOURCES["train_instances"],
+        settings=EXTRACT_SETTINGS,
         images="results/data/images.parquet",
         model=model_input,
+        caption_pairs=ancient(CAPTION_PAIRS),
+        object_rows=ancient(OBJECT_ROWS),
+        instances=ancient(COCO_SOURCES["train_instances"]),
     output:
         PASS_SUMMARY,
     log:
-        "logs/extract/{model}/passes/{kind}-part-{part}.log",
+        "logs/extract/{model}/passes/part-{part}.log",
     benchmark:
-        "benchmarks/out/extract/{model}/passes/{kind}-part-{part}.tsv"
+        "benchmarks/out/extract/{model}/passes/part-{part}.tsv"
     wildcard_constraints:
         model=IMAGE_MODEL,
-        kind="caption|object",
     retries: config["extract"]["retries"]
     conda:
         CONDA_ENV
@@ -59,15 +80,15 @@ rule image_passes:
 
 
 # a task's tables: the ones its image pass staged, moved into place; where none were staged
-# (a variant added or edited since the pass ran) it pools its own prompts
+# (a variant added or edited since the pass ran) it pools its own prompts. The pass's summary is
+# an input whose age does not count: a pass rerun republishes nothing.
 rule extract:
     input:
         task=TASK,
+        settings=EXTRACT_SETTINGS,
         images="results/data/images.parquet",
         model=model_input,
-        passes=lambda wc: PASS_SUMMARY.format(
-            model=wc.model, kind=task_kind(wc.task), part=wc.part
-        ),
+        passes=ancient(PASS_SUMMARY),
     output:
         directory(ACTIVATIONS),
     log:
@@ -90,9 +111,7 @@ rule extract:
         chunk_samples=config["extract"]["chunk_samples"],
     params:
         **extract_params(),
-        staging=lambda wc: PASS_STAGING.format(
-            model=wc.model, kind=task_kind(wc.task), part=wc.part
-        ),
+        staging=lambda wc: PASS_STAGING.format(model=wc.model, part=wc.part),
     script:
         "../scripts/extract.py"
 

@@ -1,6 +1,6 @@
-"""One model's extraction of one part of the images: the image pass over every prompt variant
-of a kind of task (rule image_passes), or one task's tables (rule extract). One script for
-both, so that a change to it reruns both."""
+"""One model's extraction of one part of the images: the image pass over every task and prompt
+variant (rule image_passes), or one task's tables (rule extract). One script for both, so that a
+change to it reruns both."""
 
 import polars as pl
 
@@ -38,17 +38,20 @@ with job_log(snakemake.log[0]):
         chunk_samples=snakemake.resources.chunk_samples,
     )
     if snakemake.rule == "image_passes":
-        # the variants of the study's config, filled as the task rules fill them: which
+        # every variant of the study's config, filled as the task rules fill them: which
         # tables to stage, not what any of them holds (see workflow/rules/extract.smk)
-        kind, config = snakemake.wildcards.kind, snakemake.config
-        labels = pl.read_parquet(snakemake.input.labels)
-        names = category_names(snakemake.input.instances) if kind == "object" else None
+        config, inputs = snakemake.config, snakemake.input
+        labels = {
+            "caption": pl.read_parquet(inputs.caption_pairs),
+            "object": pl.read_parquet(inputs.object_rows),
+        }
+        names = category_names(inputs.instances)
         parts = []
-        for prompt in config[kind]["prompts"]:
-            spec = variant_spec(config, kind, prompt)
-            parts.append(
-                task_part(f"{kind}-{prompt}", *build_variant(kind, prompt, spec, labels, names))
-            )
+        for kind in ("caption", "object"):
+            for prompt in config[kind]["prompts"]:
+                spec = variant_spec(config, kind, prompt)
+                table = build_variant(kind, prompt, spec, labels[kind], names)
+                parts.append(task_part(f"{kind}-{prompt}", *table))
         status = job.run_passes(
             parts,
             snakemake.params.staging,

@@ -1,4 +1,4 @@
-"""One model's extraction of one part of the images, for every prompt variant at once.
+"""One model's extraction of one part of the images, for every task and prompt variant at once.
 
 Why: the expensive part of a forward pass is the image: the vision tower and the decoder over
 the image block (Qwen2-VL-2B on a COCO image: about 2.5 and 1.0 TFLOP, against a few hundredths
@@ -9,23 +9,25 @@ one image-prefix pass (see :mod:`vlprobe.extract`).
 
 How the daily loop stays exact. The workflow keeps one output per (model, task, part), the
 activation tables the probes read, so adding a variant must not touch the others' tables: their
-probes would rerun. Snakemake reruns every job downstream of a job it reruns, so a job that
-pools many variants must not rerun when one variant changes. Hence two jobs:
+probes would rerun. Snakemake reruns every job downstream of a job it reruns, so the job that
+pools all variants must not be upstream of their tables in the usual way. Hence three jobs:
 
-- the *image pass* of (model, kind of task, part) (:meth:`ExtractionJob.run_passes`) pools
-  the prompts of every variant of its kind and stages each variant's tables in
-  ``<staging>/<task>/``, beside its declared output, a small summary (Snakemake deletes a job's
-  declared outputs before it runs it, so the staged tables, like the resumable chunks in
-  ``<staging>.chunks/``, live where no job declares them). It reruns only for what changes
-  every variant of its kind: the model, the images, the extraction settings, the label table
-  (caption pairs or object rows). Which variants exist it reads from the config, not from its
-  params, so adding, editing or removing a variant does not rerun it. It is one pass per kind,
-  not one for both: a pass downstream of both label tables would rerun the object tasks' tables
-  and probes for an edit of the caption pairs.
+- the *settings* of a model's extraction (its entry, poolings, shards, image size, storage
+  dtype), written by a job of their own that every extraction job reads: an edit of any of
+  them reruns the image pass and every table after it;
+- the *image pass* of (model, part) (:meth:`ExtractionJob.run_passes`) pools the prompts of
+  every variant, and stages each variant's tables in ``<staging>/<task>/``, beside its
+  declared output, a small summary (Snakemake deletes a job's declared outputs before it runs
+  it, so the staged tables, like the resumable chunks in ``<staging>.chunks/``, live where no
+  job declares them). Which variants there are it reads from the config, and their labels from
+  the label tables, inputs whose age does not count: adding, editing or removing a variant does
+  not rerun it;
 - the *tables* of (model, task, part) (:meth:`ExtractionJob.publish`) move the staged tables
-  into place with one rename. Where none are staged with the task's fingerprint (a variant
-  added or edited since the pass ran) it pools its own prompts, alone: adding a variant
-  computes that variant only, and no finished variant is recomputed or rewritten.
+  into place with one rename; they read the pass's summary as an input whose age does not
+  count, so a rerun of the pass alone republishes nothing. Where nothing is staged with the
+  task's fingerprint (a variant added or edited since the pass ran, or a label table remade)
+  it pools its own prompts, alone: adding a variant computes that variant only, and no
+  finished variant is recomputed or rewritten.
 
 Each task's tables carry a fingerprint of everything that determines their values (the model
 entry and its checkpoint files, the task's samples and image files, poolings, shards, image
