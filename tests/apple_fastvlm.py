@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from transformers.utils import ModelOutput
 
-from vlprobe.models.base import LoadedVLM, text_config_kwargs
+from vlprobe.models.base import CHAT_TEMPLATES, LoadedVLM, text_config_kwargs
 from vlprobe.models.fast_vlm import FastVlmAdapter
 from vlprobe.models.tiny import SpecialTokens, build_tokenizer
 
@@ -24,6 +24,9 @@ AUTO_MAP = {
 }
 # Qwen2's special tokens; "<image>" is not among them
 SPECIAL_TOKENS = SpecialTokens(eos="<|im_end|>", pad="<|endoftext|>", extra=("<|im_start|>",))
+# the Qwen2 tokenizer's text-only chat template, which Apple's tokenizer carries (see the
+# chat_templates README for how far that is verified)
+CHAT_TEMPLATE = CHAT_TEMPLATES / "qwen2.jinja"
 IMAGE_SIZE = 64  # the tower's resolution, as its name says ("..._64")
 DOWNSAMPLING = 16  # 16 x 16 pixels per image token: 16 tokens
 
@@ -34,6 +37,7 @@ def build_apple_fastvlm(out_dir: Path, num_layers: int, seed: int = 0) -> Path:
     spec = FastVlmAdapter.tiny_spec({"num_layers": num_layers, "seed": seed})
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(SPECIAL_TOKENS, spec["vocab_size"])
+    tokenizer.chat_template = CHAT_TEMPLATE.read_text()
     model_config = LlavaConfig(
         **text_config_kwargs(tokenizer, spec),
         mm_vision_tower=f"conv_{IMAGE_SIZE}",

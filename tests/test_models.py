@@ -138,6 +138,34 @@ def test_layer_count_mismatch_names_model_and_both_numbers(tiny_dirs):
         load_model("big", entry(tiny_dirs["llava"], "llava", num_layers=5))
 
 
+def test_hidden_size_mismatch_names_model_and_both_numbers(tiny_dirs):
+    with pytest.raises(ModelError, match=r"'wide'.*hidden_size=4096.*has 64$"):
+        load_model("wide", {**entry(tiny_dirs["llava"], "llava"), "hidden_size": 4096})
+
+
+@pytest.mark.parametrize("where", ["absolute", "relative", "nested"])
+def test_missing_local_checkpoint_is_one_line_naming_the_model_and_path(tmp_path, where):
+    hf_id = {
+        "absolute": str(tmp_path / "models" / "qwen2-vl-2b"),
+        "relative": "./models/qwen2-vl-2b",
+        "nested": "checkpoints/qwen/qwen2-vl-2b",
+    }[where]
+    with pytest.raises(ModelError) as error:
+        load_model("m", {"family": "qwen2_vl", "hf_id": hf_id, "num_layers": 2})
+    assert str(error.value) == (
+        f"model 'm': hf_id {hf_id} is not a checkpoint directory (no such directory); fix the "
+        "path, or give a hub id of the form 'org/name'"
+    )
+
+
+def test_directory_without_config_is_not_a_checkpoint(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(
+        ModelError, match=r"^model 'm': .*empty has no config.json; not a checkpoint$"
+    ):
+        load_model("m", {"family": "llava", "hf_id": str(tmp_path / "empty"), "num_layers": 2})
+
+
 def test_processor_without_image_token(tmp_path, tiny_dirs):
     broken = tmp_path / "no-image-token"
     shutil.copytree(tiny_dirs["llava"], broken)
@@ -245,11 +273,6 @@ def test_missing_timm_is_named_before_any_weights_are_read(tiny_dirs, monkeypatc
     with pytest.raises(ModelError, match=r"^tiny fast_vlm model: fast_vlm needs timm"):
         build_tiny_model("fast_vlm", unbuilt, {"num_layers": 1})
     assert not unbuilt.exists()
-
-
-def test_missing_checkpoint_is_named(tmp_path):
-    with pytest.raises(ModelError, match=r"'gone': cannot load .*nowhere"):
-        load_model("gone", entry(tmp_path / "nowhere", "qwen2_vl"))
 
 
 # ------------------------------------------------------------------ image prefix reuse

@@ -28,6 +28,7 @@ from vlprobe.extract import INDEX_POOLING, POOLINGS
 from vlprobe.models import FAMILIES
 from vlprobe.models.base import DTYPES, PROMPT_FORMATS
 from vlprobe.settings import PROBE_KINDS
+from vlprobe.storage import STORAGE_DTYPES
 from vlprobe.tasks import read_task
 
 
@@ -68,7 +69,9 @@ def test_schema_enums_are_the_library_registries():
     assert entry["prompt_format"]["enum"] == list(PROMPT_FORMATS)
     probes = schema["properties"]["probes"]["additionalProperties"]["properties"]
     assert probes["kind"]["enum"] == sorted(PROBE_KINDS)
-    pooling = schema["properties"]["extract"]["properties"]["poolings"]["items"]["pattern"]
+    extract = schema["properties"]["extract"]["properties"]
+    assert extract["storage_dtype"]["enum"] == list(STORAGE_DTYPES)
+    pooling = extract["poolings"]["items"]["pattern"]
     *names, index = pooling.removeprefix("^(").removesuffix(")$").split("|")
     assert names == list(POOLINGS)
     for name in ("index:0", "index:-1", "index:12", "index:", "index:a", "index:+1"):
@@ -93,6 +96,42 @@ def test_paper_scale_dag_plans_every_task_model_and_shard(tmp_path, path):
     assert counts["figure"] == 7 and counts["best_layers"] == 1  # no baselines configured
     assert counts["caption_pairs"] == 1 and counts["summary"] == 1
     assert counts["coco_annotations"] == 1 and counts["images_table"] == 1
+
+
+def planned_resources(result: subprocess.CompletedProcess) -> dict[str, list[dict[str, str]]]:
+    """Per rule, the resources of each job a dry run prints."""
+    jobs: dict[str, list[dict[str, str]]] = {}
+    rule = None
+    for line in result.stdout.splitlines():
+        if line.startswith("rule "):
+            rule = line.removeprefix("rule ").rstrip(":")
+        elif line.strip().startswith("resources:") and rule is not None:
+            items = line.split(":", 1)[1].split(", ")
+            jobs.setdefault(rule, []).append(dict(item.strip().split("=", 1) for item in items))
+    return jobs
+
+
+def test_paper_scale_jobs_declare_memory_and_the_gpu(tmp_path):
+    """Extraction, probe and caption jobs declare memory sized from the config; the caption pool
+    is embedded on the GPU when the study runs there; a probe job of more rows, or of a wider
+    model, declares more."""
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config["extract"]["device"] = "cuda"
+    path = write_config(tmp_path, config)
+    jobs = planned_resources(snakemake(tmp_path, "-n", "--configfile", path))
+    for rule in ("extract", "probe", "caption_pairs", "first_tokens", "images_table"):
+        assert jobs[rule] and all(int(job["mem_mb"]) > 1000 for job in jobs[rule]), rule
+    for rule in ("extract", "probe"):
+        assert all(int(job["runtime"]) >= 10 for job in jobs[rule]), rule
+    for rule in ("extract", "first_tokens", "caption_pairs"):
+        assert all(job["gpu"] == "1" for job in jobs[rule]), rule
+    assert not any("gpu" in job for job in jobs["probe"])
+    probe_mb = sorted({int(job["mem_mb"]) for job in jobs["probe"]})
+    assert len(probe_mb) > 2  # by task rows, layers per shard and hidden size
+    # what one 4-layer caption shard of Qwen2-VL-2B holds: 22,000 images x 10 pairs of
+    # 4 x 1,536 float32 values, more than once
+    caption_shard = 22_000 * 10 * 4 * 1536 * 4 / 2**20
+    assert caption_shard < max(probe_mb) < 6 * caption_shard
 
 
 @pytest.mark.parametrize("config", ["demo.yaml", "config.yaml"])
@@ -260,6 +299,27 @@ RERUNS = {
     ),
     # how a model runs, not what it computes
     "model batch size": ({"models.tiny-qwen2-vl.batch_size": 2}, {}),
+    "execution-only settings": (
+        {
+            "models.tiny-qwen2-vl.batch_size": 3,
+            "models.tiny-llava.batch_size": 3,
+            "extract.chunk_samples": 17,
+            "extract.retries": 1,
+            "coco.download_workers": 3,
+        },
+        {},
+    ),
+    # the demo's models state their dtype: the device decides only where they run
+    "device of models with an explicit dtype": ({"extract.device": "auto"}, {}),
+    "storage dtype": (
+        {"extract.storage_dtype": "float32"},
+        {"extract": 12, "probe": 12, **DOWNSTREAM},
+    ),
+    # the baseline's own jobs, not tiny-llava's extraction, first tokens or probes
+    "added baseline": (
+        {"models.tiny-llava.baselines": ["random_init"]},
+        {"extract": 3, "probe": 3, **DOWNSTREAM},
+    ),
 }
 
 

@@ -63,7 +63,7 @@ def load_blank_image(path: str | os.PathLike, max_side: int | None = None) -> Im
 
 
 def write_text_embedding_activations(
-    task_path: str | os.PathLike, model_spec: str, out_dir: str | os.PathLike
+    task_path: str | os.PathLike, model_spec: str, out_dir: str | os.PathLike, device: str = "auto"
 ) -> None:
     """Embed each caption of a caption task alone and store it as a one-layer activation table.
 
@@ -73,7 +73,7 @@ def write_text_embedding_activations(
     task, metadata = read_task(task_path)
     if metadata["kind"] != "caption":
         raise ValueError(f"{task_path}: the text-embedding baseline needs a caption task")
-    vectors = embed_captions(task["caption"].to_list(), model_spec)
+    vectors = embed_captions(task["caption"].to_list(), model_spec, device=device)
     write_activations(
         shard_path(out_dir, (0, 0)),
         task["sample_id"].to_numpy(),

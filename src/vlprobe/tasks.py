@@ -54,15 +54,18 @@ def resolve_model_path(spec: str) -> str:
 
 
 @functools.cache
-def _sentence_model(model_spec: str):
+def _sentence_model(model_spec: str, device: str):
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(resolve_model_path(model_spec), device=_embedding_device())
+    return SentenceTransformer(resolve_model_path(model_spec), device=_embedding_device(device))
 
 
-def embed_captions(texts: list[str], model_spec: str, batch_size: int = 256) -> np.ndarray:
-    """Unit-norm sentence embeddings [len(texts), dim] as float32."""
-    model = _sentence_model(model_spec)
+def embed_captions(
+    texts: list[str], model_spec: str, batch_size: int = 256, device: str = "auto"
+) -> np.ndarray:
+    """Unit-norm sentence embeddings [len(texts), dim] as float32, computed on ``device``
+    (cpu, cuda, or auto: CUDA if there is a GPU)."""
+    model = _sentence_model(model_spec, device)
     if not texts:
         dimension = getattr(model, "get_embedding_dimension", None) or (
             model.get_sentence_embedding_dimension  # sentence-transformers < 6
@@ -78,7 +81,9 @@ def embed_captions(texts: list[str], model_spec: str, batch_size: int = 256) -> 
     return vectors.astype(np.float32, copy=False)
 
 
-def _embedding_device() -> str:
+def _embedding_device(device: str) -> str:
+    if device != "auto":
+        return device
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -264,6 +269,7 @@ def build_caption_pairs(
     embedding_model: str,
     seed: int,
     negatives: Sequence[str] = ("hard",),
+    device: str = "auto",
 ) -> pl.DataFrame:
     """Positive (image, own caption) pairs and, per positive, one negative of each kind in
     ``negatives``: ``hard``, mined among ``n_candidates`` captions (:func:`mine_hard_negatives`,
@@ -276,7 +282,8 @@ def build_caption_pairs(
     Columns: pair_id, image_id, split, caption_id, caption, label (1/0), positive_caption_id,
     similarity (negatives: cosine similarity to the positive), source_image_id (the image the
     caption belongs to), negative_kind (null for positives). A negative never
-    reads the same as its positive (see :func:`caption_text_ids`).
+    reads the same as its positive (see :func:`caption_text_ids`). The captions are embedded
+    on ``device`` (see :func:`embed_captions`).
     """
     unknown = sorted(set(negatives) - set(NEGATIVE_KINDS))
     if unknown or not negatives:
@@ -313,9 +320,14 @@ def build_caption_pairs(
             positives.extend((image_id, split, *entries[i]) for i in chosen)
         pool_file = str(pools[split])
         if pool_file not in embedded:
-            embedded[pool_file] = embed_captions(pool_texts[:n_pool_file], embedding_model)
+            embedded[pool_file] = embed_captions(
+                pool_texts[:n_pool_file], embedding_model, device=device
+            )
         embeddings = np.concatenate(
-            [embedded[pool_file], embed_captions(pool_texts[n_pool_file:], embedding_model)]
+            [
+                embedded[pool_file],
+                embed_captions(pool_texts[n_pool_file:], embedding_model, device=device),
+            ]
         )
         positive_rows = np.array([pool_row[caption_id] for _, _, caption_id, _ in positives])
         text_ids = caption_text_ids(pool_texts)
@@ -620,7 +632,8 @@ def write_task(frame: pl.DataFrame, path: str | os.PathLike, metadata: Mapping[s
 
 def read_task(path: str | os.PathLike) -> tuple[pl.DataFrame, dict[str, Any]]:
     """A task table and its metadata (kind, prompt, template, label_names, ...)."""
-    return pl.read_parquet(path), read_metadata(path)
+    metadata = read_metadata(path)  # first: a damaged file fails naming itself
+    return pl.read_parquet(path), metadata
 
 
 def label_matrix(

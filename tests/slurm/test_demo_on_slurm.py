@@ -58,7 +58,7 @@ def test_demo_on_slurm_matches_a_local_run_and_requests_gpus(tmp_path):
     for table in TABLES:
         assert_frame_equal(pl.read_parquet(cluster / table), pl.read_parquet(local / table))
     jobs = [job for job in read_jobs() if str(cluster) in job.get("WorkDir", "")]
-    assert not check(jobs, {"extract", "first_tokens"}, gpu_partition="gpu")
+    assert not check(jobs, {"extract", "first_tokens", "caption_pairs"}, gpu_partition="gpu")
     # 3 tasks x 1 part; one first-token job
     assert sum(rule_of(job) == "extract" for job in jobs) == 3
     assert sum(rule_of(job) == "first_tokens" for job in jobs) == 1

@@ -1,5 +1,6 @@
 """Helpers shared by the rules: config validation, names of tasks, models, shards and outputs."""
 
+import math
 from pathlib import Path
 
 import jsonschema
@@ -11,6 +12,7 @@ from vlprobe.baselines import (
     baseline_entry,
     split_model_name,
 )
+from vlprobe import sizing
 from vlprobe.data import SPLITS
 from vlprobe.settings import FIGURES, EvaluationConfig, probe_settings
 from vlprobe.storage import layer_shards
@@ -194,11 +196,16 @@ def model_param(wildcards):
 
     Left out, so that editing them reruns nothing: batch_size (how, not what: the jobs get it
     as a resource), baselines (other jobs) and tiny (the model's own rule, an input of the
-    job)."""
+    job). A dtype of auto is resolved by the device where the config names one (bfloat16 on
+    CUDA, float32 on the CPU): the device is then a resource, and moving a model of explicit
+    dtype to another device reruns nothing."""
     entry = model_entry(wildcards.model)
     kept = {
         k: v for k, v in entry.items() if k not in ("batch_size", "baselines", "tiny")
     }
+    device = config["extract"]["device"]
+    if kept["dtype"] == "auto" and device != "auto":
+        kept["dtype"] = "bfloat16" if device == "cuda" else "float32"
     return {**kept, "hf_id": model_dir(wildcards.model)}
 
 
@@ -210,6 +217,99 @@ def model_gpus(wildcards):
 def extract_batch_size(wildcards, attempt):
     """The model's batch size, halved on every retry of a failed extraction job."""
     return max(1, model_entry(wildcards.model)["batch_size"] // 2 ** (attempt - 1))
+
+
+def task_rows(task):
+    """A task's rows over both splits, as the config sizes them (sizing.task_rows)."""
+    kind = task_kind(task)
+    return sizing.task_rows(kind, config[kind]["prompts"][task_prompt(task)], config)
+
+
+def part_rows(wildcards):
+    return math.ceil(task_rows(wildcards.task) / config["extract"]["parts"])
+
+
+# Memory (MB) and time (minutes) each job declares, estimated from the config (vlprobe.sizing);
+# a retry asks for `attempt` times as much (capped locally at what --resources gives)
+
+
+def extract_mem_mb(wildcards, attempt):
+    extract = config["extract"]
+    return attempt * sizing.extract_mem_mb(
+        model_entry(wildcards.model),
+        part_rows(wildcards),
+        extract["layers_per_shard"],
+        len(extract["poolings"]),
+        extract["chunk_samples"],
+    )
+
+
+def extract_runtime(wildcards, attempt):
+    return attempt * sizing.extract_runtime(
+        model_entry(wildcards.model), part_rows(wildcards), config["extract"]["device"]
+    )
+
+
+def first_tokens_mem_mb(wildcards, attempt):
+    weights = math.ceil(sizing.weights_mb(model_entry(wildcards.model)))
+    return attempt * (sizing.BASE_MB + weights)
+
+
+def probe_width(model):
+    if model == TEXT_EMBEDDING_MODEL:
+        return sizing.EMBEDDING_DIM
+    return sizing.hidden_size(model_entry(model))
+
+
+def probe_mem_mb(wildcards, attempt):
+    layers = int(wildcards.last) - int(wildcards.first) + 1
+    return attempt * sizing.probe_mem_mb(
+        task_rows(wildcards.task), layers, probe_width(wildcards.model)
+    )
+
+
+def probe_runtime(wildcards, threads, attempt):
+    settings = PROBES[wildcards.probe]
+    labels = 1 if task_kind(wildcards.task) == "caption" else sizing.COCO_CATEGORIES
+    return attempt * sizing.probe_runtime(
+        task_rows(wildcards.task),
+        int(wildcards.last) - int(wildcards.first) + 1,
+        probe_width(wildcards.model),
+        labels * (2 if EVALUATION.control else 1),
+        1 if settings.seed_independent else len(settings.seeds),
+        getattr(settings, "epochs", sizing.LOGREG_PASSES),
+        threads,
+    )
+
+
+def caption_pool_mem_mb(wildcards, attempt):
+    """Sized by the pool's captions: COCO's counts, or the local caption files' size."""
+    if config["coco"]["source"] == "download":
+        names = {config["coco"][f"{split}_source"] for split in SPLITS}
+        captions = sizing.coco_pool_captions(names)
+    else:
+        pools = {Path(COCO_SOURCES[f"{split}_pool"]) for split in SPLITS}
+        size = sum(pool.stat().st_size for pool in pools if pool.exists())
+        captions = sizing.captions_in_file(size)
+    return attempt * sizing.caption_pairs_mem_mb(captions)
+
+
+def annotations_mem_mb(*kinds):
+    """For a job parsing the annotation files of ``kinds`` (instances, captions): COCO's sizes,
+    or the local files'."""
+
+    def mem_mb(wildcards, attempt):
+        if config["coco"]["source"] == "download":
+            names = {config["coco"][f"{split}_source"] for split in SPLITS}
+            size = sum(sizing.coco_json_mb(k, n) for k in kinds for n in names)
+        else:
+            files = {
+                Path(COCO_SOURCES[f"{split}_{k}"]) for split in SPLITS for k in kinds
+            }
+            size = sum(f.stat().st_size for f in files if f.exists()) / 2**20
+        return attempt * sizing.json_job_mem_mb(size)
+
+    return mem_mb
 
 
 def model_dir(model):

@@ -39,6 +39,9 @@ rule images_table:
         "logs/data/images_table.log",
     conda:
         CONDA_ENV
+    resources:
+        mem_mb=annotations_mem_mb("instances", "captions"),
+        download_workers=config["coco"]["download_workers"],
     params:
         n_images={
             "train": config["coco"]["n_train_images"],
@@ -52,6 +55,5 @@ rule images_table:
             if config["coco"]["source"] == "download"
             else None
         ),
-        workers=config["coco"]["download_workers"],
     script:
         "../scripts/images_table.py"

@@ -30,10 +30,15 @@ rule extract:
     conda:
         CONDA_ENV
     threads: MODEL_THREADS
+    # how the job runs, not what it computes: resources, so that editing them reruns nothing
     resources:
         gpu=model_gpus,
+        mem_mb=extract_mem_mb,
+        runtime=extract_runtime,
+        device=config["extract"]["device"],
         batch_size=extract_batch_size,
         entry_batch_size=lambda wc: model_entry(wc.model)["batch_size"],
+        chunk_samples=config["extract"]["chunk_samples"],
     params:
         model=model_param,
         images_dir=COCO_SOURCES["images"],
@@ -41,8 +46,7 @@ rule extract:
         shards=lambda wc: shards_of(wc.model),
         poolings=config["extract"]["poolings"],
         max_side=config["images"]["max_side"],
-        device=config["extract"]["device"],
-        chunk_samples=config["extract"]["chunk_samples"],
+        storage_dtype=config["extract"]["storage_dtype"],
     script:
         "../scripts/extract.py"
 
@@ -60,6 +64,9 @@ rule text_embedding:
         task="caption-[A-Za-z0-9_]+",
     conda:
         CONDA_ENV
+    resources:
+        gpu=model_gpus,
+        device=config["extract"]["device"],
     params:
         embedding_model=config["caption"]["embedding_model"],
     script:
@@ -90,12 +97,13 @@ rule first_tokens:
     threads: MODEL_THREADS
     resources:
         gpu=model_gpus,
+        mem_mb=first_tokens_mem_mb,
+        device=config["extract"]["device"],
         batch_size=lambda wc: model_entry(wc.model)["batch_size"],
     params:
         model=model_param,
         prompts=list(config["object"]["prompts"]),
         images_dir=COCO_SOURCES["images"],
-        device=config["extract"]["device"],
         max_side=config["images"]["max_side"],
         category=config["first_tokens"]["category"],
         top_k=config["first_tokens"]["top_k"],

@@ -12,6 +12,9 @@ rule probe:
     conda:
         CONDA_ENV
     threads: 1
+    resources:
+        mem_mb=probe_mem_mb,
+        runtime=probe_runtime,
     params:
         probe=lambda wc: PROBES[wc.probe].to_dict(),
         evaluation=EVALUATION.to_dict(),

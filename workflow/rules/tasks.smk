@@ -11,6 +11,10 @@ rule caption_pairs:
         "benchmarks/out/tasks/caption_pairs.tsv"
     conda:
         CONDA_ENV
+    resources:
+        gpu=model_gpus,
+        mem_mb=caption_pool_mem_mb,
+        device=config["extract"]["device"],
     params:
         positives_per_image=config["caption"]["positives_per_image"],
         candidates_per_positive=config["caption"]["candidates_per_positive"],
@@ -31,6 +35,8 @@ rule object_rows:
         "logs/tasks/object_rows.log",
     conda:
         CONDA_ENV
+    resources:
+        mem_mb=annotations_mem_mb("instances"),
     script:
         "../scripts/object_rows.py"
 
@@ -61,6 +67,8 @@ rule object_task:
         "logs/tasks/object-{prompt}.log",
     conda:
         CONDA_ENV
+    resources:
+        mem_mb=annotations_mem_mb("instances"),
     params:
         prompt=lambda wc: config["object"]["prompts"][wc.prompt],
         seed=config["object"]["seed"],

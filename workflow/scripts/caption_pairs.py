@@ -17,5 +17,6 @@ with job_log(snakemake.log[0]):
         snakemake.params.embedding_model,
         snakemake.params.seed,
         snakemake.params.negatives,
+        device=snakemake.resources.device,
     )
     write_parquet(pairs, snakemake.output[0])

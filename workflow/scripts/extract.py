@@ -24,9 +24,10 @@ with job_log(snakemake.log[0]):
         poolings=snakemake.params.poolings,
         shards=snakemake.params.shards,
         out_dir=snakemake.output[0],
-        device=snakemake.params.device,
+        device=snakemake.resources.device,
         threads=snakemake.threads,
-        chunk_samples=snakemake.params.chunk_samples,
+        chunk_samples=snakemake.resources.chunk_samples,
         max_side=snakemake.params.max_side,
+        storage_dtype=snakemake.params.storage_dtype,
         metadata={"task": snakemake.wildcards.task, **task_metadata},
     )

@@ -16,7 +16,7 @@ with job_log(snakemake.log[0]):
         category=snakemake.params.category,
         out_path=snakemake.output.table,
         batch_size=snakemake.resources.batch_size,
-        device=snakemake.params.device,
+        device=snakemake.resources.device,
         top_k=snakemake.params.top_k,
         max_side=snakemake.params.max_side,
     )

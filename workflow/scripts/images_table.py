@@ -12,5 +12,5 @@ with job_log(snakemake.log[0]):
         snakemake.output.images,
         snakemake.output.skipped,
         base_url=snakemake.params.base_url,
-        workers=snakemake.params.workers,
+        workers=snakemake.resources.download_workers,
     )

@@ -333,12 +333,14 @@ def extract_activations(
     prefetch: bool | None = None,
     on_chunk: Callable[[int, int], None] | None = None,
     load: Callable[[str], Image.Image] | None = None,
+    storage_dtype: str = "float32",
 ) -> None:
     """Pool the hidden states of ``samples`` (sample_id, image_path, text) and write them.
 
     ``shards`` are inclusive (first, last) hidden-state ranges, written to ``out_paths`` (one
-    per shard) as activation tables in the order of ``samples``; ``metadata`` is recorded in
-    each, with the pooling definitions added.
+    per shard) as activation tables in the order of ``samples``, their values in
+    ``storage_dtype`` (see vlprobe.storage); ``metadata`` is recorded in each, with the pooling
+    definitions added.
 
     Work is done in chunks of about ``chunk_samples`` samples (whole images), kept in
     ``chunk_dir`` (default: a temporary directory, i.e. no resuming) under a fingerprint of
@@ -375,7 +377,9 @@ def extract_activations(
     with chunk_root(chunk_dir, out_paths) as root:
         store = ChunkStore(root, fingerprint).open()
         _compute_chunks(extractor, samples, plan, store, on_chunk)
-        _write_shards(model, samples, poolings, shards, out_paths, metadata, plan, store)
+        _write_shards(
+            model, samples, poolings, shards, out_paths, metadata, plan, store, storage_dtype
+        )
         store.remove()
 
 
@@ -464,6 +468,7 @@ def _write_shards(
     metadata: Mapping[str, Any],
     plan: Sequence[np.ndarray],
     store: ChunkStore,
+    storage_dtype: str,
 ) -> None:
     """Assemble each shard's table from the chunks, one shard in memory at a time."""
     hidden_states = sorted({i for first, last in shards for i in range(first, last + 1)})
@@ -472,6 +477,7 @@ def _write_shards(
         **metadata,
         "poolings": {name: pooling_of(name).definition for name in poolings},
         "num_hidden_states": model.num_layers + 1,
+        "storage_dtype": storage_dtype,
     }
     sample_ids = samples["sample_id"].to_numpy()
     for (first, last), path in zip(shards, out_paths, strict=True):
@@ -484,7 +490,9 @@ def _write_shards(
                 raise RuntimeError(f"{store.dir}: chunk {index} holds other samples than planned")
             for name in poolings:
                 pooled[name][rows] = store.values(index, name, slots)
-        write_activations(path, sample_ids, list(range(first, last + 1)), pooled, shard_metadata)
+        write_activations(
+            path, sample_ids, list(range(first, last + 1)), pooled, shard_metadata, storage_dtype
+        )
 
 
 def run_extraction(
@@ -501,8 +509,10 @@ def run_extraction(
     on_chunk: Callable[[int, int], None] | None = None,
     batch_size: int | None = None,
     max_side: int | None = None,
+    storage_dtype: str = "float32",
 ) -> None:
-    """One extraction job: load the model of a config entry, pool, write one file per shard.
+    """One extraction job: load the model of a config entry, pool, write one file per shard
+    (values in ``storage_dtype``).
 
     Images are shrunk to a longer side of at most ``max_side`` before the processor (None: as
     stored).
@@ -554,4 +564,5 @@ def run_extraction(
             load_blank_image if model_entry.get("baseline") == "blank_image" else load_image,
             max_side=max_side,
         ),
+        storage_dtype=storage_dtype,
     )

@@ -163,6 +163,26 @@ class PrefixBatch:
 RANDOM_INIT_SEED = 1
 
 
+def check_local_checkpoint(name: str, hf_id: str | os.PathLike) -> None:
+    """Fail with one line when ``hf_id`` names a local checkpoint that is not there.
+
+    A hub id has the form ``org/name``; anything else (absolute, relative with ``.`` or ``~``,
+    or deeper than one slash) is a path, and transformers would otherwise answer with "Repo id
+    must be in the form 'repo_name'...".
+    """
+    text = os.fspath(hf_id)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model {name!r}: {text} has no config.json; not a checkpoint")
+        return
+    if path.exists() or text.startswith(("/", ".", "~")) or text.count("/") > 1:
+        raise ModelError(
+            f"model {name!r}: hf_id {text} is not a checkpoint directory (no such directory); "
+            "fix the path, or give a hub id of the form 'org/name'"
+        )
+
+
 def random_init_model(
     auto_model: type, hf_id: str, source: Mapping[str, Any], settings: Mapping[str, Any]
 ) -> PreTrainedModel:
@@ -247,6 +267,7 @@ class LoadedVLM(abc.ABC):
             "revision": entry.get("revision"),
             "trust_remote_code": entry.get("trust_remote_code", False),
         }
+        check_local_checkpoint(name, hf_id)
         try:
             checkpoint, _ = PretrainedConfig.get_config_dict(hf_id, revision=source["revision"])
             adapter = cls.for_model_type(checkpoint.get("model_type"))
@@ -274,7 +295,7 @@ class LoadedVLM(abc.ABC):
             raise ModelError(
                 f"model {name!r}: prompt_format {prompt_format!r} is not one of {PROMPT_FORMATS}"
             )
-        if prompt_format == "chat" and getattr(processor, "chat_template", None) is None:
+        if prompt_format == "chat" and adapter.chat_template_of(processor) is None:
             raise ModelError(
                 f"model {name!r}: prompt_format chat, but the processor of {hf_id} has no chat "
                 "template; use prompt_format: raw"
@@ -292,6 +313,11 @@ class LoadedVLM(abc.ABC):
                 f"model {name!r}: config says num_layers={entry['num_layers']} but {hf_id} has "
                 f"{loaded.num_layers} decoder layers"
             )
+        if entry.get("hidden_size", loaded.hidden_size) != loaded.hidden_size:
+            raise ModelError(
+                f"model {name!r}: config says hidden_size={entry['hidden_size']} but {hf_id} "
+                f"has {loaded.hidden_size}"
+            )
         return loaded
 
     @classmethod
@@ -307,6 +333,11 @@ class LoadedVLM(abc.ABC):
         """The checkpoint's processor, checked for an image token before any weights are read."""
         processor = AutoProcessor.from_pretrained(hf_id, **source)
         cls.image_token_in(name, processor)
+        if getattr(processor, "chat_template", None) is None:
+            # the checkpoint's chat_template.jinja, as its tokenizer read it: some processor
+            # classes drop it on load (Phi-4-multimodal's takes no chat_template argument in
+            # transformers 5.23), and some conversions wrote it for the tokenizer only (FastVLM's)
+            processor.chat_template = processor.tokenizer.chat_template
         return processor
 
     @classmethod
@@ -374,17 +405,32 @@ class LoadedVLM(abc.ABC):
         """The text put before the prompt where the image goes; the processor expands it."""
         return self.image_token + self.image_token_suffix
 
+    # how a chat turn holds the image: "parts" (an image part, then a text part, which the
+    # processor's template turns into its image placeholder) or "text" (one string, the image
+    # placeholder then the prompt, rendered by the tokenizer's template: checkpoints whose
+    # template knows no images, e.g. Apple's FastVLM, whose model card writes the turn so)
+    chat_turn_content: ClassVar[str] = "parts"
+
+    @classmethod
+    def chat_template_of(cls, processor: ProcessorMixin) -> str | dict | None:
+        """The chat template that renders this family's chat-format prompts (None: none)."""
+        holder = processor.tokenizer if cls.chat_turn_content == "text" else processor
+        return getattr(holder, "chat_template", None)
+
     def prompt(self, text: str) -> str:
         """The model's text input for a prompt: in raw format the image placeholder, then the
         prompt; in chat format one user turn holding the image, then the prompt, rendered by the
-        processor's own chat template (its default system prompt kept; the assistant turn's
+        checkpoint's own chat template (its default system prompt kept; the assistant turn's
         start only with ``generation_prompt``)."""
         if self.prompt_format == "raw":
             return self.image_placeholder + text
-        turn = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}
-        return self.processor.apply_chat_template(
-            [turn], add_generation_prompt=self.generation_prompt, tokenize=False
-        )
+        if self.chat_turn_content == "text":
+            turn = {"role": "user", "content": self.image_placeholder + text}
+            render = self.tokenizer.apply_chat_template
+        else:
+            turn = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}
+            render = self.processor.apply_chat_template
+        return render([turn], add_generation_prompt=self.generation_prompt, tokenize=False)
 
     @functools.cached_property
     def text_kwargs(self) -> dict[str, Any]:

@@ -50,7 +50,7 @@ class FastVlmAdapter(LlavaAdapter):
     )
     tiny_defaults = {"image_size": 64}
     requires = ("timm",)  # the vision tower is transformers' TimmWrapper
-    tiny_chat_template = None  # not LLaVA-1.5's; its own is not carried yet
+    tiny_chat_template = "fast_vlm.jinja"  # not LLaVA-1.5's: a Qwen2 turn with a system prompt
 
     @classmethod
     def for_model_type(cls, model_type: str | None) -> type[LoadedVLM]:
@@ -130,6 +130,10 @@ class AppleFastVlmAdapter(FastVlmAdapter):
     model_type = "llava_qwen2"
     language_model_path = "model"
     auto_model_class = AutoModelForCausalLM
+    # the checkpoint's tokenizer carries Qwen2's text-only chat template; the model card renders
+    # one user turn whose content is "<image>\n" + the prompt, the placeholder then replaced by
+    # the image's features
+    chat_turn_content = "text"
 
     @classmethod
     def load_processor(

@@ -50,6 +50,7 @@ class InternVLAdapter(LoadedVLM):
     )
     tiny_defaults = {"image_size": 56}
     image_token_suffix = "\n"  # the image on its own line, as in the chat template
+    tiny_chat_template = "internvl.jinja"
 
     @classmethod
     def tiny_model_and_processor(

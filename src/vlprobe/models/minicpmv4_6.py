@@ -25,7 +25,7 @@ LINEAR_HEAD_DIM = 16
 
 
 class MiniCPMV4_6Adapter(LoadedVLM):
-    """MiniCPM-V 4.6 checkpoints (model_type ``minicpmv4_6``, ``openbmb/MiniCPM-V-4.6``).
+    """MiniCPM-V 4.6 checkpoints (model_type ``minicpmv4_6``, ``openbmb/MiniCPM-V-4_6``).
 
     The image goes on its own line; the processor expands the placeholder to an image-id tag,
     the image's tokens and those of its slices. The decoder's linear-attention layers keep a
@@ -52,6 +52,8 @@ class MiniCPMV4_6Adapter(LoadedVLM):
         },
     )
     tiny_defaults = {"image_size": 112}
+    # tiny_chat_template: none; the checkpoint's template is not available offline (see
+    # chat_templates/README.md), so tiny models run in raw format only
     image_token_suffix = "\n"  # the image on its own line, as in the chat template
 
     @classmethod

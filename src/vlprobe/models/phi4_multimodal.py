@@ -72,6 +72,7 @@ class Phi4MultimodalAdapter(LoadedVLM):
         extra=("<|user|>", "<|assistant|>", "<|end|>"),
         named={"image_token": "<|image|>", "audio_token": "<|audio|>"},
     )
+    tiny_chat_template = "phi4_multimodal.jinja"
 
     def image_feature_token_id(self, name: str, model: PreTrainedModel) -> int:
         return model.config.vision_config.image_token_id

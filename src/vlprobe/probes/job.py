@@ -26,7 +26,7 @@ from vlprobe.settings import (
     EvaluationConfig,
     probe_settings,
 )
-from vlprobe.storage import read_activations, shard_path, write_parquet
+from vlprobe.storage import read_features, shard_path, write_parquet
 from vlprobe.tasks import label_matrix, read_task
 
 log = logging.getLogger(__name__)
@@ -269,29 +269,28 @@ def run_probe_job(
     task, metadata = read_task(task_path)
     sample_ids, labels, mask, names = label_matrix(task, metadata)
     paths = [shard_path(part, shard) for part in part_dirs]
-    feature_ids, layers, features = read_activations(paths, pooling)
+    train = (task["split"] == "train").to_numpy()
+    evaluate = (task["split"] == "eval").to_numpy()
+    # train rows, then eval rows, each in task order: both splits are views of one array
+    order = np.concatenate([np.flatnonzero(train), np.flatnonzero(evaluate)])
+    n_train = int(train.sum())
+    layers, features = read_features(paths, pooling, sample_ids[order])
     expected = list(range(shard[0], shard[1] + 1))
     if layers.tolist() != expected:
         raise ValueError(f"{paths[0]}: layers {layers.tolist()}, expected {expected}")
-    row_of = {int(sample_id): row for row, sample_id in enumerate(feature_ids)}
-    missing = [int(i) for i in sample_ids if int(i) not in row_of]
-    if missing:
-        raise ValueError(f"{task_path}: samples {missing[:5]} have no activations in {paths[0]}")
-    features = features[[row_of[int(i)] for i in sample_ids]]
-    train = (task["split"] == "train").to_numpy()
-    evaluate = (task["split"] == "eval").to_numpy()
+    labels, mask = labels[order], mask[order]
     results = probe_layers(
-        features[train],
-        labels[train],
-        mask[train],
-        features[evaluate],
-        labels[evaluate],
-        mask[evaluate],
+        features[:n_train],
+        labels[:n_train],
+        mask[:n_train],
+        features[n_train:],
+        labels[n_train:],
+        mask[n_train:],
         expected,
         names,
         config,
         evaluation_config,
-        eval_groups=task["image_id"].to_numpy()[evaluate],
+        eval_groups=task["image_id"].to_numpy()[order[n_train:]],
         task_kind=metadata["kind"],
     )
     keys = {
