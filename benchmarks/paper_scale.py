@@ -168,7 +168,7 @@ def study_models(config: dict[str, Any]) -> list[ModelShape]:
     """Every model the config probes (baselines included) with its width and hidden states."""
     models = []
     for name, entry in config["models"].items():
-        hidden = MODEL_WIDTH.get(entry["hf_id"])
+        hidden = entry.get("hidden_size") or MODEL_WIDTH.get(entry["hf_id"])
         if hidden is None:
             raise SystemExit(f"model {name}: no width known for {entry['hf_id']}; add it")
         for model in [name, *(f"{name}@{b}" for b in entry.get("baselines", []))]:
@@ -436,7 +436,8 @@ def child_probe_job(spec: dict[str, Any]) -> None:
 
         return wrapper
 
-    job.read_activations = timed("read", job.read_activations)
+    reader = "read_features" if hasattr(job, "read_features") else "read_activations"
+    setattr(job, reader, timed("read", getattr(job, reader)))
     job.layer_scores = timed("score", job.layer_scores)
     start = time.perf_counter()
     with threadpool_limits(spec["threads"]):
@@ -527,7 +528,7 @@ def rehearse(
     root: Path,
     kind: str,
     fraction: float,
-    dtype: str = "float32",
+    dtype: str | None = None,
     epochs_cap: int | None = None,
 ) -> list[Rehearsal]:
     """Write one shard of the caption or object task at ``fraction`` of the paper's images and
@@ -535,6 +536,7 @@ def rehearse(
     mini-batch probes (memory runs: the peak is reached in the first epoch)."""
     from vlprobe.settings import EvaluationConfig, probe_settings
 
+    dtype = dtype or config["extract"].get("storage_dtype", "float32")
     captions, names = coco_texts(args.coco)
     n_train, n_eval = split_images(config, fraction)
     if kind == "caption":
@@ -653,7 +655,7 @@ def section_probes(config, args) -> None:
     say(
         f"config {args.config}: {config['coco']['n_train_images']:,} + "
         f"{config['coco']['n_eval_images']:,} images; K = {args.k:.2f} categories per image "
-        f"(coco-mini); threads {args.threads}; storage dtype parameter in vlprobe: "
+        f"(coco-mini: {categories_per_image(args.coco):.2f}); threads {args.threads}; storage dtype parameter in vlprobe: "
         f"{'yes' if write_dtype_support() else 'no'}"
     )
     for task in tasks:
@@ -684,6 +686,8 @@ def section_probes(config, args) -> None:
         ):
             say("-- memory run: caption task at its full paper size")
             runs += rehearse(config, args, root, "caption", 1.0, epochs_cap=cap)
+        elif args.full_caption == "no":
+            summary(f"full-size caption shard ({caption_rows:,} rows) skipped (--full-caption no)")
         else:
             summary(
                 f"full-size caption shard ({caption_rows:,} rows) not run: predicted "
@@ -789,6 +793,15 @@ def report_probes(config, args, tasks, jobs, runs, dtype_runs) -> None:
             f"activations stored as {dtype}: {value:.3f} bytes per value -> "
             f"{total / 1e9:,.0f} GB for the study ({', '.join(lines)})"
         )
+    stored = config["extract"].get("storage_dtype", "float32")
+    if stored in per_value:
+        study = sum(
+            t.rows * m.hidden_states * m.hidden * n_poolings for t in tasks for m in study_models(config)
+        )
+        summary(
+            f"activations at the config's storage_dtype ({stored}): "
+            f"{study * per_value[stored] / 1e9:,.0f} GB ({study / 1e9:.1f} G values)"
+        )
     if not dtype_runs:
         summary("float16/bfloat16 storage not measured: half of float32's bytes")
     else:
@@ -848,6 +861,10 @@ def main() -> None:
     parser.add_argument("--object-mem-fraction", type=float, default=1.0)
     parser.add_argument("--dtype-fractions", type=parse_fractions, default=[0.01, 0.02])
     parser.add_argument("--mem-cap-mb", type=float, default=14000)
+    parser.add_argument(
+        "--categories-per-image", type=float, default=None,
+        help="K (default: vlprobe.sizing's COCO 2017 mean)",
+    )
     parser.add_argument("--images", type=int, default=2)
     parser.add_argument("--max-sides", default="none,300")
     parser.add_argument("--arch-dtype", default="bfloat16")
@@ -857,7 +874,11 @@ def main() -> None:
     parser.add_argument("--gpu-fp32-tflops", type=float, default=30.0)
     args = parser.parse_args()
     config = load_config(args.config)
-    args.k = categories_per_image(args.coco)
+    try:  # COCO 2017's mean, the one the workflow's resource sizing uses
+        from vlprobe.sizing import COCO_CATEGORIES_PER_IMAGE as k
+    except ImportError:
+        k = categories_per_image(args.coco)
+    args.k = args.categories_per_image or k
     start = time.perf_counter()
     if args.section in ("probes", "all"):
         section_probes(config, args)
