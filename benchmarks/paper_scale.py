@@ -705,7 +705,7 @@ def section_probes(config, args) -> None:
             runs += rehearse(config, args, root, "caption", fraction, epochs_cap=cap)
         fits = {}
         for kind in sorted({r.probe_kind for r in runs}):
-            fits[kind] = fit_memory([r for r in runs if r.probe_kind == kind and r.capped])
+            fits[kind] = fit_memory([r for r in runs if r.probe_kind == kind])
         caption_rows = next(t.rows for t in tasks if t.kind == "caption")
         full_size = caption_rows * config["extract"]["layers_per_shard"] * 1536
         predicted = max(a + b * full_size for a, b in fits.values())
