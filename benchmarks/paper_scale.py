@@ -578,9 +578,11 @@ def rehearse(
     out = []
     for probe, settings in config["probes"].items():
         probe_config = probe_settings(probe, settings)
-        capped = epochs_cap is not None and hasattr(probe_config, "epochs")
+        # memory runs cap the epochs (logreg: iterations); the peak is reached in the first
+        capped_key = "epochs" if hasattr(probe_config, "epochs") else "max_iter"
+        capped = epochs_cap is not None
         if capped:
-            probe_config = probe_settings(probe, {**settings, "epochs": epochs_cap})
+            probe_config = probe_settings(probe, {**settings, capped_key: epochs_cap})
         out_dir = root / "results" / "probes" / model / task_name / poolings[-1] / probe
         spec = {
             "threads": args.threads,
@@ -691,13 +693,9 @@ def section_probes(config, args) -> None:
     dtype_runs: list[Rehearsal] = []
     cap = args.mem_epochs
     try:
-        caption_time, object_time = args.time_fractions
-        say(
-            f"-- timing runs (the paper's probe settings): caption at {caption_time:g}, "
-            f"object at {object_time:g} of their paper rows"
-        )
-        runs += rehearse(config, args, root, "caption", caption_time)
-        runs += rehearse(config, args, root, "object", object_time)
+        for kind, fraction in zip(("caption", "object"), args.time_fractions, strict=False):
+            say(f"-- timing run (the paper's probe settings): {kind} at {fraction:g} of its rows")
+            runs += rehearse(config, args, root, kind, fraction)
         for fraction in args.mem_fractions:
             say(
                 f"-- memory run (mini-batch probes capped at {cap} epochs): caption at {fraction:g}"
@@ -722,9 +720,11 @@ def section_probes(config, args) -> None:
                 f"full-size caption shard ({caption_rows:,} rows) not run: predicted "
                 f"{predicted:,.0f} MB, past 90 % of --mem-cap-mb {args.mem_cap_mb:,.0f}"
             )
-        say(f"-- memory run: object task (NoCat) at {args.object_mem_fraction:g} of its rows")
-        runs += rehearse(config, args, root, "object", args.object_mem_fraction, epochs_cap=cap)
-        caption_dtype, object_dtype = args.dtype_fractions
+        for fraction in args.object_mem_fractions:
+            # past 1: more images than the paper's, for the row counts of WithCat/statement
+            say(f"-- memory run: object task (NoCat) at {fraction:g} of its rows")
+            runs += rehearse(config, args, root, "object", fraction, epochs_cap=cap)
+        caption_dtype, object_dtype = args.dtype_fractions or (0, 0)
         for dtype in ("float32", "float16", "bfloat16") if caption_dtype > 0 else ():
             say(f"-- storage {dtype}: caption at {caption_dtype:g}, object at {object_dtype:g}")
             dtype_runs += rehearse(config, args, root, "caption", caption_dtype, dtype)
@@ -738,14 +738,15 @@ def report_probes(config, args, tasks, jobs, runs, dtype_runs) -> None:
     ok = [r for r in runs if not r.result["killed"]]
     say("-- memory: peak RSS of a probe job, fitted over the runs above")
     fits = {}
-    for kind in sorted({r.probe_kind for r in ok}):
-        these = [r for r in ok if r.probe_kind == kind]
+    for probe_kind, kind in sorted({(r.probe_kind, r.kind) for r in ok}):
+        these = [r for r in ok if (r.probe_kind, r.kind) == (probe_kind, kind)]
         a, b = fit_memory(these)
-        fits[kind] = (a, b)
+        fits[probe_kind, kind] = (a, b)
         points = ", ".join(f"{r.size / 1e9:.3f}G -> {r.result['peak_mb']:,.0f} MB" for r in these)
         summary(
-            f"mem fit {kind}: peak_mb = {a:.1f} + {b * 1e9:.3f}e-9 * rows*layers*hidden "
-            f"(= {b * 1e9 / 4 * MB / 1e9:.2f} x the float32 features); points: {points}"
+            f"mem fit {kind}/{probe_kind}: peak_mb = {a:.0f} + {b * 1e9:.0f} * G "
+            f"(G = rows*layers*hidden / 1e9; {b * MB / 4:.2f} x the float32 features); "
+            f"points: {points}"
         )
     largest = max(ok, key=lambda r: r.size)
     summary(
@@ -762,8 +763,11 @@ def report_probes(config, args, tasks, jobs, runs, dtype_runs) -> None:
         reference[key] = max((r for r in timed if (r.kind, r.probe) == key), key=lambda r: r.size)
     gpu_rate = args.gpu_fp32_tflops * 1e12
     total_cpu = total_wall = total_gpu = 0.0
-    peak_job = 0.0
+    peak_job, peak_name = 0.0, ""
     per_kind: dict[tuple[str, str], list[float]] = {}
+    if len(reference) < len({(j.task.kind, j.probe) for j in jobs}):
+        say("  (no timing run of every job kind: the study's CPU-hours are not estimated)")
+        jobs = []
     for job in jobs:
         r = reference[(job.task.kind, job.probe)]
         scale = job.task.rows * job.layers * job.hidden / r.size
@@ -773,8 +777,10 @@ def report_probes(config, args, tasks, jobs, runs, dtype_runs) -> None:
         # on a GPU: the read and the scoring as measured here, the fits at the stated rate
         flops = probe_fit_flops(r, config) * scale
         total_gpu += (res["read_s"] + res["score_s"]) * scale + flops / gpu_rate
-        a, b = fits[job.probe_kind]
-        peak_job = max(peak_job, a + b * job.task.rows * job.layers * job.hidden)
+        a, b = fits[job.probe_kind, job.task.kind]
+        predicted = a + b * job.task.rows * job.layers * job.hidden
+        if predicted > peak_job:
+            peak_job, peak_name = predicted, f"{job.model}/{job.task.name}/{job.probe}"
         entry = per_kind.setdefault((job.task.kind, job.probe), [0, 0.0, 0.0])
         entry[0] += 1
         entry[1] += res["cpu_s"] * scale
@@ -792,7 +798,7 @@ def report_probes(config, args, tasks, jobs, runs, dtype_runs) -> None:
     summary(
         f"probe stage: {len(jobs)} jobs, {total_cpu / 3600:.1f} CPU-hours "
         f"({total_wall / 3600:.1f} h of {args.threads}-thread jobs run one at a time), "
-        f"largest job's predicted peak RSS {peak_job:,.0f} MB"
+        f"largest job's predicted peak RSS {peak_job:,.0f} MB ({peak_name})"
     )
     summary(
         f"probe stage on one {args.gpu_name} (estimate: fits at {args.gpu_fp32_tflops:g} "
@@ -1411,7 +1417,7 @@ def main() -> None:
     parser.add_argument("--mem-fractions", type=parse_fractions, default=[0.1, 0.25, 0.5])
     parser.add_argument("--mem-epochs", type=int, default=2)
     parser.add_argument("--full-caption", choices=["auto", "yes", "no"], default="auto")
-    parser.add_argument("--object-mem-fraction", type=float, default=1.0)
+    parser.add_argument("--object-mem-fractions", type=parse_fractions, default=[1.0, 3.0])
     parser.add_argument("--dtype-fractions", type=parse_fractions, default=[0.01, 0.02])
     parser.add_argument("--mem-cap-mb", type=float, default=14000)
     parser.add_argument(
