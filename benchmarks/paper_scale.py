@@ -706,7 +706,7 @@ def section_probes(config, args) -> None:
             fits[kind] = fit_memory([r for r in runs if r.probe_kind == kind])
         caption_rows = next(t.rows for t in tasks if t.kind == "caption")
         full_size = caption_rows * config["extract"]["layers_per_shard"] * 1536
-        predicted = max(a + b * full_size for a, b in fits.values())
+        predicted = max((a + b * full_size for a, b in fits.values()), default=float("inf"))
         say(f"  predicted peak RSS of the full-size caption shard: {predicted:,.0f} MB")
         if args.full_caption == "yes" or (
             args.full_caption == "auto" and predicted < 0.9 * args.mem_cap_mb
