@@ -44,9 +44,13 @@ JSON_PARSE_FACTOR = 8
 EMBEDDING_DIM = 1024
 # what any job's interpreter holds before its data: Python, torch, polars, pyarrow
 BASE_MB = 1500
-# a probe job holds its features about this many times over at its peak: the shards read
-# (float32), their concatenation, the rows put in task order, the train/eval split, a batch
-PROBE_FEATURE_COPIES = 4.0
+# a probe job's peak: about PROBE_BASE_MB plus PROBE_FEATURE_COPIES times its features in float32
+# (benchmarks/paper_scale.py, every run from 4,400 to the full 220,000 caption rows of a 4-layer
+# Qwen2-VL-2B shard, linear and logreg: at most 2,500 MB + 5,400 MB per 1e9 values; the full
+# caption shard peaked at 7.95 GB): the features are read once into split order, and logreg
+# standardises a group of layers at a time
+PROBE_BASE_MB = 2500
+PROBE_FEATURE_COPIES = 1.42
 # hidden size assumed for a hub model whose entry states none (a 7B-class model)
 DEFAULT_HIDDEN_SIZE = 4096
 # vocabulary rows of the embedding and output matrices, for the weight estimate (Qwen2's 151,936
@@ -99,7 +103,7 @@ def weights_mb(entry: Mapping[str, Any]) -> float:
 
 def probe_mem_mb(rows: int, layers: int, width: int) -> int:
     """A probe job's peak memory: its layer-shard's features of every row, held a few times."""
-    return math.ceil(BASE_MB + PROBE_FEATURE_COPIES * rows * layers * width * FLOAT32 / MB)
+    return math.ceil(PROBE_BASE_MB + PROBE_FEATURE_COPIES * rows * layers * width * FLOAT32 / MB)
 
 
 def extract_mem_mb(
@@ -152,17 +156,18 @@ def captions_in_file(size_bytes: int) -> int:
 # Time. A job's runtime (minutes) is declared as twice the estimate, at least MIN_RUNTIME:
 # a scheduler kills a job at its limit, while finishing early costs nothing.
 MIN_RUNTIME = 10
-# probe fits on the CPU, per thread: Adam's forward and backward passes run at about this
-# rate (benchmarks/paper_scale.py: 225 s for a 4-layer object shard of 20,000 rows on 2 threads,
-# linear, 3 seeds with controls), unless reading the features each epoch takes longer
-PROBE_FLOPS_PER_THREAD = 40e9
-PROBE_BYTES_PER_SECOND = 3e9
+# probe fits on the CPU, fitted to benchmarks/paper_scale.py's runs (4-layer shards of width
+# 1536, 2 threads, CPU seconds): mini-batch fits cost this much per value (row x layer x width
+# x label column) and epoch and fit, plus a fixed cost per mini-batch (caption/linear at 4,400
+# rows: 63 s; object/linear at 1,100 rows: 100 s); a logreg fit this much per value in all
+# (object at 22,000 rows: 570 s; caption at 220,000 rows: 76 s)
+MINIBATCH_SECONDS_PER_VALUE = 5.3e-10
+MINIBATCH_SECONDS = 0.023
+LOGREG_SECONDS_PER_VALUE = 2.8e-8
 # a model's forward pass: an achievable rate in bfloat16 on one data-centre GPU (an A100 or
 # H100 at about a third of its peak), and on the cores of a CPU job; tokens per sample: an
 # image's tokens at COCO resolution plus its prompt, rounded up (Qwen2-VL: about 400)
 MODEL_FLOPS = {"cuda": 100e12, "cpu": 50e9}
-# passes over the features a logreg fit makes (its Newton steps), for the same estimate
-LOGREG_PASSES = 40
 TOKENS_PER_SAMPLE = 1000
 
 
@@ -171,16 +176,17 @@ def runtime_minutes(seconds: float) -> int:
     return max(MIN_RUNTIME, math.ceil(2 * seconds / 60))
 
 
-def probe_runtime(
-    rows: int, layers: int, width: int, labels: int, fits: int, epochs: int, threads: int
-) -> int:
-    """A probe job's runtime: ``fits`` trainings (seeds, each with its control labels side by
-    side) of ``epochs`` passes over ``rows`` x ``layers`` x ``width`` features for ``labels``
-    label columns."""
-    flops = 6 * rows * layers * width * labels * epochs * fits
-    traffic = rows * layers * width * FLOAT32 * epochs * fits
+def probe_runtime(rows: int, layers: int, width: int, labels: int, settings: Any) -> int:
+    """A probe job's runtime on the CPU for its probe ``settings`` (vlprobe.settings): every
+    seed's fit (one for logreg), each with ``labels`` label columns (real and control side by
+    side) over ``rows`` x ``layers`` x ``width`` features, every epoch run."""
+    values = rows * layers * width * labels
+    if settings.seed_independent:
+        return runtime_minutes(LOGREG_SECONDS_PER_VALUE * values)
+    epochs = settings.epochs * len(settings.seeds)
+    batches = math.ceil(rows / settings.batch_size) * epochs
     return runtime_minutes(
-        max(flops / (PROBE_FLOPS_PER_THREAD * threads), traffic / PROBE_BYTES_PER_SECOND)
+        MINIBATCH_SECONDS_PER_VALUE * values * epochs + MINIBATCH_SECONDS * batches
     )
 
 

@@ -310,17 +310,14 @@ def probe_mem_mb(wildcards, attempt):
     )
 
 
-def probe_runtime(wildcards, threads, attempt):
-    settings = PROBES[wildcards.probe]
+def probe_runtime(wildcards, attempt):
     labels = 1 if task_kind(wildcards.task) == "caption" else sizing.COCO_CATEGORIES
     return attempt * sizing.probe_runtime(
         task_rows(wildcards.task),
         int(wildcards.last) - int(wildcards.first) + 1,
         probe_width(wildcards.model),
         labels * (2 if EVALUATION.control else 1),
-        1 if settings.seed_independent else len(settings.seeds),
-        getattr(settings, "epochs", sizing.LOGREG_PASSES),
-        threads,
+        PROBES[wildcards.probe],
     )
 
 
