@@ -17,8 +17,8 @@ pytestmark = [
 ]
 
 # The same threads as a local run, so probes sum in the same order and the tables match exactly;
-# device auto makes the image passes, first tokens and caption pairs request a GPU (this host's
-# is declared on /dev/null).
+# device auto makes the extraction, first tokens and caption pairs request a GPU (this host's is
+# declared on /dev/null).
 SAME_AS_LOCAL = ["--set-threads", "image_passes=2", "probe=1", "caption_pairs=1"]
 TABLES = [
     "results/data/images.parquet",
@@ -58,9 +58,10 @@ def test_demo_on_slurm_matches_a_local_run_and_requests_gpus(tmp_path):
     for table in TABLES:
         assert_frame_equal(pl.read_parquet(cluster / table), pl.read_parquet(local / table))
     jobs = [job for job in read_jobs() if str(cluster) in job.get("WorkDir", "")]
-    gpu_rules = {"image_passes", "first_tokens", "caption_pairs"}
+    gpu_rules = {"image_passes", "extract", "first_tokens", "caption_pairs"}
     assert not check(jobs, gpu_rules, gpu_partition="gpu")
-    # one image pass (1 part) for 3 tasks, each published by a CPU job; one first-token job
+    # one image pass (1 part) for 3 tasks, each task's tables put in place by its own job (on a
+    # GPU: it pools its task itself where nothing was staged); one first-token job
     assert sum(rule_of(job) == "image_passes" for job in jobs) == 1
     assert sum(rule_of(job) == "extract" for job in jobs) == 3
     assert sum(rule_of(job) == "first_tokens" for job in jobs) == 1
