@@ -231,6 +231,20 @@ def extract_params():
     }
 
 
+def extract_resources():
+    """How an extraction job runs, the image pass's and a task's tables' alike: resources,
+    since they do not change what it computes."""
+    return {
+        "gpu": model_gpus,
+        "mem_mb": extract_mem_mb,
+        "runtime": extract_runtime,
+        "device": config["extract"]["device"],
+        "batch_size": extract_batch_size,
+        "entry_batch_size": lambda wc: model_entry(wc.model)["batch_size"],
+        "chunk_samples": config["extract"]["chunk_samples"],
+    }
+
+
 def write_settings(params, path):
     """A model's extraction settings as JSON, written atomically: the settings job's output."""
     settings = {name: value for name, value in params.items()}

@@ -62,13 +62,7 @@ rule image_passes:
     threads: MODEL_THREADS
     # how the job runs, not what it computes: resources, so that editing them reruns nothing
     resources:
-        gpu=model_gpus,
-        mem_mb=extract_mem_mb,
-        runtime=extract_runtime,
-        device=config["extract"]["device"],
-        batch_size=extract_batch_size,
-        entry_batch_size=lambda wc: model_entry(wc.model)["batch_size"],
-        chunk_samples=config["extract"]["chunk_samples"],
+        **extract_resources(),
     params:
         **extract_params(),
         staging=lambda wc: PASS_STAGING.format(**wc),
@@ -102,13 +96,7 @@ rule extract:
         CONDA_ENV
     threads: MODEL_THREADS
     resources:
-        gpu=model_gpus,
-        mem_mb=extract_mem_mb,
-        runtime=extract_runtime,
-        device=config["extract"]["device"],
-        batch_size=extract_batch_size,
-        entry_batch_size=lambda wc: model_entry(wc.model)["batch_size"],
-        chunk_samples=config["extract"]["chunk_samples"],
+        **extract_resources(),
     params:
         **extract_params(),
         staging=lambda wc: PASS_STAGING.format(model=wc.model, part=wc.part),

@@ -128,14 +128,36 @@ def _model_source(model: LoadedVLM) -> dict[str, Any]:
         "dtype": str(model.model.dtype),
         "class": type(model.model).__name__,
     }
-    directory = Path(source["name_or_path"])
-    if source["name_or_path"] and directory.is_dir():
-        source["files"] = sorted(
-            (str(path.relative_to(directory)), path.stat().st_size, path.stat().st_mtime_ns)
-            for path in directory.rglob("*")
-            if path.is_file()
-        )
+    files = checkpoint_files(source["name_or_path"]) if source["name_or_path"] else None
+    if files is not None:
+        source["files"] = files
     return source
+
+
+def checkpoint_files(hf_id: str | os.PathLike) -> list[tuple[str, int, int]] | None:
+    """A local checkpoint's files with size and modification time (None for a hub id: its
+    revision names it)."""
+    directory = Path(hf_id)
+    if not directory.is_dir():
+        return None
+    return sorted(
+        (str(path.relative_to(directory)), path.stat().st_size, path.stat().st_mtime_ns)
+        for path in directory.rglob("*")
+        if path.is_file()
+    )
+
+
+def samples_fingerprint(header: Mapping[str, Any], samples: pl.DataFrame) -> str:
+    """A hash of ``header`` and the samples: their rows, and their image files' size and
+    modification time."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(header, sort_keys=True, default=str).encode())
+    for row in samples.select(SAMPLE_COLUMNS).iter_rows():
+        digest.update(json.dumps(row).encode())
+    for path in sorted(samples["image_path"].unique().to_list()):
+        stat = os.stat(path)
+        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:20]
 
 
 def chunk_fingerprint(
@@ -149,7 +171,6 @@ def chunk_fingerprint(
     """A hash of everything that determines the chunks' values: model (``key``, e.g. its config
     entry, and its weights' source), samples (ids, image files with size and mtime, texts),
     poolings, hidden states, chunk size and the chunk format."""
-    digest = hashlib.sha256()
     header = {
         "format": CHUNK_FORMAT,
         "model": model.name,
@@ -160,13 +181,7 @@ def chunk_fingerprint(
         "hidden_states": list(hidden_states),
         "chunk_samples": chunk_samples,
     }
-    digest.update(json.dumps(header, sort_keys=True, default=str).encode())
-    for sample_id, path, text in samples.select(SAMPLE_COLUMNS).iter_rows():
-        digest.update(json.dumps([sample_id, path, text]).encode())
-    for path in sorted(samples["image_path"].unique().to_list()):
-        stat = os.stat(path)
-        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:20]
+    return samples_fingerprint(header, samples)
 
 
 @contextlib.contextmanager

@@ -40,7 +40,6 @@ differently); families without prefix reuse take the plain path, as alone.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -55,7 +54,12 @@ import torch
 
 from vlprobe.baselines import load_blank_image
 from vlprobe.data import load_image
-from vlprobe.extract.chunks import CHUNK_SAMPLES, SAMPLE_COLUMNS, chunk_dir_of
+from vlprobe.extract.chunks import (
+    CHUNK_SAMPLES,
+    checkpoint_files,
+    chunk_dir_of,
+    samples_fingerprint,
+)
 from vlprobe.extract.extractor import Variant, extract_variants
 from vlprobe.models import LoadedVLM, load_model
 from vlprobe.storage import read_metadata, shard_path, write_text
@@ -72,19 +76,6 @@ class TaskPart:
     task: str
     samples: pl.DataFrame
     metadata: Mapping[str, Any] = field(default_factory=dict)
-
-
-def _checkpoint_files(hf_id: str) -> list[tuple[str, int, int]] | None:
-    """A local checkpoint's files with size and modification time (None for a hub id: its
-    revision names it)."""
-    directory = Path(hf_id)
-    if not directory.is_dir():
-        return None
-    return sorted(
-        (str(path.relative_to(directory)), path.stat().st_size, path.stat().st_mtime_ns)
-        for path in directory.rglob("*")
-        if path.is_file()
-    )
 
 
 @dataclass
@@ -106,12 +97,11 @@ class ExtractionJob:
 
     def fingerprint(self, part: TaskPart) -> str:
         """A hash of everything that determines a task part's tables (not how they were run)."""
-        digest = hashlib.sha256()
         header = {
             "format": FINGERPRINT_FORMAT,
             "model": self.model_name,
             "entry": {k: v for k, v in self.model_entry.items() if k != "batch_size"},
-            "checkpoint": _checkpoint_files(str(self.model_entry["hf_id"])),
+            "checkpoint": checkpoint_files(str(self.model_entry["hf_id"])),
             "task": part.task,
             "metadata": dict(part.metadata),
             "poolings": list(self.poolings),
@@ -119,22 +109,16 @@ class ExtractionJob:
             "max_side": self.max_side,
             "storage_dtype": self.storage_dtype,
         }
-        digest.update(json.dumps(header, sort_keys=True, default=str).encode())
-        for row in part.samples.select(SAMPLE_COLUMNS).iter_rows():
-            digest.update(json.dumps(row).encode())
-        for path in sorted(part.samples["image_path"].unique().to_list()):
-            stat = os.stat(path)
-            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-        return digest.hexdigest()[:20]
+        return samples_fingerprint(header, part.samples)
 
-    def holds(self, directory: str | os.PathLike, part: TaskPart) -> bool:
-        """Whether ``directory`` holds every layer-shard of ``part`` with its fingerprint."""
+    def holds(self, directory: str | os.PathLike, fingerprint: str) -> bool:
+        """Whether ``directory`` holds every layer-shard of a task part with its
+        ``fingerprint``."""
         paths = [shard_path(directory, shard) for shard in self.shards]
         if not all(path.is_file() for path in paths):
             return False
-        expected = self.fingerprint(part)
         try:
-            return all(read_metadata(path).get("fingerprint") == expected for path in paths)
+            return all(read_metadata(path).get("fingerprint") == fingerprint for path in paths)
         except ValueError:  # damaged or foreign: not what the part needs
             return False
 
@@ -149,12 +133,13 @@ class ExtractionJob:
         its output directory) are current is staged by hard links to them, and one already
         staged is kept. Returns per task what was done: computed, linked or staged."""
         staging = Path(staging)
+        fingerprints = {part.task: self.fingerprint(part) for part in parts}
         status: dict[str, str] = {}
         todo = []
         for part in parts:
-            if self.holds(staging / part.task, part):
+            if self.holds(staging / part.task, fingerprints[part.task]):
                 status[part.task] = "staged"
-            elif self.holds(published(part.task), part):
+            elif self.holds(published(part.task), fingerprints[part.task]):
                 status[part.task] = "linked"
             else:
                 todo.append(part)
@@ -180,7 +165,7 @@ class ExtractionJob:
             Variant(
                 part.samples,
                 [shard_path(staging / f".{part.task}.tmp", shard) for shard in self.shards],
-                self._metadata(model, part),
+                self._metadata(model, part, fingerprints[part.task]),
             )
             for part in todo
         ]
@@ -196,7 +181,8 @@ class ExtractionJob:
         """Move the part's staged tables to ``out_dir`` (one rename); where none are staged
         with its fingerprint, pool the part alone into ``out_dir``. Returns which it did."""
         staged, out_dir = Path(staging) / part.task, Path(out_dir)
-        if self.holds(staged, part):
+        fingerprint = self.fingerprint(part)
+        if self.holds(staged, fingerprint):
             shutil.rmtree(out_dir, ignore_errors=True)
             out_dir.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staged, out_dir)
@@ -210,16 +196,20 @@ class ExtractionJob:
             self.model_name,
             part.task,
         )
-        self.extract_alone(part, out_dir)
+        self.extract_alone(part, out_dir, fingerprint)
         return "computed"
 
-    def extract_alone(self, part: TaskPart, out_dir: str | os.PathLike) -> None:
-        """Pool one task part by itself into ``out_dir`` (its chunks kept beside it)."""
+    def extract_alone(
+        self, part: TaskPart, out_dir: str | os.PathLike, fingerprint: str | None = None
+    ) -> None:
+        """Pool one task part by itself into ``out_dir`` (its chunks kept beside it);
+        ``fingerprint``: the part's, if computed already."""
+        fingerprint = fingerprint or self.fingerprint(part)
         model = self._load()
         paths = [shard_path(out_dir, shard) for shard in self.shards]
         self._extract(
             model,
-            [Variant(part.samples, paths, self._metadata(model, part))],
+            [Variant(part.samples, paths, self._metadata(model, part, fingerprint))],
             chunk_dir_of(out_dir),
         )
 
@@ -238,7 +228,7 @@ class ExtractionJob:
             )
         return load_model(self.model_name, self.model_entry, device=self.device)
 
-    def _metadata(self, model: LoadedVLM, part: TaskPart) -> dict[str, Any]:
+    def _metadata(self, model: LoadedVLM, part: TaskPart, fingerprint: str) -> dict[str, Any]:
         entry = self.model_entry
         return {
             "model": self.model_name,
@@ -249,7 +239,7 @@ class ExtractionJob:
             "max_side": self.max_side,
             "task": part.task,
             **part.metadata,
-            "fingerprint": self.fingerprint(part),
+            "fingerprint": fingerprint,
         }
 
     def _extract(
