@@ -35,6 +35,8 @@ from vlprobe.extract import (
     pooling_of,
     run_extraction,
 )
+from vlprobe.extract import extractor as extractor_module
+from vlprobe.extract.extractor import shared_runs
 from vlprobe.models import FAMILIES, ModelError, load_model
 from vlprobe.storage import layer_shards, read_activations, read_metadata, shard_path
 
@@ -231,6 +233,60 @@ def test_prefix_reuse_equals_the_full_forward(loaded, samples, references, famil
         name: values[order].transpose(1, 0, 2) for name, values in references[family].items()
     }
     assert_pooled_equal(pooled, expected)
+
+
+def test_shared_runs_are_chosen_to_save_the_most_tokens():
+    suffixes = [[1, 2, 3, 4], [1, 2, 3], [1, 2, 9], [5, 6], [5, 7]]
+    # [1, 2] once for three prompts saves 4 tokens, [1, 2, 3] for two of them 3
+    assert shared_runs(suffixes, 1) == [(2, [0, 1, 2]), (1, [3, 4])]
+    assert shared_runs(suffixes, 4) == [(2, [0, 1, 2])]
+    assert shared_runs(suffixes, 5) == []
+    # a prompt repeated: its whole text is the run, for both
+    assert shared_runs([[1, 2], [3], [1, 2]], 2) == [(2, [0, 2])]
+
+
+@pytest.mark.parametrize("family", FAMILY_PARAMS)
+def test_prompts_sharing_a_run_of_tokens_pass_it_once(
+    loaded, samples, references, family, monkeypatch
+):
+    """A run of tokens that prompts of an image start with, after their image prefix, is
+    computed once and their rest continues it: a prompt that is the run alone (the image's
+    NoCat prompt inside its WithCat one) and one with a rest both equal the full forward,
+    with fewer tokens computed than without shared runs."""
+    order = batch_order(samples)
+    paths = [samples["image_path"][int(i)] for i in order]
+    texts = [samples["text"][int(i)] for i in order]
+    forward_cached = loaded.forward_cached
+
+    def pool(min_tokens: int) -> tuple[dict[str, np.ndarray], int]:
+        computed = []
+
+        def counting(inputs, cache, **kwargs):
+            if cache.get_seq_length() > 0:  # a pass that continues a cache
+                computed.append(
+                    int(inputs["attention_mask"][:, -inputs["input_ids"].shape[1] :].sum())
+                )
+            return forward_cached(inputs, cache, **kwargs)
+
+        monkeypatch.setattr(extractor_module, "SHARED_RUN_MIN_TOKENS", min_tokens)
+        loaded.forward_cached = counting
+        try:
+            with Extractor(loaded, ALL_POOLINGS, STATES, 2) as extractor:
+                pooled = extractor.pool(paths, texts)
+        finally:
+            del loaded.forward_cached
+        return pooled, sum(computed)
+
+    shared, shared_tokens = pool(1)
+    alone, alone_tokens = pool(10**9)
+    expected = {
+        name: values[order].transpose(1, 0, 2) for name, values in references[family].items()
+    }
+    assert_pooled_equal(shared, expected)
+    assert_pooled_equal(alone, expected)
+    if loaded.prefix_reuse and not image_ends_text(loaded):
+        # image 0: " contains the following types of objects:" once for NoCat and WithCat
+        assert shared_tokens < alone_tokens
 
 
 @pytest.mark.parametrize("family", FAMILY_PARAMS)

@@ -393,7 +393,7 @@ def test_qwen2_vl_suffix_positions_continue_the_m_rope_positions(tiny_dirs, fami
     assert prefix.position_ids.shape == (3, *prefix.inputs["input_ids"].shape)
     rows = torch.tensor([0, 0, 1])
     suffixes = [prefix.suffixes[0][0], prefix.suffixes[0][1], prefix.suffixes[1][0]]
-    inputs, suffix_mask = loaded.suffix_inputs(prefix, rows, suffixes)
+    inputs, suffix_mask = loaded.suffix_inputs(prefix.cached, rows, suffixes)
     assert inputs["position_ids"].shape == (3, 3, suffix_mask.shape[1])
     assert (
         inputs["attention_mask"].shape[1] == prefix.attention_mask.shape[1] + suffix_mask.shape[1]
@@ -422,7 +422,7 @@ def test_cache_rows_copies_and_leaves_the_prefix_cache_alone(tiny_dirs):
         keys = cache.layers[0].keys.clone()
         selected = loaded.cache_rows(cache, torch.tensor([1, 0, 0]))
         rows = torch.tensor([1, 0, 0])
-        inputs, _ = loaded.suffix_inputs(prefix, rows, [[5], [6], [7]])
+        inputs, _ = loaded.suffix_inputs(prefix.cached, rows, [[5], [6], [7]])
         loaded.forward_cached(inputs, selected)
     assert torch.equal(cache.layers[0].keys, keys)
     assert torch.equal(selected.layers[0].keys[:, :, : keys.shape[2]], keys[[1, 0, 0]])
@@ -440,7 +440,7 @@ def test_kosmos2_suffix_positions_continue_the_absolute_positions(tiny_dirs):
     assert lengths[0] != lengths[1]  # so one prefix is left-padded
     padding_idx = loaded.model.config.text_config.pad_token_id
     assert prefix.next_position.tolist() == (padding_idx + 1 + lengths).tolist()
-    inputs, _ = loaded.suffix_inputs(prefix, torch.tensor([0, 1]), [[5, 6], [7]])
+    inputs, _ = loaded.suffix_inputs(prefix.cached, torch.tensor([0, 1]), [[5, 6], [7]])
     assert inputs["position_ids"][:, 0].tolist() == prefix.next_position.tolist()
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
@@ -32,11 +33,12 @@ from vlprobe.extract.pooling import (
     TokenMask,
     check_poolings,
     index_positions,
+    join_runs,
     pool_parts,
     pooling_of,
 )
 from vlprobe.models import LoadedVLM
-from vlprobe.models.base import PrefixBatch
+from vlprobe.models.base import CachedRows, PrefixBatch
 from vlprobe.storage import write_activations
 
 log = logging.getLogger(__name__)
@@ -62,12 +64,55 @@ def _images_of(paths: Sequence[str], texts: Sequence[str]) -> list[_Image]:
     return images
 
 
+# a run of tokens that several prompts of an image start with gets its own pass when it saves
+# at least this many tokens: shorter ones cost more in cache copies than they save
+SHARED_RUN_MIN_TOKENS = 8
+
+
+def shared_runs(suffixes: Sequence[Sequence[int]], min_tokens: int) -> list[tuple[int, list[int]]]:
+    """Groups of ``suffixes`` (one image's prompts after its prefix) that start with the same
+    run of tokens, as (run length, member indices): a run computed once for its group saves
+    (members - 1) x length tokens, and the groups are chosen to save the most tokens, each
+    run saving at least ``min_tokens``. A suffix may be its group's run alone."""
+    order = sorted(range(len(suffixes)), key=lambda k: list(suffixes[k]))
+    common = [  # tokens that neighbours in that order start with alike
+        _common_length(suffixes[a], suffixes[b]) for a, b in itertools.pairwise(order)
+    ]
+
+    def best(start: int, end: int) -> tuple[int, list[tuple[int, list[int]]]]:
+        # order[start:end] share common[start:end-1]'s minimum; either that run is their
+        # group, or the runs where it is exceeded are groups of their own
+        if end - start < 2:
+            return 0, []
+        length = min(common[start : end - 1])
+        saved, groups, first = 0, [], start
+        for k in range(start, end):
+            if k == end - 1 or common[k] == length:
+                part_saved, part_groups = best(first, k + 1)
+                saved, groups, first = saved + part_saved, groups + part_groups, k + 1
+        own = (end - start - 1) * length
+        if length > 0 and own >= max(saved, min_tokens):
+            return own, [(length, sorted(order[start:end]))]
+        return saved, groups
+
+    return best(0, len(order))[1]
+
+
+def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
+    for n, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return n
+    return min(len(a), len(b))
+
+
 class Extractor:
     """Pools samples with a model: prefix reuse where the model allows it, else plain batches.
 
     ``batch_size`` is the number of images per prefix pass (prefix reuse) or of samples per
     plain pass; it is halved on CUDA out-of-memory and the batch retried. Suffix passes take as
-    many prompts as give about the prefix pass's number of tokens. With ``prefetch`` (default:
+    many prompts as give about the prefix pass's number of tokens. Prompts of one image that
+    start alike after the prefix (:func:`shared_runs`) pass their shared run once, then each
+    its rest on that run's cache. With ``prefetch`` (default:
     on CUDA), a worker thread decodes and processes the next prefix batch's images while the
     device computes the current one. Use as a context manager (hooks, worker thread).
     """
@@ -210,24 +255,25 @@ class Extractor:
         cache = model.new_cache()
         extra = {} if prefix.position_ids is None else {"position_ids": prefix.position_ids}
         prefix_mask = prefix.attention_mask
-        # shortest first: a suffix pass then holds prompts of about one length (an image's
-        # prompts come from several tasks, of 10 to 200 tokens), so little of it is padding
-        suffixes = sorted(
+        # prompts, shortest first: a suffix pass then holds prompts of about one length (an
+        # image's prompts come from several tasks, of 10 to 200 tokens), so little of it is
+        # padding; a prompt's index in this order is its "item"
+        prompts = sorted(
             (
-                (row, ids, position)
+                _Prompt(row, ids, position)
                 for row, image in enumerate(images)
                 for ids, position in zip(prefix.suffixes[row], image.positions, strict=True)
             ),
-            key=lambda suffix: len(suffix[1]),
+            key=lambda prompt: len(prompt.ids),
         )
-        # token N of every prompt, by its position in the whole sequence: the prefix pass
-        # gathers it for the prompts whose prefix holds it (the others' picks are clamped into
-        # the prefix and dropped in pool_parts)
+        # token N of every prompt, by its position in the whole sequence: each pass gathers it
+        # for the prompts whose tokens there hold it (the others' picks are clamped into the
+        # pass and dropped when the runs are joined)
         prefix_lengths = prefix_mask.sum(dim=1)
-        item_rows = torch.tensor([row for row, _, _ in suffixes], device=model.device)
+        item_rows = torch.tensor([prompt.row for prompt in prompts], device=model.device)
         item_prefix = prefix_lengths[item_rows]
         item_lengths = item_prefix + torch.tensor(
-            [len(ids) for _, ids, _ in suffixes], device=model.device
+            [len(prompt.ids) for prompt in prompts], device=model.device
         )
         positions = {
             index: index_positions(index, item_lengths, model.name) for index in self.pooler.indices
@@ -246,77 +292,265 @@ class Extractor:
             tokens,
             [r for name in self.poolings if (r := pooling_of(name).prefix) is not None],
         )
-        prefix_part = _PrefixPart(prefix, cache, prefix_reduced, tokens.counts(), positions)
-        # suffix passes of about as many tokens as the prefix pass (at least batch_size prompts)
+        prefix_part = _PrefixPart(prefix_reduced, tokens.counts(), positions)
+        images_level = _Level(
+            cache, prefix.cached, torch.arange(len(images), device=model.device), prefix_lengths
+        )
+        # passes of about as many tokens as the prefix pass (at least batch_size sequences)
         budget = self.batch_size * width
+        alone, shared = [], []
+        for row in range(len(images)):
+            items = [item for item, prompt in enumerate(prompts) if prompt.row == row]
+            groups = shared_runs([prompts[item].ids for item in items], SHARED_RUN_MIN_TOKENS)
+            grouped = {item for _, members in groups for item in members}
+            alone += [item for k, item in enumerate(items) if k not in grouped]
+            shared += [(row, length, [items[k] for k in members]) for length, members in groups]
+        alone.sort()  # items are in order of length
+        for run in self._budgeted([len(prompts[item].ids) for item in alone], budget):
+            entries = [(prompts[alone[k]].row, alone[k]) for k in run]
+            self._pool_suffixes(prefix_part, images_level, entries, prompts, out)
+        shared.sort(key=lambda group: group[1])
+        # the rest of a prompt continues its run, so a run pass has no padding: padding between
+        # a run and its rest would enter the recurrent state of a linear-attention layer and
+        # a sliding window's span
+        for run in self._budgeted([length for _, length, _ in shared], budget, padded=False):
+            groups = [shared[k] for k in run]
+            level = self._pool_shared_runs(prefix_part, images_level, groups, prompts, out)
+            # the rest of each prompt that has one, after its group's shared run
+            rest = sorted(
+                (
+                    (slot, item)
+                    for slot, (_, length, members) in enumerate(groups)
+                    for item in members
+                    if len(prompts[item].ids) > length
+                ),
+                key=lambda entry: len(prompts[entry[1]].ids),
+            )
+            for rest_run in self._budgeted([len(prompts[item].ids) for _, item in rest], budget):
+                entries = [rest[k] for k in rest_run]
+                self._pool_suffixes(prefix_part, level, entries, prompts, out)
+
+    def _budgeted(
+        self, lengths: Sequence[int], budget: int, padded: bool = True
+    ) -> Iterator[range]:
+        """Consecutive runs of sequences of ``lengths`` (ascending) for one pass each: at
+        least ``batch_size`` of them, more while the padded pass holds at most ``budget``
+        tokens; all of one length unless ``padded``."""
         start = 0
-        while start < len(suffixes):
+        while start < len(lengths):
             end = start + 1
-            while end < len(suffixes) and (
-                end - start < self.batch_size or (end + 1 - start) * len(suffixes[end][1]) <= budget
+            while (
+                end < len(lengths)
+                and (padded or lengths[end] == lengths[start])
+                and (end - start < self.batch_size or (end + 1 - start) * lengths[end] <= budget)
             ):
                 end += 1
-            items = torch.arange(start, end, device=model.device)
-            self._pool_suffixes(prefix_part, items, suffixes[start:end], out)
+            yield range(start, end)
             start = end
+
+    def _pool_shared_runs(
+        self,
+        prefix: _PrefixPart,
+        images: _Level,
+        groups: Sequence[tuple[int, int, list[int]]],
+        prompts: Sequence[_Prompt],
+        out: dict[str, np.ndarray],
+    ) -> _Level:
+        """One pass over the runs of tokens that the prompts of each group (image row, run
+        length, items) start with, on the images' cache; a prompt that is its group's run
+        alone is pooled here. Returns the level that the rest of each prompt continues."""
+        model = self.model
+        rows = torch.tensor([row for row, _, _ in groups], device=model.device)
+        runs = [prompts[members[0]].ids[:length] for _, length, members in groups]
+        inputs, run_mask = model.suffix_inputs(images.cached, rows, runs)
+        cache = model.cache_rows(images.cache, rows)
+        members = torch.tensor([item for _, _, items in groups for item in items])
+        slot_of_member = torch.tensor(
+            [slot for slot, (_, _, items) in enumerate(groups) for _ in items]
+        ).to(model.device)
+        members = members.to(model.device)
+        before = images.tokens_before[rows]
+        tokens = TokenMask.from_attention_mask(
+            run_mask,
+            picks={
+                index: (
+                    slot_of_member,
+                    (at[members] - before[slot_of_member]).clamp(min=0, max=run_mask.shape[1] - 1),
+                )
+                for index, at in prefix.positions.items()
+            },
+        )
+        reduced = self.pooler.reduce(
+            lambda: model.forward_cached(inputs, cache),
+            tokens,
+            [r for name in self.poolings if (r := pooling_of(name).suffix) is not None],
+        )
+        counts = tokens.counts()
+        # index:N picks are per prompt: their row in `reduced` for every item of the batch
+        pick_of_item = torch.full((len(prompts),), -1, dtype=torch.long, device=model.device)
+        pick_of_item[members] = torch.arange(len(members), device=model.device)
+        level = _Level(
+            cache,
+            images.cached.continued(rows, run_mask),
+            rows,
+            before + run_mask.sum(dim=1),
+            _Runs(reduced, counts, pick_of_item, before),
+        )
+        whole = [
+            (slot, item)
+            for slot, (_, length, items) in enumerate(groups)
+            for item in items
+            if len(prompts[item].ids) == length
+        ]
+        if whole:
+            slots = torch.tensor([slot for slot, _ in whole], device=model.device)
+            items = torch.tensor([item for _, item in whole], device=model.device)
+            suffix = level.runs.rows(slots, items)
+            self._store_pooled(
+                prefix,
+                rows[slots],
+                items,
+                suffix,
+                {n: c[slots] for n, c in counts.items()},
+                [prompts[item].position for _, item in whole],
+                out,
+            )
+        return level
 
     def _pool_suffixes(
         self,
         prefix: _PrefixPart,
-        items: torch.Tensor,
-        suffixes: Sequence[tuple[int, list[int], int]],
+        level: _Level,
+        entries: Sequence[tuple[int, int]],
+        prompts: Sequence[_Prompt],
         out: dict[str, np.ndarray],
     ) -> None:
-        """Pool prompts ``items`` of a prefix batch: their suffixes in one pass on the cache."""
+        """Pool prompts in one pass over the rest of their tokens, each (level row, item) of
+        ``entries`` continuing its row of ``level``'s cache."""
         model = self.model
-        rows = torch.tensor([row for row, _, _ in suffixes], device=model.device)
+        rows = torch.tensor([row for row, _ in entries], device=model.device)
+        items = torch.tensor([item for _, item in entries], device=model.device)
+        before = level.tokens_before[rows]
+        cut = (before - prefix.counts["all"][level.image_rows[rows], 0].long()).tolist()
         inputs, suffix_mask = model.suffix_inputs(
-            prefix.batch, rows, [ids for _, ids, _ in suffixes]
+            level.cached,
+            rows,
+            [prompts[item].ids[n:] for (_, item), n in zip(entries, cut, strict=True)],
         )
-        suffix_cache = model.cache_rows(prefix.cache, rows)
-        prefix_lengths = prefix.counts["all"][rows, 0].long()
+        suffix_cache = model.cache_rows(level.cache, rows)
         # no image tokens here: prefix_batch keeps them all in the prefix
         tokens = TokenMask.from_attention_mask(
             suffix_mask,
             picks={
                 index: (
-                    torch.arange(len(suffixes), device=model.device),
-                    (at[items] - prefix_lengths).clamp(min=0),
+                    torch.arange(len(entries), device=model.device),
+                    (at[items] - before).clamp(min=0),
                 )
                 for index, at in prefix.positions.items()
             },
         )
-        suffix_reduced = self.pooler.reduce(
+        suffix = self.pooler.reduce(
             lambda: model.forward_cached(inputs, suffix_cache),
             tokens,
             [r for name in self.poolings if (r := pooling_of(name).suffix) is not None],
         )
-        # the prefix's reductions of each suffix's own prefix (index:N ones are per prompt)
+        counts = tokens.counts()
+        if level.runs is not None:  # the shared run before the rest
+            head = level.runs.rows(rows, items)
+            head_counts = {name: c[rows] for name, c in level.runs.counts.items()}
+            suffix, counts = join_runs(
+                head,
+                head_counts,
+                suffix,
+                counts,
+                {index: at[items] < before for index, at in prefix.positions.items()},
+            )
+        self._store_pooled(
+            prefix,
+            level.image_rows[rows],
+            items,
+            suffix,
+            counts,
+            [prompts[item].position for _, item in entries],
+            out,
+        )
+
+    def _store_pooled(
+        self,
+        prefix: _PrefixPart,
+        image_rows: torch.Tensor,
+        items: torch.Tensor,
+        suffix: Mapping[str, torch.Tensor],
+        suffix_counts: Mapping[str, torch.Tensor],
+        positions: Sequence[int],
+        out: dict[str, np.ndarray],
+    ) -> None:
+        """Join prompts' image prefix (rows ``image_rows``) and their suffix reductions."""
+        prefix_lengths = prefix.counts["all"][image_rows, 0].long()
+        # the prefix's reductions of each prompt's own prefix (index:N ones are per prompt)
         prefix_reduced = {
-            name: values[items if name.startswith("index:") else rows]
+            name: values[items if name.startswith("index:") else image_rows]
             for name, values in prefix.reduced.items()
         }
         parts = Parts(
             prefix_reduced,
-            {name: count[rows] for name, count in prefix.counts.items()},
-            suffix_reduced,
-            tokens.counts(),
+            {name: count[image_rows] for name, count in prefix.counts.items()},
+            suffix,
+            suffix_counts,
             {index: at[items] < prefix_lengths for index, at in prefix.positions.items()},
         )
-        pooled = pool_parts(self.poolings, parts)
-        self._store(out, [position for _, _, position in suffixes], pooled)
+        self._store(out, positions, pool_parts(self.poolings, parts))
+
+
+@dataclass(frozen=True)
+class _Prompt:
+    """A prompt of a prefix batch: its image's row, its token ids after the image prefix, and
+    its sample's position in the chunk."""
+
+    row: int
+    ids: list[int]
+    position: int
 
 
 @dataclass
 class _PrefixPart:
-    """A prefix batch after its forward pass: the KV cache, the reductions and token counts of
-    its rows, and per ``index:N`` pooling the position of token N in each prompt."""
+    """A prefix batch after its forward pass: the reductions and token counts of its rows, and
+    per ``index:N`` pooling the position of token N in each prompt (item)."""
 
-    batch: PrefixBatch
-    cache: Any
     reduced: Mapping[str, torch.Tensor]
     counts: Mapping[str, torch.Tensor]
     positions: Mapping[int, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class _Runs:
+    """The reductions and token counts of shared runs of prompt tokens, one row per run, with
+    ``index:N`` picks one row per prompt (``pick_of_item``), and the tokens before each run."""
+
+    reduced: Mapping[str, torch.Tensor]
+    counts: Mapping[str, torch.Tensor]
+    pick_of_item: torch.Tensor
+    tokens_before: torch.Tensor
+
+    def rows(self, runs: torch.Tensor, items: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The reductions of runs ``runs``, the picks of prompts ``items``."""
+        return {
+            name: values[self.pick_of_item[items] if name.startswith("index:") else runs]
+            for name, values in self.reduced.items()
+        }
+
+
+@dataclass
+class _Level:
+    """Sequences in a KV cache that suffix passes continue: the images' prefixes, or each a
+    prefix followed by a run of tokens that several of its prompts share (``runs``); per row
+    its image's row in the prefix batch and the number of tokens before its continuation."""
+
+    cache: Any
+    cached: CachedRows
+    image_rows: torch.Tensor
+    tokens_before: torch.Tensor
+    runs: _Runs | None = None
 
 
 def _duration(seconds: float) -> str:

@@ -11,7 +11,10 @@ A sequence run in two passes, an image prefix and then a prompt suffix on the pr
 cache, is pooled exactly: each pass reduces its own tokens (sums, maxima, first or last token)
 and each pooling's :attr:`Pooling.combine` joins the parts: mean = (prefix sum + suffix sum) /
 (prefix tokens + suffix tokens), max = the larger of both maxima, first = the prefix's first
-token, last = the suffix's last token, ``index:N`` = token N of whichever part holds it.
+token, last = the suffix's last token, ``index:N`` = token N of whichever part holds it. A
+suffix that is itself run in two passes (a run of tokens shared with other prompts, then its
+own rest) first joins its two runs (:func:`join_runs`: sums add, maxima take the larger, the
+last token is the rest's).
 """
 
 from __future__ import annotations
@@ -124,6 +127,46 @@ def reduce_hidden(name: str, hidden: torch.Tensor, tokens: TokenMask) -> torch.T
         rows, positions = tokens.picks[int(name.removeprefix("index:"))]
         return hidden[rows, positions].float()
     return REDUCTIONS[name](hidden, tokens)
+
+
+def _add(head: torch.Tensor, tail: torch.Tensor) -> torch.Tensor:
+    return head + tail
+
+
+def _tail(head: torch.Tensor, tail: torch.Tensor) -> torch.Tensor:
+    return tail
+
+
+# how the reductions of two consecutive runs of a suffix join into the whole suffix's (the
+# prefix's own reductions, "first" among them, are never joined)
+JOINS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "sum": _add,
+    "image_sum": _add,
+    "text_sum": _add,
+    "max": torch.maximum,
+    "last": _tail,  # the second run is never empty
+}
+
+
+def join_runs(
+    head: Mapping[str, torch.Tensor],
+    head_counts: Mapping[str, torch.Tensor],
+    tail: Mapping[str, torch.Tensor],
+    tail_counts: Mapping[str, torch.Tensor],
+    in_head: Mapping[int, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The reductions and token counts of suffixes made of a ``head`` run followed by a
+    non-empty ``tail`` run, row ``k`` of all of them belonging to suffix ``k``;
+    ``in_head[N]`` [batch] tells whether token N of a sequence is in its head."""
+    joined = {}
+    for name, values in tail.items():
+        if name.startswith("index:"):
+            held = in_head[int(name.removeprefix("index:"))][:, None, None]
+            joined[name] = torch.where(held, head[name], values)
+        else:
+            joined[name] = JOINS[name](head[name], values)
+    counts = {name: head_counts[name] + tail_counts[name] for name in tail_counts}
+    return joined, counts
 
 
 @dataclass(frozen=True)

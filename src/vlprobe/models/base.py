@@ -160,6 +160,36 @@ class PrefixBatch:
     def attention_mask(self) -> torch.Tensor:
         return self.inputs["attention_mask"]
 
+    @property
+    def cached(self) -> CachedRows:
+        """The prefixes as suffix passes continue them."""
+        sections = (
+            None
+            if self.position_ids is None or self.position_ids.ndim != 3
+            else (self.position_ids.shape[0])
+        )
+        return CachedRows(self.attention_mask, self.next_position, sections)
+
+
+@dataclass(frozen=True)
+class CachedRows:
+    """Sequences whose keys and values a KV cache holds, as a suffix pass continues them: their
+    attention mask [rows, width] (padding included), the position id of each one's next token,
+    and the number of M-RoPE sections of the positions (None: 1-d positions)."""
+
+    attention_mask: torch.Tensor
+    next_position: torch.Tensor
+    position_sections: int | None
+
+    def continued(self, rows: torch.Tensor, suffix_mask: torch.Tensor) -> CachedRows:
+        """Rows ``rows`` of these sequences, each followed by its row of ``suffix_mask``'s
+        tokens (right-padded): what the cache of a suffix pass over them holds."""
+        return CachedRows(
+            torch.cat([self.attention_mask[rows], suffix_mask], dim=1),
+            self.next_position[rows] + suffix_mask.sum(dim=1),
+            self.position_sections,
+        )
+
 
 # not 0: the demo's tiny models are themselves random initialisations with seed 0
 RANDOM_INIT_SEED = 1
@@ -670,12 +700,12 @@ class LoadedVLM(abc.ABC):
         return next_position[:, None] + torch.arange(width, device=next_position.device)
 
     def suffix_inputs(
-        self, prefix: PrefixBatch, rows: torch.Tensor, suffixes: Sequence[Sequence[int]]
+        self, cached: CachedRows, rows: torch.Tensor, suffixes: Sequence[Sequence[int]]
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Inputs of a forward pass over ``suffixes`` (right-padded), the prefix of suffix ``k``
-        being image ``rows[k]`` of ``prefix``; and the suffix tokens' mask [batch, width].
+        """Inputs of a forward pass over ``suffixes`` (right-padded), suffix ``k`` continuing
+        sequence ``rows[k]`` of ``cached``; and the suffix tokens' mask [batch, width].
 
-        The attention mask covers the cached prefix (with its left padding) and the suffix.
+        The attention mask covers the cached sequence (with its padding) and the suffix.
         """
         width = max(len(ids) for ids in suffixes)
         input_ids = torch.full((len(suffixes), width), self.tokenizer.pad_token_id)
@@ -686,13 +716,12 @@ class LoadedVLM(abc.ABC):
         input_ids, suffix_mask = input_ids.to(self.device), suffix_mask.to(self.device)
         inputs = {
             "input_ids": input_ids,
-            "attention_mask": torch.cat([prefix.attention_mask[rows], suffix_mask], dim=1),
-            "position_ids": self.suffix_position_ids(prefix.next_position[rows], width),
+            "attention_mask": torch.cat([cached.attention_mask[rows], suffix_mask], dim=1),
+            "position_ids": self.suffix_position_ids(cached.next_position[rows], width),
         }
-        if prefix.position_ids is not None and prefix.position_ids.ndim == 3:
+        if cached.position_sections is not None:
             # M-RoPE: text tokens have the same position in every section
-            sections = prefix.position_ids.shape[0]
-            inputs["position_ids"] = inputs["position_ids"].expand(sections, -1, -1)
+            inputs["position_ids"] = inputs["position_ids"].expand(cached.position_sections, -1, -1)
         return inputs, suffix_mask
 
     def new_cache(self) -> DynamicCache:
