@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
+import math
 import tempfile
 import time
 from dataclasses import dataclass
@@ -52,7 +53,9 @@ import yaml
 
 from vlprobe.data import CocoFiles, build_images_table, load_image, make_demo_coco
 from vlprobe.extract import POOLINGS, Variant, extract_activations, extract_variants
+from vlprobe.extract.extractor import SHARED_RUN_MIN_TOKENS, shared_runs
 from vlprobe.models import build_tiny_model, load_model
+from vlprobe.models.base import shared_prefix_length
 from vlprobe.storage import read_activations, shard_path
 from vlprobe.tasks import (
     build_caption_pairs,
@@ -229,25 +232,76 @@ def h100_estimate() -> list[str]:
     return lines
 
 
-def task_set_estimate(tasks: dict[str, tuple[float, float]]) -> list[str]:
-    """Per image of a task set (``tasks``: prompts per image and tokens per prompt of each),
-    TFLOP without reuse, with prefix reuse task by task (one vision and prefix pass per task),
-    and with one image pass for every task (the workflow)."""
-    n_prompts = sum(p for p, _ in tasks.values())
+# real tokenizers (Qwen2's BPE) spend about 1.3 tokens per English word; the tiny models'
+# locally built vocabulary spends more, so the estimate counts words
+TOKENS_PER_WORD = 1.3
+
+
+def image_prompts(tasks: dict[str, pl.DataFrame]) -> list[dict[str, list[list[int]]]]:
+    """Per image of a task set, per task its prompts as word ids (the words stand for
+    tokens in the estimate)."""
+    vocabulary: dict[str, int] = {}
+    images: dict[str, dict[str, list[list[int]]]] = {}
+    for task, samples in tasks.items():
+        for path, text in samples.select("image_path", "text").iter_rows():
+            words = [vocabulary.setdefault(word, len(vocabulary)) for word in text.split(" ")]
+            images.setdefault(path, {}).setdefault(task, []).append(words)
+    return list(images.values())
+
+
+def image_flops(cost: VlmCost, prompts: dict[str, list[list[int]]]) -> tuple[float, ...]:
+    """FLOPs of one image's prompts (per task, word ids): without reuse, with prefix reuse
+    task by task (each task's prefix holds the words all its prompts start with), and in one
+    image pass for every task (shared runs after the image prefix passed once, as the
+    extractor does)."""
+    tokens = TOKENS_PER_WORD
+
+    def reused(groups: list[list[list[int]]]) -> float:
+        """Prefix reuse over prompts ``groups``: one image pass per group."""
+        total = 0.0
+        for group in groups:
+            shared = shared_prefix_length(group)
+            context = cost.image_tokens + shared * tokens
+            total += cost.image_passes(shared * tokens)
+            rests = [words[shared:] for words in group]
+            runs = shared_runs(rests, math.ceil(SHARED_RUN_MIN_TOKENS / tokens))
+            grouped = {k for _, members in runs for k in members}
+            for length, members in runs:
+                total += cost.llm(length * tokens, context)
+                total += sum(
+                    cost.llm((len(rests[k]) - length) * tokens, context + length * tokens)
+                    for k in members
+                )
+            total += sum(
+                cost.llm(len(rest) * tokens, context)
+                for k, rest in enumerate(rests)
+                if k not in grouped
+            )
+        return total
+
+    every = [words for group in prompts.values() for words in group]
+    plain = sum(cost.plain(len(words) * tokens) for words in every)
+    return plain, reused(list(prompts.values())), reused([every])
+
+
+def task_set_estimate(tasks: dict[str, pl.DataFrame]) -> list[str]:
+    """Per image of a task set (``tasks``: each one's extraction samples), TFLOP without
+    reuse, with prefix reuse task by task (one vision and prefix pass per task), and with one
+    image pass for every task (the workflow)."""
+    images = image_prompts(tasks)
+    n_prompts = sum(len(g) for prompts in images for g in prompts.values()) / len(images)
+    n_words = np.mean([len(w) for prompts in images for g in prompts.values() for w in g])
     lines = [
         f"FLOP estimate of one image's prompts in the task set above ({len(tasks)} tasks, "
-        f"{n_prompts:.1f} prompts of {sum(p * t for p, t in tasks.values()) / n_prompts:.0f} "
-        "tokens on average at 1.3 tokens per word), TFLOP per image: vision tower, image "
-        "prefix, then all prompts without reuse, with prefix reuse task by task, and in one "
-        "image pass for every task:",
+        f"{n_prompts:.1f} prompts of {n_words * TOKENS_PER_WORD:.0f} tokens on average at "
+        f"{TOKENS_PER_WORD} tokens per word), TFLOP per image: vision tower, image prefix, then "
+        "all prompts without reuse, with prefix reuse task by task, and in one image pass for "
+        "every task (with its shared runs):",
         f"  {'model':<14}{'vision':>8}{'prefix':>8}{'no reuse':>10}{'per task':>10}"
         f"{'one pass':>10}{'x':>6}",
     ]
     for cost in (qwen2_vl_2b(), fastvlm_0_5b()):
-        plain = sum(p * cost.plain(t) for p, t in tasks.values())
-        suffixes = sum(p * cost.llm(t, cost.image_tokens) for p, t in tasks.values())
-        per_task = len(tasks) * cost.image_passes() + suffixes
-        shared = cost.image_passes() + suffixes
+        plain, per_task, shared = np.mean([image_flops(cost, p) for p in images], axis=0)
         lines.append(
             f"  {cost.name:<14}{cost.vision_flops / 1e12:>8.2f}"
             f"{cost.llm(cost.image_tokens) / 1e12:>8.2f}{plain / 1e12:>10.1f}"
@@ -367,16 +421,7 @@ def all_tasks_case(root: Path, n_images: int) -> Measured:
     )
     print(f"  worst relative difference over tasks and poolings: {worst:.1e}")
     print("  pooled values identical within tolerance:", "yes" if measured.identical else "NO")
-    # real tokenizers (Qwen2's BPE) spend about 1.3 tokens per English word; the tiny models'
-    # locally built vocabulary spends more, so the estimate counts words
-    token_counts = {
-        task: (
-            samples.height / n_images,
-            1.3 * float(samples["text"].str.split(" ").list.len().mean()),
-        )
-        for task, samples in tasks.items()
-    }
-    for line in task_set_estimate(token_counts):
+    for line in task_set_estimate(tasks):
         print(line)
     return measured
 
