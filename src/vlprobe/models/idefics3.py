@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from transformers import (
     Idefics3Config,
@@ -11,7 +11,9 @@ from transformers import (
     Idefics3ImageProcessor,
     Idefics3Processor,
     LlamaConfig,
+    PreTrainedModel,
     PreTrainedTokenizerBase,
+    ProcessorMixin,
 )
 
 from vlprobe.models.base import LoadedVLM, text_config_kwargs, vision_config_kwargs
@@ -40,22 +42,29 @@ class Idefics3Adapter(LoadedVLM):
     tiny_defaults = {"image_size": 64}
     tiny_chat_template = "idefics3.jinja"
 
+    # the tiny model's classes; SmolVLM's own classes have the same arguments
+    config_class: ClassVar[type] = Idefics3Config
+    model_class: ClassVar[type] = Idefics3ForConditionalGeneration
+    image_processor_class: ClassVar[type] = Idefics3ImageProcessor
+    processor_class: ClassVar[type] = Idefics3Processor
+
     @classmethod
     def tiny_model_and_processor(
         cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]
-    ) -> tuple[Idefics3ForConditionalGeneration, Idefics3Processor]:
+    ) -> tuple[PreTrainedModel, ProcessorMixin]:
         image_size = spec["image_size"]
-        image_processor = Idefics3ImageProcessor(
+        image_processor = cls.image_processor_class(
             do_image_splitting=False,
             size={"longest_edge": image_size},
             max_image_size={"longest_edge": image_size},
         )
-        processor = Idefics3Processor(
+        processor = cls.processor_class(
             image_processor=image_processor,
             tokenizer=tokenizer,
             image_seq_len=(image_size // PATCH_SIZE // SCALE_FACTOR) ** 2,
+            **cls.tiny_processor_extras(),
         )
-        config = Idefics3Config(
+        config = cls.config_class(
             vision_config={
                 **vision_config_kwargs(spec),
                 "image_size": image_size,
@@ -66,4 +75,9 @@ class Idefics3Adapter(LoadedVLM):
             scale_factor=SCALE_FACTOR,
             pad_token_id=tokenizer.pad_token_id,
         )
-        return Idefics3ForConditionalGeneration(config), processor
+        return cls.model_class(config), processor
+
+    @classmethod
+    def tiny_processor_extras(cls) -> dict[str, Any]:
+        """Further processor arguments of the tiny model."""
+        return {}

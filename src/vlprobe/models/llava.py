@@ -45,24 +45,36 @@ class LlavaAdapter(LoadedVLM):
             size={"shortest_edge": image_size},
             crop_size={"height": image_size, "width": image_size},
         )
-        processor = LlavaProcessor(
-            image_processor=image_processor,
-            tokenizer=tokenizer,
-            patch_size=PATCH_SIZE,
-            vision_feature_select_strategy="default",
-            num_additional_image_tokens=1,  # CLIP's CLS token
-        )
+        processor = LlavaProcessor(image_processor, **cls.tiny_processor_kwargs(tokenizer))
         config = LlavaConfig(
-            vision_config=CLIPVisionConfig(
+            **cls.tiny_config_kwargs(tokenizer, spec),
+            image_seq_length=(image_size // PATCH_SIZE) ** 2,
+        )
+        return LlavaForConditionalGeneration(config), processor
+
+    @staticmethod
+    def tiny_processor_kwargs(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+        """The processor arguments of LLaVA-1.5's feature choice (CLIP's patches without CLS)."""
+        return {
+            "tokenizer": tokenizer,
+            "patch_size": PATCH_SIZE,
+            "vision_feature_select_strategy": "default",
+            "num_additional_image_tokens": 1,  # CLIP's CLS token
+        }
+
+    @staticmethod
+    def tiny_config_kwargs(tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]) -> dict:
+        """A CLIP tower at the tiny ``image_size`` (its penultimate layer's patches) and a
+        Llama decoder."""
+        return {
+            "vision_config": CLIPVisionConfig(
                 **vision_config_kwargs(spec),
-                image_size=image_size,
+                image_size=spec["image_size"],
                 patch_size=PATCH_SIZE,
                 projection_dim=spec["vision_hidden_size"],
             ),
-            text_config=LlamaConfig(**text_config_kwargs(tokenizer, spec)),
-            image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-            image_seq_length=(image_size // PATCH_SIZE) ** 2,
-            vision_feature_select_strategy="default",
-            vision_feature_layer=-2,
-        )
-        return LlavaForConditionalGeneration(config), processor
+            "text_config": LlamaConfig(**text_config_kwargs(tokenizer, spec)),
+            "image_token_index": tokenizer.convert_tokens_to_ids("<image>"),
+            "vision_feature_select_strategy": "default",
+            "vision_feature_layer": -2,
+        }

@@ -8,8 +8,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from transformers import (
-    CLIPVisionConfig,
-    LlamaConfig,
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
     LlavaNextImageProcessor,
@@ -17,10 +15,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from vlprobe.models.base import text_config_kwargs, vision_config_kwargs
 from vlprobe.models.llava import LlavaAdapter
-
-PATCH_SIZE = 14
 
 
 class LlavaNextAdapter(LlavaAdapter):
@@ -41,28 +36,13 @@ class LlavaNextAdapter(LlavaAdapter):
     ) -> tuple[LlavaNextForConditionalGeneration, LlavaNextProcessor]:
         size = spec["image_size"]
         pinpoints = [[size * rows, size * cols] for rows in (1, 2) for cols in (1, 2)]
-        processor = LlavaNextProcessor(
-            image_processor=LlavaNextImageProcessor(
-                size={"shortest_edge": size},
-                crop_size={"height": size, "width": size},
-                image_grid_pinpoints=pinpoints,
-            ),
-            tokenizer=tokenizer,
-            patch_size=PATCH_SIZE,
-            vision_feature_select_strategy="default",
-            num_additional_image_tokens=1,  # CLIP's CLS token
-        )
-        config = LlavaNextConfig(
-            vision_config=CLIPVisionConfig(
-                **vision_config_kwargs(spec),
-                image_size=size,
-                patch_size=PATCH_SIZE,
-                projection_dim=spec["vision_hidden_size"],
-            ),
-            text_config=LlamaConfig(**text_config_kwargs(tokenizer, spec)),
-            image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_processor = LlavaNextImageProcessor(
+            size={"shortest_edge": size},
+            crop_size={"height": size, "width": size},
             image_grid_pinpoints=pinpoints,
-            vision_feature_select_strategy="default",
-            vision_feature_layer=-2,
+        )
+        processor = LlavaNextProcessor(image_processor, **cls.tiny_processor_kwargs(tokenizer))
+        config = LlavaNextConfig(
+            **cls.tiny_config_kwargs(tokenizer, spec), image_grid_pinpoints=pinpoints
         )
         return LlavaNextForConditionalGeneration(config), processor
