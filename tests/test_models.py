@@ -45,6 +45,7 @@ MODEL_CLASSES = {
     "paligemma": ("PaliGemmaForConditionalGeneration", "PaliGemmaProcessor"),
     "emu3": ("Emu3ForConditionalGeneration", "Emu3Processor"),
     "chameleon": ("ChameleonForConditionalGeneration", "ChameleonProcessor"),
+    "lfm2_vl": ("Lfm2VlForConditionalGeneration", "Lfm2VlProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 

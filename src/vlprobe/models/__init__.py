@@ -23,6 +23,7 @@ from vlprobe.models.idefics2 import Idefics2Adapter
 from vlprobe.models.idefics3 import Idefics3Adapter
 from vlprobe.models.internvl import InternVLAdapter
 from vlprobe.models.kosmos2 import Kosmos2Adapter
+from vlprobe.models.lfm2_vl import Lfm2VlAdapter
 from vlprobe.models.llava import LlavaAdapter
 from vlprobe.models.llava_next import LlavaNextAdapter
 from vlprobe.models.llava_onevision import LlavaOnevisionAdapter
@@ -65,6 +66,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         ChameleonAdapter,
         Qwen3VLMoeAdapter,
         Glm4vMoeAdapter,
+        Lfm2VlAdapter,
     )
 }
 
