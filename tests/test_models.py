@@ -46,6 +46,7 @@ MODEL_CLASSES = {
     "emu3": ("Emu3ForConditionalGeneration", "Emu3Processor"),
     "chameleon": ("ChameleonForConditionalGeneration", "ChameleonProcessor"),
     "lfm2_vl": ("Lfm2VlForConditionalGeneration", "Lfm2VlProcessor"),
+    "janus": ("JanusForConditionalGeneration", "JanusProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 

@@ -22,6 +22,7 @@ from vlprobe.models.glm4v import Glm4vAdapter, Glm4vMoeAdapter
 from vlprobe.models.idefics2 import Idefics2Adapter
 from vlprobe.models.idefics3 import Idefics3Adapter
 from vlprobe.models.internvl import InternVLAdapter
+from vlprobe.models.janus import JanusAdapter
 from vlprobe.models.kosmos2 import Kosmos2Adapter
 from vlprobe.models.lfm2_vl import Lfm2VlAdapter
 from vlprobe.models.llava import LlavaAdapter
@@ -67,6 +68,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         Qwen3VLMoeAdapter,
         Glm4vMoeAdapter,
         Lfm2VlAdapter,
+        JanusAdapter,
     )
 }
 
