@@ -47,6 +47,7 @@ MODEL_CLASSES = {
     "chameleon": ("ChameleonForConditionalGeneration", "ChameleonProcessor"),
     "lfm2_vl": ("Lfm2VlForConditionalGeneration", "Lfm2VlProcessor"),
     "janus": ("JanusForConditionalGeneration", "JanusProcessor"),
+    "molmo2": ("Molmo2ForConditionalGeneration", "Molmo2Processor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 

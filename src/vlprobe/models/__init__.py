@@ -30,6 +30,7 @@ from vlprobe.models.llava_next import LlavaNextAdapter
 from vlprobe.models.llava_onevision import LlavaOnevisionAdapter
 from vlprobe.models.minicpmv4_6 import MiniCPMV4_6Adapter
 from vlprobe.models.mistral3 import Mistral3Adapter
+from vlprobe.models.molmo2 import Molmo2Adapter
 from vlprobe.models.paligemma import PaliGemmaAdapter
 from vlprobe.models.perception_lm import PerceptionLMAdapter
 from vlprobe.models.phi4_multimodal import Phi4MultimodalAdapter
@@ -69,6 +70,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         Glm4vMoeAdapter,
         Lfm2VlAdapter,
         JanusAdapter,
+        Molmo2Adapter,
     )
 }
 
