@@ -48,6 +48,7 @@ MODEL_CLASSES = {
     "lfm2_vl": ("Lfm2VlForConditionalGeneration", "Lfm2VlProcessor"),
     "janus": ("JanusForConditionalGeneration", "JanusProcessor"),
     "molmo2": ("Molmo2ForConditionalGeneration", "Molmo2Processor"),
+    "gemma3n": ("Gemma3nForConditionalGeneration", "Gemma3nProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 
