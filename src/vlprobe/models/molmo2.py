@@ -60,8 +60,6 @@ class Molmo2Adapter(LoadedVLM):
         extra=("<|im_start|>", "<|image|>", "<|video|>", *IMAGE_TOKENS),
     )
     tiny_defaults = {"image_size": 56, "max_crops": 2}
-    # the processor already starts the text with BOS; the tokenizer adds none either way
-    processor_kwargs = {"add_special_tokens": False}
 
     @classmethod
     def tiny_model_and_processor(
