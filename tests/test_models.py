@@ -45,6 +45,10 @@ MODEL_CLASSES = {
     "paligemma": ("PaliGemmaForConditionalGeneration", "PaliGemmaProcessor"),
     "emu3": ("Emu3ForConditionalGeneration", "Emu3Processor"),
     "chameleon": ("ChameleonForConditionalGeneration", "ChameleonProcessor"),
+    "lfm2_vl": ("Lfm2VlForConditionalGeneration", "Lfm2VlProcessor"),
+    "janus": ("JanusForConditionalGeneration", "JanusProcessor"),
+    "molmo2": ("Molmo2ForConditionalGeneration", "Molmo2Processor"),
+    "gemma3n": ("Gemma3nForConditionalGeneration", "Gemma3nProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 

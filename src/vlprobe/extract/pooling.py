@@ -363,7 +363,9 @@ class LayerPooler:
 
     def _layer_input_hook(self, slot: int) -> Callable:
         def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-            self._record(slot, args[0] if args else kwargs["hidden_states"])
+            self._record(
+                slot, self.model.layer_input_state(args[0] if args else kwargs["hidden_states"])
+            )
 
         return hook
 

@@ -18,16 +18,20 @@ from vlprobe.models.chameleon import ChameleonAdapter
 from vlprobe.models.emu3 import Emu3Adapter
 from vlprobe.models.fast_vlm import FastVlmAdapter
 from vlprobe.models.gemma3 import Gemma3Adapter
+from vlprobe.models.gemma3n import Gemma3nAdapter
 from vlprobe.models.glm4v import Glm4vAdapter, Glm4vMoeAdapter
 from vlprobe.models.idefics2 import Idefics2Adapter
 from vlprobe.models.idefics3 import Idefics3Adapter
 from vlprobe.models.internvl import InternVLAdapter
+from vlprobe.models.janus import JanusAdapter
 from vlprobe.models.kosmos2 import Kosmos2Adapter
+from vlprobe.models.lfm2_vl import Lfm2VlAdapter
 from vlprobe.models.llava import LlavaAdapter
 from vlprobe.models.llava_next import LlavaNextAdapter
 from vlprobe.models.llava_onevision import LlavaOnevisionAdapter
 from vlprobe.models.minicpmv4_6 import MiniCPMV4_6Adapter
 from vlprobe.models.mistral3 import Mistral3Adapter
+from vlprobe.models.molmo2 import Molmo2Adapter
 from vlprobe.models.paligemma import PaliGemmaAdapter
 from vlprobe.models.perception_lm import PerceptionLMAdapter
 from vlprobe.models.phi4_multimodal import Phi4MultimodalAdapter
@@ -65,6 +69,10 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         ChameleonAdapter,
         Qwen3VLMoeAdapter,
         Glm4vMoeAdapter,
+        Lfm2VlAdapter,
+        JanusAdapter,
+        Molmo2Adapter,
+        Gemma3nAdapter,
     )
 }
 

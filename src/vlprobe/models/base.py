@@ -437,6 +437,11 @@ class LoadedVLM(abc.ABC):
             )
         return language_model
 
+    def layer_input_state(self, layer_input: torch.Tensor) -> torch.Tensor:
+        """The hidden state [batch, tokens, hidden] in what a decoder layer receives as its
+        hidden states: all of it, except in decoders that carry several streams (Gemma-3n)."""
+        return layer_input
+
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
         return self.processor.tokenizer

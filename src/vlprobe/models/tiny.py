@@ -43,7 +43,9 @@ class SpecialTokens:
     """The special tokens of one family's tokenizer.
 
     ``named`` are model-specific special tokens that the processor reads as tokenizer
-    attributes (e.g. Gemma-3's ``tokenizer.boi_token``); ``extra`` are other special tokens.
+    attributes (e.g. Gemma-3's ``tokenizer.boi_token``); ``extra`` are other special tokens;
+    ``appended`` are named ones that get the ids after the trained vocabulary, for models that
+    tell token kinds apart by id range (Gemma-3n's vision and audio tokens lie above all text).
     A ``bos`` token, if given, is prepended to every encoded text.
     """
 
@@ -53,6 +55,7 @@ class SpecialTokens:
     unk: str | None = None
     extra: tuple[str, ...] = ()
     named: dict[str, str] = field(default_factory=dict)
+    appended: dict[str, str] = field(default_factory=dict)
 
     def all(self) -> list[str]:
         tokens = [self.bos, self.eos, self.pad, self.unk, *self.extra, *self.named.values()]
@@ -74,6 +77,7 @@ def build_tokenizer(special_tokens: SpecialTokens, vocab_size: int) -> PreTraine
         show_progress=False,
     )
     backend.train_from_iterator(TINY_CORPUS, trainer)
+    backend.add_special_tokens(list(special_tokens.appended.values()))  # ids in this order
     bos = special_tokens.bos
     if bos is None:
         backend.post_processor = processors.ByteLevel(trim_offsets=False)
@@ -89,5 +93,6 @@ def build_tokenizer(special_tokens: SpecialTokens, vocab_size: int) -> PreTraine
         eos_token=special_tokens.eos,
         pad_token=special_tokens.pad,
         unk_token=special_tokens.unk,
-        extra_special_tokens=dict(special_tokens.named) or list(special_tokens.extra),
+        extra_special_tokens={**special_tokens.named, **special_tokens.appended}
+        or list(special_tokens.extra),
     )
