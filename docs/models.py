@@ -47,13 +47,31 @@ CHECKS = {
 }
 # test parameters that are layouts rather than families: Apple's remote-code FastVLM
 LAYOUTS = {"apple_fastvlm": "llava_qwen2"}  # test parameter -> model_type
-# Tao et al.'s models in remote code only (their own rows, besides NOT_IN_TRANSFORMERS)
+# Tao et al.'s models in remote code only (their own rows, besides NOT_IN_TRANSFORMERS). Qwen-VL's
+# reason was found by loading the published Qwen-VL-Chat remote code (modeling_qwen.py, visual.py,
+# tokenization_qwen.py with tiktoken) on a tiny random checkpoint on transformers 5.23
 REMOTE_ONLY = {
-    "Qwen-VL (Qwen/Qwen-VL, remote code, model_type qwen)": (
-        "remote code written for transformers 4.x, with a tiktoken tokenizer: it could not be "
-        "run here on transformers 5 (its code is on the Hugging Face hub only, which this build "
-        "cannot reach, and tiktoken is not in the lock), so it is not supported and has no "
-        "stand-in test"
+    "Qwen-VL (Qwen/Qwen-VL, Qwen/Qwen-VL-Chat, remote code, model_type qwen)": (
+        "its remote code, written for transformers 4.32, does not run on transformers 5 "
+        "(tried with the published code on a tiny checkpoint): (1) loading stops in "
+        "transformers' check of the code's imports: modeling_qwen.py imports "
+        "transformers_stream_generator (in chat_stream), which is missing or, installed, fails "
+        "to import, its main.py importing DisjunctiveConstraint and BeamSearchScorer, removed "
+        "in transformers 5; (2) transformers 5 builds the model on the meta device, so the "
+        "tensors the code keeps as plain attributes (RotaryEmbedding.inv_freq, "
+        "QWenAttention.logn_tensor) hold no data and QWenModel.forward fails at the rotary "
+        "embedding (Cannot copy out of meta tensor); (3) QWenModel.forward calls "
+        "self.get_head_mask, which transformers 5 removed; (4) silently, every layer's "
+        "attn.c_proj.weight is redrawn at random after the checkpoint loads: QWenAttention "
+        "holds a non-persistent buffer (masked_bias) that is not in the checkpoint, so "
+        "transformers 5 initialises that module again, and the code's _init_weights writes "
+        "with p.data.normal_, past transformers 5's guard of loaded weights. With all four "
+        "patched from outside, the forward pass runs, but its own cache cannot continue a prefix "
+        "by more than one token, on any transformers (QWenModel.forward reads the past length from "
+        "the heads axis of its [batch, seq, heads, dim] keys, so the attention mask has the wrong "
+        "width), its tokenizer has no pad token, and it reads each image from a file path "
+        "written in the text (<img>path</img>). Supporting it would mean patching the remote "
+        "code's internals in four places, so it is not supported"
     ),
 }
 
