@@ -45,6 +45,7 @@ MODEL_CLASSES = {
     "paligemma": ("PaliGemmaForConditionalGeneration", "PaliGemmaProcessor"),
     "emu3": ("Emu3ForConditionalGeneration", "Emu3Processor"),
     "chameleon": ("ChameleonForConditionalGeneration", "ChameleonProcessor"),
+    "gemma4": ("Gemma4ForConditionalGeneration", "Gemma4Processor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 
@@ -442,6 +443,24 @@ def test_kosmos2_suffix_positions_continue_the_absolute_positions(tiny_dirs):
     assert prefix.next_position.tolist() == (padding_idx + 1 + lengths).tolist()
     inputs, _ = loaded.suffix_inputs(prefix, torch.tensor([0, 1]), [[5, 6], [7]])
     assert inputs["position_ids"][:, 0].tolist() == prefix.next_position.tolist()
+
+
+@pytest.mark.skipif(not selected("gemma4"), reason="not in VLPROBE_TINY_FAMILIES")
+def test_tiny_gemma4_has_what_the_family_tests_must_cover(tiny_dirs):
+    """The tiny Gemma 4 shares keys and values into its last layer (the int logits_to_keep
+    that the adapter avoids would let that layer skip positions) and its image tokens attend
+    bidirectionally (the mm_token_type_ids that the prefix pass must get change them)."""
+    loaded = load_model("tiny", entry(tiny_dirs["gemma4"], "gemma4"))
+    text_config = loaded.model.config.get_text_config()
+    assert text_config.kv_sharing_modes[-1] == "reuse"
+    assert not isinstance(loaded.logits_to_keep, int)
+    inputs = loaded.inputs([drawing((96, 64), (220, 40, 40))], ["a cat"])
+    image = loaded.image_token_mask(inputs)[0]
+    causal = {key: value for key, value in inputs.items() if key != "mm_token_type_ids"}
+    with torch.inference_mode():
+        both = loaded.forward(inputs, output_hidden_states=True).hidden_states[-1][0]
+        one_way = loaded.forward(causal, output_hidden_states=True).hidden_states[-1][0]
+    assert not torch.allclose(both[image], one_way[image], atol=1e-4)
 
 
 # ------------------------------------------------------------------ loading

@@ -18,6 +18,7 @@ from vlprobe.models.chameleon import ChameleonAdapter
 from vlprobe.models.emu3 import Emu3Adapter
 from vlprobe.models.fast_vlm import FastVlmAdapter
 from vlprobe.models.gemma3 import Gemma3Adapter
+from vlprobe.models.gemma4 import Gemma4Adapter
 from vlprobe.models.glm4v import Glm4vAdapter, Glm4vMoeAdapter
 from vlprobe.models.idefics2 import Idefics2Adapter
 from vlprobe.models.idefics3 import Idefics3Adapter
@@ -65,6 +66,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         ChameleonAdapter,
         Qwen3VLMoeAdapter,
         Glm4vMoeAdapter,
+        Gemma4Adapter,
     )
 }
 
