@@ -46,6 +46,7 @@ MODEL_CLASSES = {
     "emu3": ("Emu3ForConditionalGeneration", "Emu3Processor"),
     "chameleon": ("ChameleonForConditionalGeneration", "ChameleonProcessor"),
     "gemma4": ("Gemma4ForConditionalGeneration", "Gemma4Processor"),
+    "llava_next_video": ("LlavaNextVideoForConditionalGeneration", "LlavaNextVideoProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 
@@ -674,12 +675,21 @@ def test_family_auto_of_a_type_that_is_not_image_text_to_text_is_one_line(tmp_pa
 
 
 def test_family_auto_of_a_type_without_a_family_class_is_the_generic_adapter(caplog):
-    from vlprobe.models import AutoFamily
-    from vlprobe.models.base import GenericAdapter
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
+    from vlprobe.models import FAMILY_OF_MODEL_TYPE, AutoFamily
+    from vlprobe.models.base import GenericAdapter
+    from vlprobe.models.support import UNSUPPORTED
+
+    # any image-text-to-text type that has neither a family nor a reason against it
+    model_type = sorted(
+        set(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
+        - set(FAMILY_OF_MODEL_TYPE)
+        - set(UNSUPPORTED)
+    )[0]
     with caplog.at_level("WARNING"):
-        adapter = AutoFamily.for_model_type("llava_next_video")
-    assert issubclass(adapter, GenericAdapter) and adapter.family == "llava_next_video"
+        adapter = AutoFamily.for_model_type(model_type)
+    assert issubclass(adapter, GenericAdapter) and adapter.family == model_type
     assert "untested" in caplog.text
 
 

@@ -26,6 +26,7 @@ from vlprobe.models.internvl import InternVLAdapter
 from vlprobe.models.kosmos2 import Kosmos2Adapter
 from vlprobe.models.llava import LlavaAdapter
 from vlprobe.models.llava_next import LlavaNextAdapter
+from vlprobe.models.llava_next_video import LlavaNextVideoAdapter
 from vlprobe.models.llava_onevision import LlavaOnevisionAdapter
 from vlprobe.models.minicpmv4_6 import MiniCPMV4_6Adapter
 from vlprobe.models.mistral3 import Mistral3Adapter
@@ -67,6 +68,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         Qwen3VLMoeAdapter,
         Glm4vMoeAdapter,
         Gemma4Adapter,
+        LlavaNextVideoAdapter,
     )
 }
 

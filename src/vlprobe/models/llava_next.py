@@ -5,7 +5,7 @@ row, and a Llama/Mistral decoder."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from transformers import (
     CLIPVisionConfig,
@@ -14,7 +14,9 @@ from transformers import (
     LlavaNextForConditionalGeneration,
     LlavaNextImageProcessor,
     LlavaNextProcessor,
+    PreTrainedModel,
     PreTrainedTokenizerBase,
+    ProcessorMixin,
 )
 
 from vlprobe.models.base import text_config_kwargs, vision_config_kwargs
@@ -31,17 +33,27 @@ class LlavaNextAdapter(LlavaAdapter):
     Tiny key: ``image_size`` (28), the tile resolution; grids of 1 x 1 to 2 x 2 tiles.
     """
 
+    config_class: ClassVar[type] = LlavaNextConfig
+    model_class: ClassVar[type] = LlavaNextForConditionalGeneration
+    processor_class: ClassVar[type] = LlavaNextProcessor
+
     family = "llava_next"
     tiny_defaults = {"image_size": 28}
     tiny_chat_template = None  # the converted checkpoints' templates are not available offline
 
     @classmethod
+    def tiny_video(cls, tokenizer: PreTrainedTokenizerBase) -> tuple[dict, dict]:
+        """The processor's and the config's arguments for video input (LLaVA-NeXT has none)."""
+        return {}, {}
+
+    @classmethod
     def tiny_model_and_processor(
         cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]
-    ) -> tuple[LlavaNextForConditionalGeneration, LlavaNextProcessor]:
+    ) -> tuple[PreTrainedModel, ProcessorMixin]:
         size = spec["image_size"]
         pinpoints = [[size * rows, size * cols] for rows in (1, 2) for cols in (1, 2)]
-        processor = LlavaNextProcessor(
+        video_processor, video_config = cls.tiny_video(tokenizer)
+        processor = cls.processor_class(
             image_processor=LlavaNextImageProcessor(
                 size={"shortest_edge": size},
                 crop_size={"height": size, "width": size},
@@ -51,8 +63,9 @@ class LlavaNextAdapter(LlavaAdapter):
             patch_size=PATCH_SIZE,
             vision_feature_select_strategy="default",
             num_additional_image_tokens=1,  # CLIP's CLS token
+            **video_processor,
         )
-        config = LlavaNextConfig(
+        config = cls.config_class(
             vision_config=CLIPVisionConfig(
                 **vision_config_kwargs(spec),
                 image_size=size,
@@ -64,5 +77,6 @@ class LlavaNextAdapter(LlavaAdapter):
             image_grid_pinpoints=pinpoints,
             vision_feature_select_strategy="default",
             vision_feature_layer=-2,
+            **video_config,
         )
-        return LlavaNextForConditionalGeneration(config), processor
+        return cls.model_class(config), processor
