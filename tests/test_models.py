@@ -47,6 +47,7 @@ MODEL_CLASSES = {
     "chameleon": ("ChameleonForConditionalGeneration", "ChameleonProcessor"),
     "gemma4": ("Gemma4ForConditionalGeneration", "Gemma4Processor"),
     "llava_next_video": ("LlavaNextVideoForConditionalGeneration", "LlavaNextVideoProcessor"),
+    "cohere2_vision": ("Cohere2VisionForConditionalGeneration", "Cohere2VisionProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 

@@ -15,6 +15,7 @@ import torch
 from vlprobe.models.aya_vision import AyaVisionAdapter
 from vlprobe.models.base import LoadedVLM, ModelError, NoImageTokenError, generic_adapter
 from vlprobe.models.chameleon import ChameleonAdapter
+from vlprobe.models.cohere2_vision import Cohere2VisionAdapter
 from vlprobe.models.emu3 import Emu3Adapter
 from vlprobe.models.fast_vlm import FastVlmAdapter
 from vlprobe.models.gemma3 import Gemma3Adapter
@@ -69,6 +70,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         Glm4vMoeAdapter,
         Gemma4Adapter,
         LlavaNextVideoAdapter,
+        Cohere2VisionAdapter,
     )
 }
 
