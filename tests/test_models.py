@@ -48,6 +48,8 @@ MODEL_CLASSES = {
     "gemma4": ("Gemma4ForConditionalGeneration", "Gemma4Processor"),
     "llava_next_video": ("LlavaNextVideoForConditionalGeneration", "LlavaNextVideoProcessor"),
     "cohere2_vision": ("Cohere2VisionForConditionalGeneration", "Cohere2VisionProcessor"),
+    "deepseek_vl": ("DeepseekVLForConditionalGeneration", "DeepseekVLProcessor"),
+    "deepseek_vl_hybrid": ("DeepseekVLHybridForConditionalGeneration", "DeepseekVLHybridProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 

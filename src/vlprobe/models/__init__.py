@@ -16,6 +16,8 @@ from vlprobe.models.aya_vision import AyaVisionAdapter
 from vlprobe.models.base import LoadedVLM, ModelError, NoImageTokenError, generic_adapter
 from vlprobe.models.chameleon import ChameleonAdapter
 from vlprobe.models.cohere2_vision import Cohere2VisionAdapter
+from vlprobe.models.deepseek_vl import DeepseekVLAdapter
+from vlprobe.models.deepseek_vl_hybrid import DeepseekVLHybridAdapter
 from vlprobe.models.emu3 import Emu3Adapter
 from vlprobe.models.fast_vlm import FastVlmAdapter
 from vlprobe.models.gemma3 import Gemma3Adapter
@@ -71,6 +73,8 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         Gemma4Adapter,
         LlavaNextVideoAdapter,
         Cohere2VisionAdapter,
+        DeepseekVLAdapter,
+        DeepseekVLHybridAdapter,
     )
 }
 
