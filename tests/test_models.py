@@ -50,6 +50,7 @@ MODEL_CLASSES = {
     "cohere2_vision": ("Cohere2VisionForConditionalGeneration", "Cohere2VisionProcessor"),
     "deepseek_vl": ("DeepseekVLForConditionalGeneration", "DeepseekVLProcessor"),
     "deepseek_vl_hybrid": ("DeepseekVLHybridForConditionalGeneration", "DeepseekVLHybridProcessor"),
+    "ovis2": ("Ovis2ForConditionalGeneration", "Ovis2Processor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 

@@ -33,6 +33,7 @@ from vlprobe.models.llava_next_video import LlavaNextVideoAdapter
 from vlprobe.models.llava_onevision import LlavaOnevisionAdapter
 from vlprobe.models.minicpmv4_6 import MiniCPMV4_6Adapter
 from vlprobe.models.mistral3 import Mistral3Adapter
+from vlprobe.models.ovis2 import Ovis2Adapter
 from vlprobe.models.paligemma import PaliGemmaAdapter
 from vlprobe.models.perception_lm import PerceptionLMAdapter
 from vlprobe.models.phi4_multimodal import Phi4MultimodalAdapter
@@ -75,6 +76,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         Cohere2VisionAdapter,
         DeepseekVLAdapter,
         DeepseekVLHybridAdapter,
+        Ovis2Adapter,
     )
 }
 
