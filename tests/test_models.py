@@ -51,6 +51,7 @@ MODEL_CLASSES = {
     "deepseek_vl": ("DeepseekVLForConditionalGeneration", "DeepseekVLProcessor"),
     "deepseek_vl_hybrid": ("DeepseekVLHybridForConditionalGeneration", "DeepseekVLHybridProcessor"),
     "ovis2": ("Ovis2ForConditionalGeneration", "Ovis2Processor"),
+    "aria": ("AriaForConditionalGeneration", "AriaProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 

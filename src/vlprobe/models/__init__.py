@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from vlprobe.models.aria import AriaAdapter
 from vlprobe.models.aya_vision import AyaVisionAdapter
 from vlprobe.models.base import LoadedVLM, ModelError, NoImageTokenError, generic_adapter
 from vlprobe.models.chameleon import ChameleonAdapter
@@ -77,6 +78,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         DeepseekVLAdapter,
         DeepseekVLHybridAdapter,
         Ovis2Adapter,
+        AriaAdapter,
     )
 }
 
