@@ -49,6 +49,13 @@ MODEL_CLASSES = {
     "janus": ("JanusForConditionalGeneration", "JanusProcessor"),
     "molmo2": ("Molmo2ForConditionalGeneration", "Molmo2Processor"),
     "gemma3n": ("Gemma3nForConditionalGeneration", "Gemma3nProcessor"),
+    "gemma4": ("Gemma4ForConditionalGeneration", "Gemma4Processor"),
+    "llava_next_video": ("LlavaNextVideoForConditionalGeneration", "LlavaNextVideoProcessor"),
+    "cohere2_vision": ("Cohere2VisionForConditionalGeneration", "Cohere2VisionProcessor"),
+    "deepseek_vl": ("DeepseekVLForConditionalGeneration", "DeepseekVLProcessor"),
+    "deepseek_vl_hybrid": ("DeepseekVLHybridForConditionalGeneration", "DeepseekVLHybridProcessor"),
+    "ovis2": ("Ovis2ForConditionalGeneration", "Ovis2Processor"),
+    "aria": ("AriaForConditionalGeneration", "AriaProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 
@@ -448,6 +455,24 @@ def test_kosmos2_suffix_positions_continue_the_absolute_positions(tiny_dirs):
     assert inputs["position_ids"][:, 0].tolist() == prefix.next_position.tolist()
 
 
+@pytest.mark.skipif(not selected("gemma4"), reason="not in VLPROBE_TINY_FAMILIES")
+def test_tiny_gemma4_has_what_the_family_tests_must_cover(tiny_dirs):
+    """The tiny Gemma 4 shares keys and values into its last layer (the int logits_to_keep
+    that the adapter avoids would let that layer skip positions) and its image tokens attend
+    bidirectionally (the mm_token_type_ids that the prefix pass must get change them)."""
+    loaded = load_model("tiny", entry(tiny_dirs["gemma4"], "gemma4"))
+    text_config = loaded.model.config.get_text_config()
+    assert text_config.kv_sharing_modes[-1] == "reuse"
+    assert not isinstance(loaded.logits_to_keep, int)
+    inputs = loaded.inputs([drawing((96, 64), (220, 40, 40))], ["a cat"])
+    image = loaded.image_token_mask(inputs)[0]
+    causal = {key: value for key, value in inputs.items() if key != "mm_token_type_ids"}
+    with torch.inference_mode():
+        both = loaded.forward(inputs, output_hidden_states=True).hidden_states[-1][0]
+        one_way = loaded.forward(causal, output_hidden_states=True).hidden_states[-1][0]
+    assert not torch.allclose(both[image], one_way[image], atol=1e-4)
+
+
 # ------------------------------------------------------------------ loading
 
 
@@ -659,12 +684,21 @@ def test_family_auto_of_a_type_that_is_not_image_text_to_text_is_one_line(tmp_pa
 
 
 def test_family_auto_of_a_type_without_a_family_class_is_the_generic_adapter(caplog):
-    from vlprobe.models import AutoFamily
-    from vlprobe.models.base import GenericAdapter
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
+    from vlprobe.models import FAMILY_OF_MODEL_TYPE, AutoFamily
+    from vlprobe.models.base import GenericAdapter
+    from vlprobe.models.support import UNSUPPORTED
+
+    # any image-text-to-text type that has neither a family nor a reason against it
+    model_type = sorted(
+        set(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
+        - set(FAMILY_OF_MODEL_TYPE)
+        - set(UNSUPPORTED)
+    )[0]
     with caplog.at_level("WARNING"):
-        adapter = AutoFamily.for_model_type("llava_next_video")
-    assert issubclass(adapter, GenericAdapter) and adapter.family == "llava_next_video"
+        adapter = AutoFamily.for_model_type(model_type)
+    assert issubclass(adapter, GenericAdapter) and adapter.family == model_type
     assert "untested" in caplog.text
 
 

@@ -12,13 +12,18 @@ from typing import Any
 
 import torch
 
+from vlprobe.models.aria import AriaAdapter
 from vlprobe.models.aya_vision import AyaVisionAdapter
 from vlprobe.models.base import LoadedVLM, ModelError, NoImageTokenError, generic_adapter
 from vlprobe.models.chameleon import ChameleonAdapter
+from vlprobe.models.cohere2_vision import Cohere2VisionAdapter
+from vlprobe.models.deepseek_vl import DeepseekVLAdapter
+from vlprobe.models.deepseek_vl_hybrid import DeepseekVLHybridAdapter
 from vlprobe.models.emu3 import Emu3Adapter
 from vlprobe.models.fast_vlm import FastVlmAdapter
 from vlprobe.models.gemma3 import Gemma3Adapter
 from vlprobe.models.gemma3n import Gemma3nAdapter
+from vlprobe.models.gemma4 import Gemma4Adapter
 from vlprobe.models.glm4v import Glm4vAdapter, Glm4vMoeAdapter
 from vlprobe.models.idefics2 import Idefics2Adapter
 from vlprobe.models.idefics3 import Idefics3Adapter
@@ -28,10 +33,12 @@ from vlprobe.models.kosmos2 import Kosmos2Adapter
 from vlprobe.models.lfm2_vl import Lfm2VlAdapter
 from vlprobe.models.llava import LlavaAdapter
 from vlprobe.models.llava_next import LlavaNextAdapter
+from vlprobe.models.llava_next_video import LlavaNextVideoAdapter
 from vlprobe.models.llava_onevision import LlavaOnevisionAdapter
 from vlprobe.models.minicpmv4_6 import MiniCPMV4_6Adapter
 from vlprobe.models.mistral3 import Mistral3Adapter
 from vlprobe.models.molmo2 import Molmo2Adapter
+from vlprobe.models.ovis2 import Ovis2Adapter
 from vlprobe.models.paligemma import PaliGemmaAdapter
 from vlprobe.models.perception_lm import PerceptionLMAdapter
 from vlprobe.models.phi4_multimodal import Phi4MultimodalAdapter
@@ -73,6 +80,13 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         JanusAdapter,
         Molmo2Adapter,
         Gemma3nAdapter,
+        Gemma4Adapter,
+        LlavaNextVideoAdapter,
+        Cohere2VisionAdapter,
+        DeepseekVLAdapter,
+        DeepseekVLHybridAdapter,
+        Ovis2Adapter,
+        AriaAdapter,
     )
 }
 

@@ -22,6 +22,20 @@ DOWNSAMPLE = 2  # the pixel shuffle merges 2 x 2 patches into one token
 MAX_TILES = 4  # the real processor allows 12; a tiny model needs few
 
 
+def cohere2_text_config(tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]) -> dict:
+    """A tiny Cohere2 decoder: sliding-window layers with a global one every other layer, the
+    window shorter than an image so that it matters."""
+    return {
+        "model_type": "cohere2",
+        **text_config_kwargs(tokenizer, spec),
+        "sliding_window": 8,
+        "layer_types": [
+            "full_attention" if (i + 1) % 2 == 0 else "sliding_attention"
+            for i in range(spec["num_layers"])
+        ],
+    }
+
+
 class AyaVisionAdapter(LoadedVLM):
     """Aya Vision checkpoints (model_type ``aya_vision``, ``CohereLabs/aya-vision-*``).
 
@@ -74,15 +88,7 @@ class AyaVisionAdapter(LoadedVLM):
                 "patch_size": PATCH_SIZE,
                 "vision_use_head": False,
             },
-            text_config={
-                "model_type": "cohere2",
-                **text_config_kwargs(tokenizer, spec),
-                "sliding_window": 8,
-                "layer_types": [
-                    "full_attention" if (i + 1) % 2 == 0 else "sliding_attention"
-                    for i in range(spec["num_layers"])
-                ],
-            },
+            text_config=cohere2_text_config(tokenizer, spec),
             image_token_index=tokenizer.convert_tokens_to_ids("<|IMG_PATCH|>"),
             downsample_factor=DOWNSAMPLE,
         )

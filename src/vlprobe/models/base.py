@@ -548,9 +548,12 @@ class LoadedVLM(abc.ABC):
         """Where the image features go in a batch of model inputs: [batch, tokens] bool."""
         return inputs["input_ids"] == self.image_token_id
 
+    # the model's `logits_to_keep` in every forward pass: the last position's logits only
+    logits_to_keep: ClassVar[int | torch.Tensor] = 1
+
     def forward(self, inputs: BatchFeature, **kwargs: Any) -> ModelOutput:
         """One forward pass without KV cache; logits only at the last position."""
-        return self.model(**inputs, use_cache=False, logits_to_keep=1, **kwargs)
+        return self.model(**inputs, use_cache=False, logits_to_keep=self.logits_to_keep, **kwargs)
 
     # ------------------------------------------------------------------ image prefix reuse
 
@@ -749,7 +752,11 @@ class LoadedVLM(abc.ABC):
     ) -> ModelOutput:
         """One forward pass that continues ``cache`` and appends this pass's keys and values."""
         return self.model(
-            **inputs, past_key_values=cache, use_cache=True, logits_to_keep=1, **kwargs
+            **inputs,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=self.logits_to_keep,
+            **kwargs,
         )
 
     @classmethod

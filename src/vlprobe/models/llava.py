@@ -45,7 +45,9 @@ class LlavaAdapter(LoadedVLM):
             size={"shortest_edge": image_size},
             crop_size={"height": image_size, "width": image_size},
         )
-        processor = LlavaProcessor(image_processor, **cls.tiny_processor_kwargs(tokenizer))
+        processor = LlavaProcessor(
+            image_processor=image_processor, **cls.tiny_processor_kwargs(tokenizer)
+        )
         config = LlavaConfig(
             **cls.tiny_config_kwargs(tokenizer, spec),
             image_seq_length=(image_size // PATCH_SIZE) ** 2,

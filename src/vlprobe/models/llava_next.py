@@ -5,14 +5,16 @@ row, and a Llama/Mistral decoder."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from transformers import (
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
     LlavaNextImageProcessor,
     LlavaNextProcessor,
+    PreTrainedModel,
     PreTrainedTokenizerBase,
+    ProcessorMixin,
 )
 
 from vlprobe.models.llava import LlavaAdapter
@@ -26,23 +28,39 @@ class LlavaNextAdapter(LlavaAdapter):
     Tiny key: ``image_size`` (28), the tile resolution; grids of 1 x 1 to 2 x 2 tiles.
     """
 
+    config_class: ClassVar[type] = LlavaNextConfig
+    model_class: ClassVar[type] = LlavaNextForConditionalGeneration
+    processor_class: ClassVar[type] = LlavaNextProcessor
+
     family = "llava_next"
     tiny_defaults = {"image_size": 28}
     tiny_chat_template = None  # the converted checkpoints' templates are not available offline
 
     @classmethod
+    def tiny_video(cls, tokenizer: PreTrainedTokenizerBase) -> tuple[dict, dict]:
+        """The processor's and the config's arguments for video input (LLaVA-NeXT has none)."""
+        return {}, {}
+
+    @classmethod
     def tiny_model_and_processor(
         cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]
-    ) -> tuple[LlavaNextForConditionalGeneration, LlavaNextProcessor]:
+    ) -> tuple[PreTrainedModel, ProcessorMixin]:
         size = spec["image_size"]
         pinpoints = [[size * rows, size * cols] for rows in (1, 2) for cols in (1, 2)]
+        video_processor, video_config = cls.tiny_video(tokenizer)
         image_processor = LlavaNextImageProcessor(
             size={"shortest_edge": size},
             crop_size={"height": size, "width": size},
             image_grid_pinpoints=pinpoints,
         )
-        processor = LlavaNextProcessor(image_processor, **cls.tiny_processor_kwargs(tokenizer))
-        config = LlavaNextConfig(
-            **cls.tiny_config_kwargs(tokenizer, spec), image_grid_pinpoints=pinpoints
+        processor = cls.processor_class(
+            image_processor=image_processor,
+            **cls.tiny_processor_kwargs(tokenizer),
+            **video_processor,
         )
-        return LlavaNextForConditionalGeneration(config), processor
+        config = cls.config_class(
+            **cls.tiny_config_kwargs(tokenizer, spec),
+            image_grid_pinpoints=pinpoints,
+            **video_config,
+        )
+        return cls.model_class(config), processor
