@@ -38,7 +38,11 @@ CHECKS = {
     ],
     "plain path": ["test_plain_path_equals_the_full_forward"],
     "prefix split": ["test_prefix_and_suffix_are_the_processors_tokens"],
-    "prefix reuse = full forward": ["test_prefix_reuse_equals_the_full_forward"],
+    "prefix reuse = full forward": [
+        "test_prefix_reuse_equals_the_full_forward",
+        "test_prompts_sharing_a_run_of_tokens_pass_it_once",
+        "test_one_pass_over_every_task_equals_each_task_alone",
+    ],
     "no all-layer states": ["test_no_decoder_returns_the_hidden_states_of_all_layers"],
     "chat format": [
         "test_chat_format_tokens_are_the_processors_own",
@@ -202,7 +206,8 @@ not apply (chat format: the tiny model carries no checkpoint chat template). Che
 - **prefix split**: prefix and suffixes are exactly the processor's tokens, the image in the
   prefix (a prefix-LM: no split at all).
 - **prefix reuse = full forward**: every pooling of the image-prefix reuse path equals the full
-  forward's (a prefix-LM: every image takes the plain path, checked).
+  forward's: prompts on their image's prefix, prompts that share a run of tokens after it, and
+  one image pass over several tasks (a prefix-LM: every image takes the plain path, checked).
 - **no all-layer states**: neither the model nor its decoder returns all layers' token states.
 - **chat format**: the chat-format tokens are the processor's own `apply_chat_template`'s, and
   prefix reuse in chat format equals the full forward.
