@@ -440,6 +440,7 @@ def test_seeds_batched_in_one_model_equal_seeds_fitted_alone(kind):
 def test_probe_table_is_the_same_with_seeds_batched(kind, monkeypatch):
     import vlprobe.probes.minibatch as minibatch
 
+    assert not minibatch.batches_seeds("cpu") and minibatch.batches_seeds("cuda:1")
     x, _, masks, evaluation = _seeds_task()
     m = masks[0][:, : len(LABELS)]
     y = _synthetic()[0][1]
@@ -454,7 +455,7 @@ def test_probe_table_is_the_same_with_seeds_batched(kind, monkeypatch):
     monkeypatch.setattr(minibatch, "_fit_minibatch", counted)
     tables = {}
     for batched in (False, True):
-        monkeypatch.setattr(minibatch, "BATCH_SEEDS", batched)
+        monkeypatch.setattr(minibatch, "batches_seeds", lambda device, batched=batched: batched)
         tables[batched] = _table(x, y, m, *evaluation, LAYERS, LABELS, config)
     assert fits == [1, 1, 1, 3]
     per_seed, batched = tables[False], tables[True]

@@ -146,8 +146,8 @@ class LinearConfig(_Settings):
         n_sets: int,
         device: str = "cpu",
     ) -> list[FittedProbes]:
-        """:meth:`fit` for each seed of ``seeds`` on its own ``labels[i]``/``masks[i]``, all in
-        one batched model (``probes.minibatch.BATCH_SEEDS``).
+        """:meth:`fit` for each seed of ``seeds`` on its own ``labels[i]``/``masks[i]``, in one
+        batched model where the device makes that pay (``probes.minibatch.batches_seeds``).
         The fitting code is imported here, so that importing the settings imports no torch."""
         from vlprobe.probes.minibatch import fit_seeds
 

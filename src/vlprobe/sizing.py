@@ -101,17 +101,9 @@ def weights_mb(entry: Mapping[str, Any]) -> float:
     return params * DTYPE_BYTES[entry.get("dtype", "auto")] / MB
 
 
-def probe_mem_mb(rows: int, layers: int, width: int, settings: Any = None) -> int:
-    """A probe job's peak memory: its layer-shard's features of every row, held a few times.
-
-    ``settings`` (vlprobe.settings; None: one seed): a mini-batch probe fits its seeds in one
-    batched model, which holds every seed's validation slice at once where the measured runs
-    (one seed at a time) held one: ``(seeds - 1) x val_fraction`` more copies.
-    """
-    copies = PROBE_FEATURE_COPIES
-    if settings is not None and not settings.seed_independent:
-        copies += (len(settings.seeds) - 1) * settings.val_fraction
-    return math.ceil(PROBE_BASE_MB + copies * rows * layers * width * FLOAT32 / MB)
+def probe_mem_mb(rows: int, layers: int, width: int) -> int:
+    """A probe job's peak memory: its layer-shard's features of every row, held a few times."""
+    return math.ceil(PROBE_BASE_MB + PROBE_FEATURE_COPIES * rows * layers * width * FLOAT32 / MB)
 
 
 def extract_mem_mb(

@@ -320,10 +320,7 @@ def probe_width(model):
 def probe_mem_mb(wildcards, attempt):
     layers = int(wildcards.last) - int(wildcards.first) + 1
     return attempt * sizing.probe_mem_mb(
-        task_rows(wildcards.task),
-        layers,
-        probe_width(wildcards.model),
-        PROBES[wildcards.probe],
+        task_rows(wildcards.task), layers, probe_width(wildcards.model)
     )
 
 

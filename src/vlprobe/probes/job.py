@@ -144,7 +144,7 @@ def probe_layers(
 
     # fits: a seed-independent probe (one optimum) is fitted once, holding the real probes and
     # every seed's control; the others train once per seed, real and control labels side by
-    # side (every seed in one batched model: probes.minibatch.BATCH_SEEDS)
+    # side (every seed in one batched model on CUDA: probes.minibatch.batches_seeds)
     predictions, control_predictions, fits = [], [], []
     if config.seed_independent:
         labels = np.concatenate([y_train, *control_train], axis=1)

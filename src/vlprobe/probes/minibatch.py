@@ -23,16 +23,20 @@ from vlprobe.settings import (
     MlpConfig,
 )
 
-# Whether the seeds of one probe job are fitted in one batched model (the one place that
-# decides; fit_seeds' default). The probes are the same (float tolerance) either way; batching
-# saves per-step overhead (kernel launches, Python, small ops that use the threads poorly) and
-# costs memory: every seed's validation slice standardised at once ((seeds - 1) x val_fraction
-# x the training features more; sizing.probe_mem_mb counts it) and seeds x the per-batch
-# buffers and optimiser state. Measured on the CPU (benchmarks/probes.py --case seeds, paper
-# linear settings, 2 threads): 1.5x faster for the object shape, 2.2x for the caption shape, so
-# it is on for every device; on CUDA, where such small steps are launch-bound, the gain can
-# only be larger (one launch sequence per step instead of one per seed).
-BATCH_SEEDS = True
+
+def batches_seeds(device: str | torch.device) -> bool:
+    """Whether the seeds of one probe job are fitted in one batched model on ``device``: the
+    one place that decides (:func:`fit_seeds`' default).
+
+    The probes are the same (float tolerance) either way, and so are the FLOPs and memory
+    traffic; batching saves only per-step overhead (kernel launches, dispatch, Python), once per
+    step instead of once per seed and step. On CUDA a probe job's small steps are launch-bound,
+    so that pays, and the extra memory (every seed's validation slice and batch at once) is the
+    GPU's. On the CPU, benchmarks/probes.py --case seeds (the paper's linear settings, 2
+    threads) measured no gain beyond noise (object shape 1.0-1.2x, caption 1.0x) for 0.2-0.5 GB
+    more memory, so the CPU fits one seed after another.
+    """
+    return torch.device(device).type == "cuda"
 
 
 def _fit_minibatch(
@@ -240,8 +244,8 @@ def fit_seeds(
     """The probes of every seed of ``seeds``, seed i fitted on ``labels[i]``/``masks[i]``
     ``[N, n_sets * K]`` (``n_sets`` label sets side by side: real, control).
 
-    ``batched`` (default :data:`BATCH_SEEDS`): all seeds in one batched model, or one fit per
-    seed; the probes are the same (float tolerance) either way.
+    ``batched`` (default: :func:`batches_seeds` of ``device``): all seeds in one batched
+    model, or one fit per seed; the probes are the same (float tolerance) either way.
     """
     _, n_layers, hidden = features.shape
     if not len(labels) == len(masks) == len(seeds):
@@ -254,7 +258,7 @@ def fit_seeds(
         stats = feature_stats(features)
     else:
         stats = torch.zeros(n_layers, hidden), torch.ones(n_layers, hidden)
-    if BATCH_SEEDS if batched is None else batched:
+    if batches_seeds(device) if batched is None else batched:
         return _fit_minibatch(
             features, stats, labels, masks, config, seeds, networks(seeds), device
         )
