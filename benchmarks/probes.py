@@ -1,4 +1,7 @@
-"""Probe speed: sklearn's LogisticRegression layer by layer against vlprobe's batched logreg.
+"""Probe speed. Two cases (``--case``):
+
+``logreg`` (default): sklearn's LogisticRegression layer by layer against vlprobe's batched
+logreg.
 
     .venv/bin/python benchmarks/probes.py [--rows 20000] [--layers 29] [--hidden 1536]
         [--eval-fraction 0.2] [--c 1.0] [--threads 2] [--activations results/activations]
@@ -18,12 +21,39 @@ spectrum in a random basis per layer update, a few massive outlier units shared 
 otherwise; object tasks are not compared). Per layer it prints both eval accuracies and their
 difference, and the iterations each solver ran; then both wall times. The last line is
 ``ratio: <sklearn time over vlprobe time>`` for the synthetic task.
+
+``seeds``: one probe job's seeds fitted one after another against all in one batched model
+(``fit_seeds(..., batched=False / True)``), on the CPU.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/probes.py --case seeds [--threads 2]
+        [--object-rows 2500] [--caption-rows 5000] [--layers 4] [--hidden 1536]
+        [--probe linear] [--config config/config.yaml]
+
+The probe's settings are the config's ``probes.<--probe>`` (paper: linear, seeds [0, 1, 2])
+with the control on, so every seed fits its real and its own control labels side by side, as
+``probe_layers`` does. Shapes: the object task (80 labels, every row in every label's task, as
+NoCat's; 160 label columns with the control) and the caption task (1 label), ``--layers``
+layers (a shard of ``extract.layers_per_shard``) of ``--hidden`` units, features as
+paper_scale.py synthesises them (90 % train rows). Each (shape, mode) runs in its own
+subprocess, so that its peak memory is its own: the peak RSS of the fit above the RSS before
+it (VmHWM reset through /proc/self/clear_refs), the features already in memory. Per shape it
+prints each mode's wall and CPU time, epochs run per seed and peak, then the ratio (per-seed
+time over batched time) and the largest differences between the two: parameters, eval logits,
+eval decisions and best epochs. The last line is ``ratio: ...`` per shape. Measured here (2
+shared cores, load 2.5-3.7): object 97.5 s per seed vs 79.7 s batched (1.22x; 254 vs 460 MB
+peak), caption 79.2 s vs 77.4 s (1.02x; 186 vs 242 MB); repeated short runs put both within
+noise, hence per-seed fits on the CPU (``minibatch.batches_seeds``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
+import subprocess
+import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -36,12 +66,15 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from vlprobe.probes import fit_logreg_probes
-from vlprobe.settings import LogregConfig
+from vlprobe.probes import control_labels, fit_logreg_probes
+from vlprobe.probes.minibatch import fit_seeds
+from vlprobe.settings import LogregConfig, probe_settings
 from vlprobe.storage import read_activations
 from vlprobe.tasks import label_matrix, read_task
 
 TOL = 1e-4
+ROOT = Path(__file__).resolve().parents[1]
+MB = 2**20
 
 
 def synthetic_task(
@@ -166,22 +199,161 @@ def demo_activations(root: Path, c: float) -> None:
         )
 
 
+def seeds_shape(kind: str, rows: int, layers: int, hidden: int):
+    """Train features, per-seed label columns (real and control) and masks, eval features."""
+    from paper_scale import synthetic_features  # the paper-scale rehearsal's generator
+
+    rng = np.random.default_rng(5)
+    n_labels = 80 if kind == "object" else 1
+    if kind == "object":  # COCO-like: a frequent category, the rest by a power law
+        frequency = np.clip(0.5 / np.arange(1, n_labels + 1) ** 0.8, 0.01, None)
+        labels = (rng.random((rows, n_labels)) < frequency).astype(np.int8)
+        images = np.arange(rows)  # NoCat: one row per image
+    else:  # a positive and its hard negative per image
+        labels = np.tile([1, 0], rows // 2 + 1)[:rows, None].astype(np.int8)
+        images = np.arange(rows) // 2
+    features = synthetic_features(labels, images, layers, hidden, seed=0)
+    n_train = round(0.9 * rows)
+    return features[:n_train], labels[:n_train], features[n_train:]
+
+
+def child_seeds(spec: dict) -> None:
+    """One (shape, mode) of the seeds case in this process; prints one JSON line."""
+    torch.set_num_threads(spec["threads"])
+    config = probe_settings(spec["probe"], spec["settings"])
+    x_train, y_train, x_eval = seeds_shape(
+        spec["kind"], spec["rows"], spec["layers"], spec["hidden"]
+    )
+    mask = np.ones_like(y_train, bool)
+    labels = [
+        np.concatenate([y_train, control_labels(y_train, mask, s, 0)], 1) for s in config.seeds
+    ]
+    masks = [np.concatenate([mask, mask], axis=1)] * len(labels)
+    with open("/proc/self/clear_refs", "w") as refs:  # the peak from here on
+        refs.write("5")
+    before = _status_kb("VmRSS")
+    with threadpool_limits(spec["threads"]):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        fits = fit_seeds(x_train, labels, masks, config, config.seeds, 2, batched=spec["batched"])
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    peak = _status_kb("VmHWM")
+    np.savez(
+        spec["out"],
+        logits=np.stack([fit.logits(x_eval) for fit in fits]),
+        best_epoch=np.stack([fit.best_epoch for fit in fits]),
+        **{
+            f"{name}_{index}": param.detach().numpy()
+            for index, fit in enumerate(fits)
+            for name, param in zip(fit.network.param_names, fit.network.params, strict=True)
+        },
+    )
+    result = {
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "epochs": [len(fit.train_loss) for fit in fits],
+        "peak_mb": (peak - before) / 1024,
+        "rss_before_mb": before / 1024,
+    }
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as status:
+        return int(re.search(rf"{field}:\s+(\d+)", status.read()).group(1))
+
+
+def seeds_case(args) -> list[str]:
+    """Per-seed against batched fits for the object and the caption shape; see the module doc."""
+    import yaml
+
+    settings = yaml.safe_load(args.config.read_text())["probes"][args.probe]
+    config = probe_settings(args.probe, settings)
+    print(f"probes.{args.probe}: {config.to_dict()}, control on, on the CPU")
+    ratios = []
+    shapes = [("object", args.object_rows), ("caption", args.caption_rows)]
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind, rows in shapes:
+            results, arrays = {}, {}
+            for batched in (False, True):
+                out = Path(tmp) / f"{kind}-{batched}.npz"
+                spec = {
+                    "kind": kind,
+                    "rows": rows,
+                    "layers": args.layers,
+                    "hidden": args.hidden,
+                    "probe": args.probe,
+                    "settings": settings,
+                    "threads": args.threads,
+                    "batched": batched,
+                    "out": str(out),
+                }
+                script = [sys.executable, __file__, "--child", json.dumps(spec)]
+                done = subprocess.run(script, capture_output=True, text=True, check=True)
+                line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
+                results[batched] = json.loads(line[len("RESULT ") :])
+                arrays[batched] = dict(np.load(out))
+            n_labels = 80 if kind == "object" else 1
+            print(
+                f"\n{kind} shape: {round(0.9 * rows)} train rows x {args.layers} layers x "
+                f"{args.hidden} hidden, {n_labels} label(s) + control, seeds {list(config.seeds)}"
+            )
+            for batched, name in ((False, "per seed"), (True, "batched ")):
+                r = results[batched]
+                print(
+                    f"  {name}: {r['seconds']:7.2f} s ({r['cpu_seconds']:.1f} CPU s), epochs per "
+                    f"seed {r['epochs']}, peak "
+                    f"{r['peak_mb']:7.1f} MB above {r['rss_before_mb']:.0f} MB before the fit"
+                )
+            one, together = arrays[False], arrays[True]
+            params = max(
+                float(np.abs(one[k] - together[k]).max())
+                for k in one
+                if k not in ("logits", "best_epoch")
+            )
+            logits = float(np.abs(one["logits"] - together["logits"]).max())
+            decisions = float(((one["logits"] > 0) != (together["logits"] > 0)).mean())
+            epochs = int((one["best_epoch"] != together["best_epoch"]).sum())
+            ratio = results[False]["seconds"] / results[True]["seconds"]
+            print(
+                f"  ratio (per seed / batched): {ratio:.2f}; max |difference|: parameters "
+                f"{params:.2e}, eval logits {logits:.2e}; decisions differing {decisions:.2e}; "
+                f"best epochs differing {epochs} of {one['best_epoch'].size}"
+            )
+            ratios.append(f"{kind} {ratio:.2f}")
+    return ratios
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--case", choices=["logreg", "seeds"], default="logreg")
     parser.add_argument("--rows", type=int, default=20_000)
-    parser.add_argument("--layers", type=int, default=29)
+    parser.add_argument("--layers", type=int, default=None, help="logreg: 29, seeds: 4")
     parser.add_argument("--hidden", type=int, default=1536)
     parser.add_argument("--eval-fraction", type=float, default=0.2)
     parser.add_argument("--c", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--activations", type=Path, default=Path("results/activations"))
+    parser.add_argument("--object-rows", type=int, default=2_500)
+    parser.add_argument("--caption-rows", type=int, default=5_000)
+    parser.add_argument("--probe", default="linear")
+    parser.add_argument("--config", type=Path, default=ROOT / "config" / "config.yaml")
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # one run of the seeds case
     args = parser.parse_args()
+    if args.child:
+        child_seeds(json.loads(args.child))
+        return
     torch.set_num_threads(args.threads)
+    print(
+        f"threads: {args.threads} (torch and BLAS), load average at start: {os.getloadavg()[0]:.2f}"
+    )
+    if args.case == "seeds":
+        args.layers = args.layers or 4
+        ratios = seeds_case(args)
+        print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
+        print(f"ratio: {', '.join(ratios)}")
+        return
+    args.layers = args.layers or 29
     with threadpool_limits(args.threads):
-        print(
-            f"threads: {args.threads} (torch and BLAS), load average at start: "
-            f"{os.getloadavg()[0]:.2f}"
-        )
         start = time.perf_counter()
         features, labels = synthetic_task(args.rows, args.layers, args.hidden)
         n_eval = round(args.eval_fraction * args.rows)

@@ -1,3 +1,5 @@
+import dataclasses
+import inspect
 import logging
 
 import numpy as np
@@ -15,6 +17,7 @@ from vlprobe.probes import (
     run_probe_job,
 )
 from vlprobe.probes.job import _log_collapsed
+from vlprobe.probes.minibatch import fit_seeds
 from vlprobe.settings import EvaluationConfig, LinearConfig, LogregConfig, MlpConfig, probe_settings
 
 LAYERS = [4, 5, 6]  # hidden-state indices of the shard; only 5 carries the signal
@@ -382,6 +385,89 @@ def test_seeds_give_spread_and_control_stays_near_chance():
             assert row["ci_low"] <= row["value"] + 1e-9 <= row["ci_high"] + 2e-9, metric
     # a noise layer is at chance, its selectivity near zero
     assert abs(value[(LAYERS[0], "selectivity_accuracy")]["value"]) < 0.15
+
+
+def _seeds_task():
+    """Per seed: the real labels and that seed's control side by side, and a label ('kite')
+    on four rows only, none of them in seeds 0 and 1's validation slices (seed 2 has some)."""
+    (x, y, m), evaluation = _synthetic()
+    m = m.copy()
+    m[:, 2] = False
+    m[3:7, 2] = True
+    labels = [np.concatenate([y, control_labels(y, m, seed, 0)], axis=1) for seed in (0, 1, 2)]
+    return x, labels, [np.concatenate([m, m], axis=1)] * 3, evaluation
+
+
+SEEDS_CONFIGS = {  # early stopping on, dropout on, a seed stopping before the others
+    "linear": LinearConfig.from_dict({**FAST, "lr": 0.05, "patience": 2, "epochs": 60}),
+    "mlp": MlpConfig.from_dict({**FAST, "lr": 0.05, "patience": 2, "hidden_units": 4}),
+    "mlp_per_label": MlpConfig.from_dict(
+        {**FAST, "lr": 0.05, "patience": 2, "epochs": 60, "hidden_units": 4, "share_hidden": False}
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", SEEDS_CONFIGS)
+def test_seeds_batched_in_one_model_equal_seeds_fitted_alone(kind):
+    """One model for every seed changes no seed's probes: its own validation slice, batches,
+    dropout masks, initialisation and early stopping; a seed that stops keeps its probes, those
+    without validation rows included (they follow the latest weights while the seed runs)."""
+    x, labels, masks, _ = _seeds_task()
+    config, seeds = SEEDS_CONFIGS[kind], [0, 1, 2]
+    alone = fit_seeds(x, labels, masks, config, seeds, n_sets=2, batched=False)
+    together = fit_seeds(x, labels, masks, config, seeds, n_sets=2, batched=True)
+
+    lengths = [len(fit.train_loss) for fit in alone]
+    without_val = [np.isnan(fit.val_loss).all(axis=(0, 1))[[2, 5]].all() for fit in alone]
+    assert without_val == [True, True, False]  # 'kite' and its control, in seeds 0 and 1
+    assert min(lengths) < max(lengths)  # the batch runs on after a seed has stopped
+    assert lengths[0] < max(lengths) or lengths[1] < max(lengths)
+    for one, batched in zip(alone, together, strict=True):
+        assert batched.best_epoch.tolist() == one.best_epoch.tolist()
+        for curve in ("train_loss", "val_loss"):
+            mine, theirs = getattr(batched, curve), getattr(one, curve)
+            assert mine.shape == theirs.shape
+            np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)
+        assert one.network.param_names == batched.network.param_names
+        for mine, theirs in zip(batched.network.params, one.network.params, strict=True):
+            np.testing.assert_allclose(mine.detach(), theirs.detach(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(batched.logits(x[:100]), one.logits(x[:100]), atol=1e-4)
+    # seeds differ, so that the comparison above compares different fits
+    assert not np.allclose(alone[0].logits(x[:100]), alone[1].logits(x[:100]))
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_probe_table_is_the_same_with_seeds_batched(kind, monkeypatch):
+    import vlprobe.probes.minibatch as minibatch
+
+    assert not minibatch.batches_seeds("cpu") and minibatch.batches_seeds("cuda:1")
+    x, _, masks, evaluation = _seeds_task()
+    m = masks[0][:, : len(LABELS)]
+    y = _synthetic()[0][1]
+    config = dataclasses.replace(SEEDS_CONFIGS[kind], seeds=(0, 1, 2))
+    fits = []
+    fit = minibatch._fit_minibatch
+
+    def counted(*args, **kwargs):
+        fits.append(len(inspect.signature(fit).bind(*args, **kwargs).arguments["seeds"]))
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(minibatch, "_fit_minibatch", counted)
+    tables = {}
+    for batched in (False, True):
+        monkeypatch.setattr(minibatch, "batches_seeds", lambda device, batched=batched: batched)
+        tables[batched] = _table(x, y, m, *evaluation, LAYERS, LABELS, config)
+    assert fits == [1, 1, 1, 3]
+    per_seed, batched = tables[False], tables[True]
+    assert batched.schema == per_seed.schema == PROBE_TABLE_SCHEMA
+    assert batched["train_loss"].list.len().unique().len() > 1  # seeds stop at different epochs
+    exact = [c for c, dtype in PROBE_TABLE_SCHEMA.items() if dtype != pl.List(pl.Float64)]
+    assert batched.select(exact).equals(per_seed.select(exact))
+    for curve in ("train_loss", "val_loss"):
+        assert batched[curve].list.len().equals(per_seed[curve].list.len())
+        np.testing.assert_allclose(
+            batched[curve].explode().to_numpy(), per_seed[curve].explode().to_numpy(), rtol=1e-5
+        )
 
 
 def test_collapsed_probes_are_flagged_and_logged(caplog):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -134,13 +134,24 @@ class LinearConfig(_Settings):
         device: str = "cpu",
     ) -> FittedProbes:
         """Probes per (layer, label) on ``features [N, layers, hidden]``; ``labels`` and ``mask``
-        ``[N, n_sets * labels]`` hold ``n_sets`` label sets (real, control) side by side. The
-        fitting code is imported here, so that importing the settings imports no torch."""
-        from vlprobe.probes.minibatch import fit_linear_probes, fit_mlp_probes
+        ``[N, n_sets * labels]`` hold ``n_sets`` label sets (real, control) side by side."""
+        return self.fit_seeds(features, [labels], [mask], [seed], n_sets, device)[0]
 
-        if isinstance(self, MlpConfig):
-            return fit_mlp_probes(features, labels, mask, self, seed, n_sets, device)
-        return fit_linear_probes(features, labels, mask, self, seed, device)
+    def fit_seeds(
+        self,
+        features: np.ndarray,
+        labels: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        seeds: Sequence[int],
+        n_sets: int,
+        device: str = "cpu",
+    ) -> list[FittedProbes]:
+        """:meth:`fit` for each seed of ``seeds`` on its own ``labels[i]``/``masks[i]``, in one
+        batched model where the device makes that pay (``probes.minibatch.batches_seeds``).
+        The fitting code is imported here, so that importing the settings imports no torch."""
+        from vlprobe.probes.minibatch import fit_seeds
+
+        return fit_seeds(features, labels, masks, self, seeds, n_sets, device)
 
     def _ranges(self) -> dict[str, bool]:
         return {

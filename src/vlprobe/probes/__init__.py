@@ -32,7 +32,9 @@ Features are standardised per layer and hidden unit with the mean and standard d
 the training rows.
 
 Seeds (``seeds: [0, 1, 2]``): ``linear`` and ``mlp`` train once per seed (initialisation,
-mini-batch order, dropout masks and the validation slice follow the seed); ``logreg`` has a
+mini-batch order, dropout masks and the validation slice follow the seed; on CUDA all seeds
+of a job train in one batched model, each seed's probes exactly as alone, with its own early
+stopping: ``minibatch.batches_seeds``); ``logreg`` has a
 unique optimum, so its probes are the same for every seed (zero spread) and only its control
 task changes with the seed. The probe table holds one row per (layer, label, seed).
 

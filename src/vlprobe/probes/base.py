@@ -3,7 +3,9 @@ the masked cross-entropy and derived seeds."""
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,12 +102,23 @@ def _check_finite(std: np.ndarray) -> None:
 def _masked_bce_sums(
     logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:
-    """Sum over rows of each (layer, label) cross-entropy, rows outside the mask left out."""
+    """Sum over rows of each (layer, label) cross-entropy, rows outside the mask left out.
+
+    ``logits [rows, layers, labels]``; ``labels``/``mask`` ``[rows, labels]`` (the same for
+    every layer) or ``[rows, groups, labels]`` for logits whose layers are ``groups`` blocks
+    of equal size, block g scored on its own labels (the seeds of a batched fit, each with
+    its own rows and control labels).
+    """
+    if labels.dim() == 2:
+        labels, mask = labels[:, None], mask[:, None]
+    n_rows, n_layers, n_labels = logits.shape
+    blocks = logits.reshape(n_rows, labels.shape[1], -1, n_labels)
     losses = F.binary_cross_entropy_with_logits(
-        logits, labels[:, None, :].expand_as(logits), reduction="none"
+        blocks, labels[:, :, None, :].expand_as(blocks), reduction="none"
     )
     # where (not multiply) so that NaN or junk labels of masked-out rows cannot leak in
-    return torch.where(mask[:, None, :], losses, 0.0).sum(dim=0)
+    sums = torch.where(mask[:, :, None, :], losses, 0.0).sum(dim=0)
+    return sums.reshape(n_layers, n_labels)
 
 
 def _writeable(array: np.ndarray) -> np.ndarray:
@@ -149,6 +162,38 @@ class _Network:
         with torch.no_grad():
             for param, value in zip(self.params, values, strict=True):
                 param.copy_(value)
+
+    @staticmethod
+    def stacked(networks: Sequence[_Network]) -> _Network:
+        """One network whose layers are those of ``networks`` one after another (every
+        parameter's first axis is the layer); each block trains as its network would alone."""
+        if len(networks) == 1:
+            return networks[0]
+        units = networks[0].unit_of_label
+        if any(not np.array_equal(n.unit_of_label, units) for n in networks):
+            raise ValueError("stacked networks must map labels to the same stopping units")
+        network = copy.copy(networks[0])
+        for name in network.param_names:
+            value = torch.cat([getattr(n, name).detach() for n in networks])
+            setattr(network, name, value.requires_grad_())
+        network.params = [getattr(network, name) for name in network.param_names]
+        return network
+
+    def blocks(self, n_blocks: int) -> list[_Network]:
+        """The inverse of :meth:`stacked`: ``n_blocks`` networks of equal numbers of layers."""
+        if n_blocks == 1:
+            return [self]
+        parts = []
+        for block in range(n_blocks):
+            part = copy.copy(self)
+            for name in self.param_names:
+                value = getattr(self, name).detach()
+                size = len(value) // n_blocks
+                chunk = value[block * size : (block + 1) * size].clone()  # not a view of all
+                setattr(part, name, chunk.requires_grad_())
+            part.params = [getattr(part, name) for name in self.param_names]
+            parts.append(part)
+        return parts
 
 
 class _LinearNetwork(_Network):

@@ -143,7 +143,8 @@ def probe_layers(
     control_eval = [control_labels(y_eval, m_eval, s, 1) for s in seeds] if control else []
 
     # fits: a seed-independent probe (one optimum) is fitted once, holding the real probes and
-    # every seed's control; the others train once per seed, real and control labels side by side
+    # every seed's control; the others train once per seed, real and control labels side by
+    # side (every seed in one batched model on CUDA: probes.minibatch.batches_seeds)
     predictions, control_predictions, fits = [], [], []
     if config.seed_independent:
         labels = np.concatenate([y_train, *control_train], axis=1)
@@ -157,11 +158,13 @@ def probe_layers(
                 columns = slice((index + 1) * n_labels, (index + 2) * n_labels)
                 control_predictions.append(decided[..., columns])
     else:
-        for index, seed in enumerate(seeds):
-            n_sets = 2 if control else 1
-            labels = np.concatenate([y_train, *control_train[index : index + 1]], axis=1)
-            masks = np.concatenate([m_train] * n_sets, axis=1)
-            probes = config.fit(x_train, labels, masks, seed, n_sets, device)
+        n_sets = 2 if control else 1
+        labels = [
+            np.concatenate([y_train, *control_train[index : index + 1]], axis=1)
+            for index in range(len(seeds))
+        ]
+        masks = [np.concatenate([m_train] * n_sets, axis=1)] * len(seeds)
+        for probes in config.fit_seeds(x_train, labels, masks, seeds, n_sets, device):
             decided = _decisions(probes, x_eval, layers)
             predictions.append(decided[..., :n_labels])
             fits.append((probes, slice(0, n_labels)))
