@@ -49,6 +49,7 @@ MODEL_CLASSES = {
     "janus": ("JanusForConditionalGeneration", "JanusProcessor"),
     "molmo2": ("Molmo2ForConditionalGeneration", "Molmo2Processor"),
     "gemma3n": ("Gemma3nForConditionalGeneration", "Gemma3nProcessor"),
+    "lfm3_vl": ("Lfm3VlForConditionalGeneration", "Lfm3VlProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 

@@ -26,6 +26,7 @@ from vlprobe.models.internvl import InternVLAdapter
 from vlprobe.models.janus import JanusAdapter
 from vlprobe.models.kosmos2 import Kosmos2Adapter
 from vlprobe.models.lfm2_vl import Lfm2VlAdapter
+from vlprobe.models.lfm3_vl import Lfm3VlAdapter
 from vlprobe.models.llava import LlavaAdapter
 from vlprobe.models.llava_next import LlavaNextAdapter
 from vlprobe.models.llava_onevision import LlavaOnevisionAdapter
@@ -73,6 +74,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         JanusAdapter,
         Molmo2Adapter,
         Gemma3nAdapter,
+        Lfm3VlAdapter,
     )
 }
 
