@@ -50,6 +50,7 @@ MODEL_CLASSES = {
     "molmo2": ("Molmo2ForConditionalGeneration", "Molmo2Processor"),
     "gemma3n": ("Gemma3nForConditionalGeneration", "Gemma3nProcessor"),
     "lfm3_vl": ("Lfm3VlForConditionalGeneration", "Lfm3VlProcessor"),
+    "minicpmv4_7": ("MiniCPMV4_7ForConditionalGeneration", "MiniCPMV4_7Processor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 

@@ -69,8 +69,7 @@ def image_ends_text(loaded) -> bool:
     from helpers import drawing
 
     inputs = loaded.inputs([drawing((64, 64), (0, 0, 0))], [""])
-    last = inputs["input_ids"][0][inputs["attention_mask"][0].bool()][-1]
-    return bool(loaded.image_token_mask(inputs)[0][-1]) or int(last) in loaded.image_token_ids
+    return bool(loaded.image_bound_mask(inputs)[0][-1])
 
 
 def layer_inputs(loaded, inputs, hidden_states):

@@ -31,6 +31,7 @@ from vlprobe.models.llava import LlavaAdapter
 from vlprobe.models.llava_next import LlavaNextAdapter
 from vlprobe.models.llava_onevision import LlavaOnevisionAdapter
 from vlprobe.models.minicpmv4_6 import MiniCPMV4_6Adapter
+from vlprobe.models.minicpmv4_7 import MiniCPMV4_7Adapter
 from vlprobe.models.mistral3 import Mistral3Adapter
 from vlprobe.models.molmo2 import Molmo2Adapter
 from vlprobe.models.paligemma import PaliGemmaAdapter
@@ -75,6 +76,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         Molmo2Adapter,
         Gemma3nAdapter,
         Lfm3VlAdapter,
+        MiniCPMV4_7Adapter,
     )
 }
 
