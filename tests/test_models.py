@@ -51,6 +51,7 @@ MODEL_CLASSES = {
     "gemma3n": ("Gemma3nForConditionalGeneration", "Gemma3nProcessor"),
     "lfm3_vl": ("Lfm3VlForConditionalGeneration", "Lfm3VlProcessor"),
     "minicpmv4_7": ("MiniCPMV4_7ForConditionalGeneration", "MiniCPMV4_7Processor"),
+    "glm46v": ("Glm46VForConditionalGeneration", "Glm46VProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 

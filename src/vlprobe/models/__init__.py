@@ -20,6 +20,7 @@ from vlprobe.models.fast_vlm import FastVlmAdapter
 from vlprobe.models.gemma3 import Gemma3Adapter
 from vlprobe.models.gemma3n import Gemma3nAdapter
 from vlprobe.models.glm4v import Glm4vAdapter, Glm4vMoeAdapter
+from vlprobe.models.glm46v import Glm46VAdapter
 from vlprobe.models.idefics2 import Idefics2Adapter
 from vlprobe.models.idefics3 import Idefics3Adapter
 from vlprobe.models.internvl import InternVLAdapter
@@ -77,6 +78,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         Gemma3nAdapter,
         Lfm3VlAdapter,
         MiniCPMV4_7Adapter,
+        Glm46VAdapter,
     )
 }
 
