@@ -52,6 +52,7 @@ MODEL_CLASSES = {
     "lfm3_vl": ("Lfm3VlForConditionalGeneration", "Lfm3VlProcessor"),
     "minicpmv4_7": ("MiniCPMV4_7ForConditionalGeneration", "MiniCPMV4_7Processor"),
     "glm46v": ("Glm46VForConditionalGeneration", "Glm46VProcessor"),
+    "lighton_ocr": ("LightOnOcrForConditionalGeneration", "LightOnOcrProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 

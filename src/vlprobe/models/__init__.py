@@ -28,6 +28,7 @@ from vlprobe.models.janus import JanusAdapter
 from vlprobe.models.kosmos2 import Kosmos2Adapter
 from vlprobe.models.lfm2_vl import Lfm2VlAdapter
 from vlprobe.models.lfm3_vl import Lfm3VlAdapter
+from vlprobe.models.lighton_ocr import LightOnOcrAdapter
 from vlprobe.models.llava import LlavaAdapter
 from vlprobe.models.llava_next import LlavaNextAdapter
 from vlprobe.models.llava_onevision import LlavaOnevisionAdapter
@@ -79,6 +80,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         Lfm3VlAdapter,
         MiniCPMV4_7Adapter,
         Glm46VAdapter,
+        LightOnOcrAdapter,
     )
 }
 
