@@ -53,6 +53,7 @@ MODEL_CLASSES = {
     "minicpmv4_7": ("MiniCPMV4_7ForConditionalGeneration", "MiniCPMV4_7Processor"),
     "glm46v": ("Glm46VForConditionalGeneration", "Glm46VProcessor"),
     "lighton_ocr": ("LightOnOcrForConditionalGeneration", "LightOnOcrProcessor"),
+    "granite4_vision": ("Granite4VisionForConditionalGeneration", "Granite4VisionProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 

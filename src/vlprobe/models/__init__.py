@@ -21,6 +21,7 @@ from vlprobe.models.gemma3 import Gemma3Adapter
 from vlprobe.models.gemma3n import Gemma3nAdapter
 from vlprobe.models.glm4v import Glm4vAdapter, Glm4vMoeAdapter
 from vlprobe.models.glm46v import Glm46VAdapter
+from vlprobe.models.granite4_vision import Granite4VisionAdapter
 from vlprobe.models.idefics2 import Idefics2Adapter
 from vlprobe.models.idefics3 import Idefics3Adapter
 from vlprobe.models.internvl import InternVLAdapter
@@ -81,6 +82,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         MiniCPMV4_7Adapter,
         Glm46VAdapter,
         LightOnOcrAdapter,
+        Granite4VisionAdapter,
     )
 }
 

@@ -34,15 +34,27 @@ class LlavaNextAdapter(LlavaAdapter):
     def tiny_model_and_processor(
         cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]
     ) -> tuple[LlavaNextForConditionalGeneration, LlavaNextProcessor]:
-        size = spec["image_size"]
-        pinpoints = [[size * rows, size * cols] for rows in (1, 2) for cols in (1, 2)]
-        image_processor = LlavaNextImageProcessor(
-            size={"shortest_edge": size},
-            crop_size={"height": size, "width": size},
-            image_grid_pinpoints=pinpoints,
+        processor = LlavaNextProcessor(
+            cls.tiny_image_processor(spec), **cls.tiny_processor_kwargs(tokenizer)
         )
-        processor = LlavaNextProcessor(image_processor, **cls.tiny_processor_kwargs(tokenizer))
         config = LlavaNextConfig(
-            **cls.tiny_config_kwargs(tokenizer, spec), image_grid_pinpoints=pinpoints
+            **cls.tiny_config_kwargs(tokenizer, spec),
+            image_grid_pinpoints=cls.tiny_pinpoints(spec),
         )
         return LlavaNextForConditionalGeneration(config), processor
+
+    @staticmethod
+    def tiny_pinpoints(spec: Mapping[str, Any]) -> list[list[int]]:
+        """The anyres resolutions of a tiny model: grids of 1 x 1 to 2 x 2 tiles."""
+        size = spec["image_size"]
+        return [[size * rows, size * cols] for rows in (1, 2) for cols in (1, 2)]
+
+    @classmethod
+    def tiny_image_processor(cls, spec: Mapping[str, Any]) -> LlavaNextImageProcessor:
+        """LLaVA-NeXT's image processor with tiles of the tiny ``image_size``."""
+        size = spec["image_size"]
+        return LlavaNextImageProcessor(
+            size={"shortest_edge": size},
+            crop_size={"height": size, "width": size},
+            image_grid_pinpoints=cls.tiny_pinpoints(spec),
+        )
