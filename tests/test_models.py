@@ -56,6 +56,11 @@ MODEL_CLASSES = {
     "deepseek_vl_hybrid": ("DeepseekVLHybridForConditionalGeneration", "DeepseekVLHybridProcessor"),
     "ovis2": ("Ovis2ForConditionalGeneration", "Ovis2Processor"),
     "aria": ("AriaForConditionalGeneration", "AriaProcessor"),
+    "lfm3_vl": ("Lfm3VlForConditionalGeneration", "Lfm3VlProcessor"),
+    "minicpmv4_7": ("MiniCPMV4_7ForConditionalGeneration", "MiniCPMV4_7Processor"),
+    "glm46v": ("Glm46VForConditionalGeneration", "Glm46VProcessor"),
+    "lighton_ocr": ("LightOnOcrForConditionalGeneration", "LightOnOcrProcessor"),
+    "granite4_vision": ("Granite4VisionForConditionalGeneration", "Granite4VisionProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 
@@ -421,6 +426,20 @@ def test_qwen2_vl_suffix_positions_continue_the_m_rope_positions(tiny_dirs, fami
         torch.testing.assert_close(
             inputs["position_ids"][:, k, :n_suffix], positions[:, 0, -n_suffix:]
         )
+
+
+@pytest.mark.skipif(not selected("minicpmv4_7"), reason="not in VLPROBE_TINY_FAMILIES")
+def test_minicpmv4_7_keeps_the_newline_after_the_image_in_the_prefix(tiny_dirs):
+    """MiniCPM-V 4.7's canvas M-RoPE places the markers and newline right after an image on the
+    image's canvas: they belong to the image, unlike a newline in the prompt."""
+    loaded = load_model("tiny", entry(tiny_dirs["minicpmv4_7"], "minicpmv4_7"))
+    inputs = loaded.inputs([drawing((64, 64), (0, 0, 0))], ["a cat\nIs this right?"])
+    ids = inputs["input_ids"][0].tolist()
+    newline = loaded.model.config.newline_id
+    after_image, in_prompt = (i for i, token in enumerate(ids) if token == newline)
+    assert ids[after_image - 1] == loaded.model.config.image_end_id
+    bound = loaded.image_bound_mask(inputs)[0]
+    assert bound[after_image] and not bound[in_prompt] and not bound[after_image + 1 :].any()
 
 
 def test_cache_rows_copies_and_leaves_the_prefix_cache_alone(tiny_dirs):

@@ -69,18 +69,19 @@ def image_ends_text(loaded) -> bool:
     from helpers import drawing
 
     inputs = loaded.inputs([drawing((64, 64), (0, 0, 0))], [""])
-    last = inputs["input_ids"][0][inputs["attention_mask"][0].bool()][-1]
-    return bool(loaded.image_token_mask(inputs)[0][-1]) or int(last) in loaded.image_token_ids
+    return bool(loaded.image_bound_mask(inputs)[0][-1])
 
 
 def layer_inputs(loaded, inputs, hidden_states):
     """The hidden states that the decoder layers read, from ``output_hidden_states``: the same,
-    except in a deepstack decoder (Qwen3-VL), whose first layers' outputs get the vision tower's
-    intermediate features added at the image tokens before the next layer reads them
+    except in a deepstack decoder (Qwen3-VL, Granite 4 Vision), whose layers' outputs get the
+    vision tower's features added at the image tokens before the next layer reads them
     (transformers reports them before the addition; vlprobe's hooks see them after)."""
     import torch
 
     decoder = getattr(getattr(loaded.model, "model", None), "language_model", None)
+    if type(loaded.model).__name__ == "Granite4VisionForConditionalGeneration":
+        return granite4_vision_layer_inputs(loaded, inputs, hidden_states)
     if not hasattr(decoder, "_deepstack_process"):
         return hidden_states
     image = loaded.model.model.get_image_features(
@@ -92,4 +93,24 @@ def layer_inputs(loaded, inputs, hidden_states):
         state = states[level + 1].clone()
         state[mask] = state[mask] + torch.cat(features).to(state.dtype)
         states[level + 1] = state
+    return tuple(states)
+
+
+def granite4_vision_layer_inputs(loaded, inputs, hidden_states):
+    """Granite 4 Vision adds each (decoder layer, features) pair of its image features to the
+    image tokens before that layer; transformers' state 0 is layer 0's input, injection
+    included, the others are the previous layer's outputs, without it."""
+    import torch
+
+    image = loaded.model.model.get_image_features(
+        inputs["pixel_values"], inputs["image_sizes"], return_dict=True
+    )
+    mask = loaded.image_token_mask(inputs)
+    states = list(hidden_states)
+    for layer, features in image.deepstack_features:
+        if layer == 0:
+            continue
+        state = states[layer].clone()
+        state[mask] = state[mask] + torch.cat(features).to(state.dtype)
+        states[layer] = state
     return tuple(states)

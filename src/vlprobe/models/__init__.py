@@ -25,17 +25,22 @@ from vlprobe.models.gemma3 import Gemma3Adapter
 from vlprobe.models.gemma3n import Gemma3nAdapter
 from vlprobe.models.gemma4 import Gemma4Adapter
 from vlprobe.models.glm4v import Glm4vAdapter, Glm4vMoeAdapter
+from vlprobe.models.glm46v import Glm46VAdapter
+from vlprobe.models.granite4_vision import Granite4VisionAdapter
 from vlprobe.models.idefics2 import Idefics2Adapter
 from vlprobe.models.idefics3 import Idefics3Adapter
 from vlprobe.models.internvl import InternVLAdapter
 from vlprobe.models.janus import JanusAdapter
 from vlprobe.models.kosmos2 import Kosmos2Adapter
 from vlprobe.models.lfm2_vl import Lfm2VlAdapter
+from vlprobe.models.lfm3_vl import Lfm3VlAdapter
+from vlprobe.models.lighton_ocr import LightOnOcrAdapter
 from vlprobe.models.llava import LlavaAdapter
 from vlprobe.models.llava_next import LlavaNextAdapter
 from vlprobe.models.llava_next_video import LlavaNextVideoAdapter
 from vlprobe.models.llava_onevision import LlavaOnevisionAdapter
 from vlprobe.models.minicpmv4_6 import MiniCPMV4_6Adapter
+from vlprobe.models.minicpmv4_7 import MiniCPMV4_7Adapter
 from vlprobe.models.mistral3 import Mistral3Adapter
 from vlprobe.models.molmo2 import Molmo2Adapter
 from vlprobe.models.ovis2 import Ovis2Adapter
@@ -87,6 +92,11 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         DeepseekVLHybridAdapter,
         Ovis2Adapter,
         AriaAdapter,
+        Lfm3VlAdapter,
+        MiniCPMV4_7Adapter,
+        Glm46VAdapter,
+        LightOnOcrAdapter,
+        Granite4VisionAdapter,
     )
 }
 

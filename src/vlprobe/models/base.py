@@ -573,11 +573,7 @@ class LoadedVLM(abc.ABC):
             return None
         processed, all_ids = self.prompt_token_ids(images, prompts)
         mask = processed["attention_mask"].bool()
-        # every token that depends on the image must be in the prefix: the features' positions
-        # and the tokens around them (e.g. InternVL's <img> ... </img>)
-        image_related = self.image_token_mask(processed) | torch.isin(
-            processed["input_ids"], torch.tensor(self.image_token_ids)
-        )
+        image_related = self.image_bound_mask(processed)
         lengths, suffixes = [], []
         for row, ids in enumerate(all_ids):
             if ids[0] != processed["input_ids"][row][mask[row]].tolist():
@@ -662,6 +658,15 @@ class LoadedVLM(abc.ABC):
         batch = self.process(images, texts, "left", **self.text_kwargs)
         mask = batch["attention_mask"].bool()
         return [ids[keep].tolist() for ids, keep in zip(batch["input_ids"], mask, strict=True)]
+
+    def image_bound_mask(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The tokens that depend on the image, which a reused prefix must hold: [batch, tokens]
+        bool. The features' positions and the tokens around them (e.g. InternVL's <img> ...
+        </img>), and in some families tokens whose positions the image sets (MiniCPM-V 4.7)."""
+        return self.image_token_mask(inputs) | torch.isin(
+            inputs["input_ids"],
+            torch.tensor(self.image_token_ids, device=inputs["input_ids"].device),
+        )
 
     @property
     def image_token_ids(self) -> list[int]:

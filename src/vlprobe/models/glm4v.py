@@ -14,7 +14,9 @@ from transformers import (
     Glm4vMoeForConditionalGeneration,
     Glm4vProcessor,
     Glm4vVideoProcessor,
+    PreTrainedModel,
     PreTrainedTokenizerBase,
+    ProcessorMixin,
 )
 
 from vlprobe.models.base import LoadedVLM, text_config_kwargs
@@ -47,9 +49,12 @@ class Glm4vAdapter(LoadedVLM):
         },
     )
     tiny_defaults = {"min_image_tokens": 16, "max_image_tokens": 64}
-    # the real classes; GLM-4.5V swaps them and its decoder's MLPs
+    # the real classes; GLM-4.5V swaps them and its decoder's MLPs, GLM-4.6V all of them
     config_class: ClassVar[type] = Glm4vConfig
     model_class: ClassVar[type] = Glm4vForConditionalGeneration
+    processor_class: ClassVar[type] = Glm4vProcessor
+    image_processor_class: ClassVar[type] = Glm4vImageProcessor
+    video_processor_class: ClassVar[type] = Glm4vVideoProcessor
 
     @classmethod
     def tiny_text_config(cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]) -> dict:
@@ -69,10 +74,10 @@ class Glm4vAdapter(LoadedVLM):
     @classmethod
     def tiny_model_and_processor(
         cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]
-    ) -> tuple[Glm4vForConditionalGeneration, Glm4vProcessor]:
+    ) -> tuple[PreTrainedModel, ProcessorMixin]:
         pixels_per_token = (PATCH_SIZE * MERGE_SIZE) ** 2
-        processor = Glm4vProcessor(
-            image_processor=Glm4vImageProcessor(
+        processor = cls.processor_class(
+            image_processor=cls.image_processor_class(
                 size={
                     "shortest_edge": spec["min_image_tokens"] * pixels_per_token,
                     "longest_edge": spec["max_image_tokens"] * pixels_per_token,
@@ -81,7 +86,7 @@ class Glm4vAdapter(LoadedVLM):
                 merge_size=MERGE_SIZE,
             ),
             tokenizer=tokenizer,
-            video_processor=Glm4vVideoProcessor(),  # required by the processor; unused here
+            video_processor=cls.video_processor_class(),  # required by the processor; unused
         )
         config = cls.config_class(
             text_config=cls.tiny_text_config(tokenizer, spec),

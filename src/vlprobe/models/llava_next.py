@@ -45,22 +45,31 @@ class LlavaNextAdapter(LlavaAdapter):
     def tiny_model_and_processor(
         cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]
     ) -> tuple[PreTrainedModel, ProcessorMixin]:
-        size = spec["image_size"]
-        pinpoints = [[size * rows, size * cols] for rows in (1, 2) for cols in (1, 2)]
         video_processor, video_config = cls.tiny_video(tokenizer)
-        image_processor = LlavaNextImageProcessor(
-            size={"shortest_edge": size},
-            crop_size={"height": size, "width": size},
-            image_grid_pinpoints=pinpoints,
-        )
         processor = cls.processor_class(
-            image_processor=image_processor,
+            image_processor=cls.tiny_image_processor(spec),
             **cls.tiny_processor_kwargs(tokenizer),
             **video_processor,
         )
         config = cls.config_class(
             **cls.tiny_config_kwargs(tokenizer, spec),
-            image_grid_pinpoints=pinpoints,
+            image_grid_pinpoints=cls.tiny_pinpoints(spec),
             **video_config,
         )
         return cls.model_class(config), processor
+
+    @staticmethod
+    def tiny_pinpoints(spec: Mapping[str, Any]) -> list[list[int]]:
+        """The anyres resolutions of a tiny model: grids of 1 x 1 to 2 x 2 tiles."""
+        size = spec["image_size"]
+        return [[size * rows, size * cols] for rows in (1, 2) for cols in (1, 2)]
+
+    @classmethod
+    def tiny_image_processor(cls, spec: Mapping[str, Any]) -> LlavaNextImageProcessor:
+        """LLaVA-NeXT's image processor with tiles of the tiny ``image_size``."""
+        size = spec["image_size"]
+        return LlavaNextImageProcessor(
+            size={"shortest_edge": size},
+            crop_size={"height": size, "width": size},
+            image_grid_pinpoints=cls.tiny_pinpoints(spec),
+        )

@@ -4,7 +4,7 @@ Qwen3.5 decoder (gated-delta-net linear attention interleaved with full attentio
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from transformers import (
     MiniCPMV4_6Config,
@@ -12,7 +12,9 @@ from transformers import (
     MiniCPMV4_6ImageProcessor,
     MiniCPMV4_6Processor,
     MiniCPMV4_6VideoProcessor,
+    PreTrainedModel,
     PreTrainedTokenizerBase,
+    ProcessorMixin,
 )
 
 from vlprobe.models.base import LoadedVLM, text_config_kwargs, vision_config_kwargs
@@ -55,13 +57,17 @@ class MiniCPMV4_6Adapter(LoadedVLM):
     # tiny_chat_template: none; the checkpoint's template is not available offline (see
     # chat_templates/README.md), so tiny models run in raw format only
     image_token_suffix = "\n"  # the image on its own line, as in the chat template
+    # the tiny model's classes; MiniCPM-V 4.7's take the same arguments (and a few more ids)
+    config_class: ClassVar[type] = MiniCPMV4_6Config
+    model_class: ClassVar[type] = MiniCPMV4_6ForConditionalGeneration
+    processor_class: ClassVar[type] = MiniCPMV4_6Processor
 
     @classmethod
     def tiny_model_and_processor(
         cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]
-    ) -> tuple[MiniCPMV4_6ForConditionalGeneration, MiniCPMV4_6Processor]:
+    ) -> tuple[PreTrainedModel, ProcessorMixin]:
         size = spec["image_size"]
-        processor = MiniCPMV4_6Processor(
+        processor = cls.processor_class(
             image_processor=MiniCPMV4_6ImageProcessor(
                 scale_resolution=size, patch_size=PATCH_SIZE, max_slice_nums=MAX_SLICES
             ),
@@ -71,7 +77,7 @@ class MiniCPMV4_6Adapter(LoadedVLM):
             tokenizer=tokenizer,
         )
         n_layers = spec["num_layers"]
-        config = MiniCPMV4_6Config(
+        config = cls.config_class(
             text_config={
                 "model_type": "qwen3_5_text",
                 **text_config_kwargs(tokenizer, spec),
@@ -95,5 +101,11 @@ class MiniCPMV4_6Adapter(LoadedVLM):
             image_size=size,
             image_token_id=tokenizer.image_token_id,
             video_token_id=tokenizer.video_token_id,
+            **cls.tiny_config_extras(tokenizer),
         )
-        return MiniCPMV4_6ForConditionalGeneration(config), processor
+        return cls.model_class(config), processor
+
+    @classmethod
+    def tiny_config_extras(cls, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+        """Further config arguments of the tiny model."""
+        return {}

@@ -41,24 +41,14 @@ class Mistral3Adapter(LoadedVLM):
         cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]
     ) -> tuple[Mistral3ForConditionalGeneration, PixtralProcessor]:
         processor = PixtralProcessor(
-            image_processor=PixtralImageProcessor(
-                size={"longest_edge": spec["image_size"]},
-                patch_size={"height": PATCH_SIZE, "width": PATCH_SIZE},
-            ),
+            image_processor=cls.tiny_image_processor(spec),
             tokenizer=tokenizer,
             patch_size=PATCH_SIZE,
             spatial_merge_size=MERGE_SIZE,
         )
         head_dim = spec["hidden_size"] // spec["num_attention_heads"]
-        vision_head_dim = spec["vision_hidden_size"] // spec["vision_attention_heads"]
         config = Mistral3Config(
-            vision_config={
-                "model_type": "pixtral",
-                **vision_config_kwargs(spec),
-                "head_dim": vision_head_dim,
-                "image_size": spec["image_size"],
-                "patch_size": PATCH_SIZE,
-            },
+            vision_config=cls.tiny_vision_config(spec),
             text_config={
                 "model_type": "mistral",
                 **text_config_kwargs(tokenizer, spec),
@@ -70,3 +60,22 @@ class Mistral3Adapter(LoadedVLM):
             vision_feature_layer=-1,
         )
         return Mistral3ForConditionalGeneration(config), processor
+
+    @staticmethod
+    def tiny_image_processor(spec: Mapping[str, Any]) -> PixtralImageProcessor:
+        """Pixtral's image processor at the tiny ``image_size`` (the longest edge)."""
+        return PixtralImageProcessor(
+            size={"longest_edge": spec["image_size"]},
+            patch_size={"height": PATCH_SIZE, "width": PATCH_SIZE},
+        )
+
+    @staticmethod
+    def tiny_vision_config(spec: Mapping[str, Any]) -> dict[str, Any]:
+        """A small Pixtral encoder with the real 14-pixel patches."""
+        return {
+            "model_type": "pixtral",
+            **vision_config_kwargs(spec),
+            "head_dim": spec["vision_hidden_size"] // spec["vision_attention_heads"],
+            "image_size": spec["image_size"],
+            "patch_size": PATCH_SIZE,
+        }

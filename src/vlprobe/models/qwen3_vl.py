@@ -60,18 +60,24 @@ class Qwen3VLAdapter(LoadedVLM):
             },
         }
 
+    @staticmethod
+    def tiny_image_processor(spec: Mapping[str, Any]) -> Qwen2VLImageProcessor:
+        """Qwen3-VL's image processor (16-pixel patches, 2 x 2 merge) within the tiny keys'
+        image-token bounds; LFM3-VL's checkpoints take the same."""
+        pixels_per_token = (PATCH_SIZE * MERGE_SIZE) ** 2
+        return Qwen2VLImageProcessor(
+            patch_size=PATCH_SIZE,
+            merge_size=MERGE_SIZE,
+            min_pixels=spec["min_image_tokens"] * pixels_per_token,
+            max_pixels=spec["max_image_tokens"] * pixels_per_token,
+        )
+
     @classmethod
     def tiny_model_and_processor(
         cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]
     ) -> tuple[Qwen3VLForConditionalGeneration, Qwen3VLProcessor]:
-        pixels_per_token = (PATCH_SIZE * MERGE_SIZE) ** 2
         processor = Qwen3VLProcessor(
-            image_processor=Qwen2VLImageProcessor(
-                patch_size=PATCH_SIZE,
-                merge_size=MERGE_SIZE,
-                min_pixels=spec["min_image_tokens"] * pixels_per_token,
-                max_pixels=spec["max_image_tokens"] * pixels_per_token,
-            ),
+            image_processor=cls.tiny_image_processor(spec),
             tokenizer=tokenizer,
             video_processor=Qwen3VLVideoProcessor(),  # required by the processor; unused here
         )
