@@ -56,6 +56,8 @@ MODEL_CLASSES = {
     "deepseek_vl_hybrid": ("DeepseekVLHybridForConditionalGeneration", "DeepseekVLHybridProcessor"),
     "ovis2": ("Ovis2ForConditionalGeneration", "Ovis2Processor"),
     "aria": ("AriaForConditionalGeneration", "AriaProcessor"),
+    "qwen3_5": ("Qwen3_5ForConditionalGeneration", "Qwen3VLProcessor"),
+    "qwen3_5_moe": ("Qwen3_5MoeForConditionalGeneration", "Qwen3VLProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 

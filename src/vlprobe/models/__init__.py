@@ -44,6 +44,7 @@ from vlprobe.models.perception_lm import PerceptionLMAdapter
 from vlprobe.models.phi4_multimodal import Phi4MultimodalAdapter
 from vlprobe.models.qwen2_5_vl import Qwen2_5VLAdapter
 from vlprobe.models.qwen2_vl import Qwen2VLAdapter
+from vlprobe.models.qwen3_5 import Qwen3_5Adapter, Qwen3_5MoeAdapter
 from vlprobe.models.qwen3_vl import Qwen3VLAdapter, Qwen3VLMoeAdapter
 from vlprobe.models.smolvlm import SmolVLMAdapter
 from vlprobe.models.vipllava import VipLlavaAdapter
@@ -87,6 +88,8 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         DeepseekVLHybridAdapter,
         Ovis2Adapter,
         AriaAdapter,
+        Qwen3_5Adapter,
+        Qwen3_5MoeAdapter,
     )
 }
 
