@@ -46,6 +46,7 @@ from vlprobe.models.qwen2_5_vl import Qwen2_5VLAdapter
 from vlprobe.models.qwen2_vl import Qwen2VLAdapter
 from vlprobe.models.qwen3_5 import Qwen3_5Adapter, Qwen3_5MoeAdapter
 from vlprobe.models.qwen3_vl import Qwen3VLAdapter, Qwen3VLMoeAdapter
+from vlprobe.models.shieldgemma2 import ShieldGemma2Adapter
 from vlprobe.models.smolvlm import SmolVLMAdapter
 from vlprobe.models.vipllava import VipLlavaAdapter
 
@@ -90,6 +91,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         AriaAdapter,
         Qwen3_5Adapter,
         Qwen3_5MoeAdapter,
+        ShieldGemma2Adapter,
     )
 }
 
