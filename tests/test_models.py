@@ -60,6 +60,7 @@ MODEL_CLASSES = {
     "qwen3_5_moe": ("Qwen3_5MoeForConditionalGeneration", "Qwen3VLProcessor"),
     # the Gemma-3 model inside the checkpoints' ShieldGemma2ForImageClassification
     "shieldgemma2": ("Gemma3ForConditionalGeneration", "ShieldGemma2Processor"),
+    "gemma4_unified": ("Gemma4UnifiedForConditionalGeneration", "Gemma4UnifiedProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 

@@ -24,6 +24,7 @@ from vlprobe.models.fast_vlm import FastVlmAdapter
 from vlprobe.models.gemma3 import Gemma3Adapter
 from vlprobe.models.gemma3n import Gemma3nAdapter
 from vlprobe.models.gemma4 import Gemma4Adapter
+from vlprobe.models.gemma4_unified import Gemma4UnifiedAdapter
 from vlprobe.models.glm4v import Glm4vAdapter, Glm4vMoeAdapter
 from vlprobe.models.idefics2 import Idefics2Adapter
 from vlprobe.models.idefics3 import Idefics3Adapter
@@ -92,6 +93,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         Qwen3_5Adapter,
         Qwen3_5MoeAdapter,
         ShieldGemma2Adapter,
+        Gemma4UnifiedAdapter,
     )
 }
 
