@@ -61,6 +61,7 @@ MODEL_CLASSES = {
     # the Gemma-3 model inside the checkpoints' ShieldGemma2ForImageClassification
     "shieldgemma2": ("Gemma3ForConditionalGeneration", "ShieldGemma2Processor"),
     "gemma4_unified": ("Gemma4UnifiedForConditionalGeneration", "Gemma4UnifiedProcessor"),
+    "video_llava": ("VideoLlavaForConditionalGeneration", "VideoLlavaProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 

@@ -49,6 +49,7 @@ from vlprobe.models.qwen3_5 import Qwen3_5Adapter, Qwen3_5MoeAdapter
 from vlprobe.models.qwen3_vl import Qwen3VLAdapter, Qwen3VLMoeAdapter
 from vlprobe.models.shieldgemma2 import ShieldGemma2Adapter
 from vlprobe.models.smolvlm import SmolVLMAdapter
+from vlprobe.models.video_llava import VideoLlavaAdapter
 from vlprobe.models.vipllava import VipLlavaAdapter
 
 FAMILIES: dict[str, type[LoadedVLM]] = {
@@ -94,6 +95,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         Qwen3_5MoeAdapter,
         ShieldGemma2Adapter,
         Gemma4UnifiedAdapter,
+        VideoLlavaAdapter,
     )
 }
 
