@@ -62,6 +62,7 @@ MODEL_CLASSES = {
     "shieldgemma2": ("Gemma3ForConditionalGeneration", "ShieldGemma2Processor"),
     "gemma4_unified": ("Gemma4UnifiedForConditionalGeneration", "Gemma4UnifiedProcessor"),
     "video_llava": ("VideoLlavaForConditionalGeneration", "VideoLlavaProcessor"),
+    "video_llama_3": ("VideoLlama3ForConditionalGeneration", "VideoLlama3Processor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 

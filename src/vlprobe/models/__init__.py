@@ -49,6 +49,7 @@ from vlprobe.models.qwen3_5 import Qwen3_5Adapter, Qwen3_5MoeAdapter
 from vlprobe.models.qwen3_vl import Qwen3VLAdapter, Qwen3VLMoeAdapter
 from vlprobe.models.shieldgemma2 import ShieldGemma2Adapter
 from vlprobe.models.smolvlm import SmolVLMAdapter
+from vlprobe.models.video_llama_3 import VideoLlama3Adapter
 from vlprobe.models.video_llava import VideoLlavaAdapter
 from vlprobe.models.vipllava import VipLlavaAdapter
 
@@ -96,6 +97,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         ShieldGemma2Adapter,
         Gemma4UnifiedAdapter,
         VideoLlavaAdapter,
+        VideoLlama3Adapter,
     )
 }
 
