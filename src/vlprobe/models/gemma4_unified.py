@@ -28,7 +28,8 @@ class Gemma4UnifiedAdapter(Gemma4Adapter):
     """Gemma 4 Unified checkpoints (model_type ``gemma4_unified``, ``google/gemma-4-*``):
     Gemma 4's special tokens, placeholder and image-block attention (bidirectional among the
     image's tokens through ``mm_token_type_ids``, never over later text), so prefix reuse is
-    valid as for ``gemma4``. Tiny key as for ``gemma4``.
+    valid as for ``gemma4``. Tiny key as for ``gemma4``; ``vision_hidden_size`` is the embedder's
+    width, and ``vision_layers`` and ``vision_attention_heads`` go unused (there is no tower).
     """
 
     config_class = Gemma4UnifiedConfig
