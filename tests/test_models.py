@@ -61,6 +61,13 @@ MODEL_CLASSES = {
     "glm46v": ("Glm46VForConditionalGeneration", "Glm46VProcessor"),
     "lighton_ocr": ("LightOnOcrForConditionalGeneration", "LightOnOcrProcessor"),
     "granite4_vision": ("Granite4VisionForConditionalGeneration", "Granite4VisionProcessor"),
+    "qwen3_5": ("Qwen3_5ForConditionalGeneration", "Qwen3VLProcessor"),
+    "qwen3_5_moe": ("Qwen3_5MoeForConditionalGeneration", "Qwen3VLProcessor"),
+    # the Gemma-3 model inside the checkpoints' ShieldGemma2ForImageClassification
+    "shieldgemma2": ("Gemma3ForConditionalGeneration", "ShieldGemma2Processor"),
+    "gemma4_unified": ("Gemma4UnifiedForConditionalGeneration", "Gemma4UnifiedProcessor"),
+    "video_llava": ("VideoLlavaForConditionalGeneration", "VideoLlavaProcessor"),
+    "video_llama_3": ("VideoLlama3ForConditionalGeneration", "VideoLlama3Processor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 
@@ -348,6 +355,25 @@ def test_paligemma_is_a_prefix_lm_so_a_reused_prefix_would_be_wrong(tiny_dirs, m
     n = int(images.sum())
     last = states[-1][0][images]
     assert not torch.allclose(alone.hidden_states[-1][0][:n], last, atol=1e-4)
+
+
+@pytest.mark.skipif(not selected("shieldgemma2"), reason="not in VLPROBE_TINY_FAMILIES")
+def test_shieldgemma2_loads_its_language_model_and_takes_the_prompt(tiny_dirs):
+    """The Gemma-3 model inside the classifier, with the checkpoint's decoder weights (not the
+    random ones that AutoModelForImageTextToText leaves), and the prompt where its processor's
+    own call would write policy prompts."""
+    loaded = load_model("tiny", entry(tiny_dirs["shieldgemma2"], "shieldgemma2"))
+    saved = load_file(tiny_dirs["shieldgemma2"] / "model.safetensors")
+    (embedding,) = [
+        v for k, v in saved.items() if k.endswith("language_model.model.embed_tokens.weight")
+    ]
+    torch.testing.assert_close(
+        loaded.model.get_input_embeddings().weight, embedding, rtol=0, atol=0
+    )
+    inputs = loaded.inputs([drawing((64, 64), (0, 0, 0))] * 2, ["a cat", "a dog on a couch"])
+    assert inputs["input_ids"].shape[0] == 2  # one row per prompt, not per policy
+    assert loaded.tokenizer.decode(inputs["input_ids"][1]).endswith("a dog on a couch")
+    assert inputs["token_type_ids"][0].sum() == loaded.image_token_mask(inputs)[0].sum()
 
 
 def test_a_prefix_lm_family_never_splits_a_prefix(tiny_dirs, monkeypatch):

@@ -24,6 +24,7 @@ from vlprobe.models.fast_vlm import FastVlmAdapter
 from vlprobe.models.gemma3 import Gemma3Adapter
 from vlprobe.models.gemma3n import Gemma3nAdapter
 from vlprobe.models.gemma4 import Gemma4Adapter
+from vlprobe.models.gemma4_unified import Gemma4UnifiedAdapter
 from vlprobe.models.glm4v import Glm4vAdapter, Glm4vMoeAdapter
 from vlprobe.models.glm46v import Glm46VAdapter
 from vlprobe.models.granite4_vision import Granite4VisionAdapter
@@ -49,8 +50,12 @@ from vlprobe.models.perception_lm import PerceptionLMAdapter
 from vlprobe.models.phi4_multimodal import Phi4MultimodalAdapter
 from vlprobe.models.qwen2_5_vl import Qwen2_5VLAdapter
 from vlprobe.models.qwen2_vl import Qwen2VLAdapter
+from vlprobe.models.qwen3_5 import Qwen3_5Adapter, Qwen3_5MoeAdapter
 from vlprobe.models.qwen3_vl import Qwen3VLAdapter, Qwen3VLMoeAdapter
+from vlprobe.models.shieldgemma2 import ShieldGemma2Adapter
 from vlprobe.models.smolvlm import SmolVLMAdapter
+from vlprobe.models.video_llama_3 import VideoLlama3Adapter
+from vlprobe.models.video_llava import VideoLlavaAdapter
 from vlprobe.models.vipllava import VipLlavaAdapter
 
 FAMILIES: dict[str, type[LoadedVLM]] = {
@@ -97,6 +102,12 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         Glm46VAdapter,
         LightOnOcrAdapter,
         Granite4VisionAdapter,
+        Qwen3_5Adapter,
+        Qwen3_5MoeAdapter,
+        ShieldGemma2Adapter,
+        Gemma4UnifiedAdapter,
+        VideoLlavaAdapter,
+        VideoLlama3Adapter,
     )
 }
 

@@ -4,7 +4,7 @@ decoder whose attention is bidirectional within an image."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 from transformers import (
@@ -13,7 +13,9 @@ from transformers import (
     Gemma3ImageProcessor,
     Gemma3Processor,
     Gemma3TextConfig,
+    PreTrainedModel,
     PreTrainedTokenizerBase,
+    ProcessorMixin,
     SiglipVisionConfig,
 )
 
@@ -35,6 +37,11 @@ class Gemma3Adapter(LoadedVLM):
     passes, text only, get none, which leaves their attention causal as in the full pass.
     """
 
+    # the real classes; ShieldGemma 2 swaps them
+    config_class: ClassVar[type] = Gemma3Config
+    model_class: ClassVar[type] = Gemma3ForConditionalGeneration
+    processor_class: ClassVar[type] = Gemma3Processor
+
     family = "gemma3"
     special_tokens = SpecialTokens(
         bos="<bos>",
@@ -53,15 +60,15 @@ class Gemma3Adapter(LoadedVLM):
     @classmethod
     def tiny_model_and_processor(
         cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]
-    ) -> tuple[Gemma3ForConditionalGeneration, Gemma3Processor]:
+    ) -> tuple[PreTrainedModel, ProcessorMixin]:
         image_size = spec["image_size"]
-        processor = Gemma3Processor(
+        processor = cls.processor_class(
             image_processor=Gemma3ImageProcessor(size={"height": image_size, "width": image_size}),
             tokenizer=tokenizer,
             image_seq_length=spec["image_tokens"],
         )
         head_dim = spec["hidden_size"] // spec["num_attention_heads"]
-        config = Gemma3Config(
+        config = cls.config_class(
             vision_config=SiglipVisionConfig(
                 **vision_config_kwargs(spec),
                 image_size=image_size,
@@ -78,9 +85,9 @@ class Gemma3Adapter(LoadedVLM):
             eoi_token_index=tokenizer.eoi_token_id,
             image_token_index=tokenizer.image_token_id,
         )
-        model = Gemma3ForConditionalGeneration(config)
+        model = cls.model_class(config)
         # transformers initialises the image projection to zero (it is trained from scratch);
         # a tiny model needs images to matter, so draw it like every other weight
-        projection = model.model.multi_modal_projector.mm_input_projection_weight
-        nn.init.normal_(projection, std=config.initializer_range)
+        projector = next(m for n, m in model.named_modules() if n.endswith("multi_modal_projector"))
+        nn.init.normal_(projector.mm_input_projection_weight, std=config.initializer_range)
         return model, processor

@@ -6,7 +6,7 @@ sharing across the last layers). The checkpoints' audio tower is not used: image
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from transformers import (
@@ -16,7 +16,9 @@ from transformers import (
     Gemma4ImageProcessor,
     Gemma4Processor,
     Gemma4VideoProcessor,
+    PreTrainedModel,
     PreTrainedTokenizerBase,
+    ProcessorMixin,
 )
 
 from vlprobe.models.base import LoadedVLM, text_config_kwargs, vision_config_kwargs
@@ -38,6 +40,14 @@ class Gemma4Adapter(LoadedVLM):
     Tiny key: ``max_image_tokens`` (70), the soft-token budget per image (one of the image
     processor's 70, 140, 280, 560, 1120).
     """
+
+    # the real classes; Gemma 4 Unified swaps them
+    config_class: ClassVar[type] = Gemma4Config
+    model_class: ClassVar[type] = Gemma4ForConditionalGeneration
+    processor_class: ClassVar[type] = Gemma4Processor
+    image_processor_class: ClassVar[type] = Gemma4ImageProcessor
+    video_processor_class: ClassVar[type] = Gemma4VideoProcessor
+    feature_extractor_class: ClassVar[type] = Gemma4AudioFeatureExtractor
 
     family = "gemma4"
     special_tokens = SpecialTokens(
@@ -63,50 +73,58 @@ class Gemma4Adapter(LoadedVLM):
     logits_to_keep = torch.tensor([-1])
 
     @classmethod
+    def tiny_text_config(cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]) -> dict:
+        head_dim = spec["hidden_size"] // spec["num_attention_heads"]
+        layers = spec["num_layers"]
+        return {
+            **text_config_kwargs(tokenizer, spec),
+            "head_dim": head_dim,
+            "global_head_dim": 2 * head_dim,  # wider global heads, as in the real model
+            "sliding_window": 8,  # shorter than an image, so the window matters
+            # sliding layers with a global one every other layer; the last is global
+            "layer_types": [
+                "full_attention" if i % 2 or i == layers - 1 else "sliding_attention"
+                for i in range(layers)
+            ],
+            # the compact checkpoints' per-layer embeddings and shared keys/values (the
+            # last layer reuses those of the last earlier layer of its type)
+            "hidden_size_per_layer_input": 8,
+            "vocab_size_per_layer_input": len(tokenizer),
+            "num_kv_shared_layers": 1 if layers > 2 else 0,
+            "use_bidirectional_attention": "vision",
+        }
+
+    @classmethod
+    def tiny_vision_config(cls, spec: Mapping[str, Any]) -> dict:
+        vision = vision_config_kwargs(spec)
+        return {
+            **vision,
+            "num_key_value_heads": vision["num_attention_heads"],
+            "head_dim": vision["hidden_size"] // vision["num_attention_heads"],
+            "patch_size": PATCH_SIZE,
+            "pooling_kernel_size": POOLING,
+        }
+
+    @classmethod
     def tiny_model_and_processor(
         cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]
-    ) -> tuple[Gemma4ForConditionalGeneration, Gemma4Processor]:
-        image_processor = Gemma4ImageProcessor(
+    ) -> tuple[PreTrainedModel, ProcessorMixin]:
+        image_processor = cls.image_processor_class(
             patch_size=PATCH_SIZE,
             pooling_kernel_size=POOLING,
             max_soft_tokens=spec["max_image_tokens"],
         )
-        processor = Gemma4Processor(
+        processor = cls.processor_class(
             # both required by the processor; unused for images
-            feature_extractor=Gemma4AudioFeatureExtractor(),
-            video_processor=Gemma4VideoProcessor(),
+            feature_extractor=cls.feature_extractor_class(),
+            video_processor=cls.video_processor_class(),
             image_processor=image_processor,
             tokenizer=tokenizer,
             image_seq_length=spec["max_image_tokens"],
         )
-        head_dim = spec["hidden_size"] // spec["num_attention_heads"]
-        layers = spec["num_layers"]
-        vision = vision_config_kwargs(spec)
-        config = Gemma4Config(
-            text_config={
-                **text_config_kwargs(tokenizer, spec),
-                "head_dim": head_dim,
-                "global_head_dim": 2 * head_dim,  # wider global heads, as in the real model
-                "sliding_window": 8,  # shorter than an image, so the window matters
-                # sliding layers with a global one every other layer; the last is global
-                "layer_types": [
-                    "full_attention" if i % 2 or i == layers - 1 else "sliding_attention"
-                    for i in range(layers)
-                ],
-                # the compact checkpoints' per-layer embeddings and shared keys/values (the
-                # last layer reuses those of the last earlier layer of its type)
-                "hidden_size_per_layer_input": 8,
-                "vocab_size_per_layer_input": len(tokenizer),
-                "num_kv_shared_layers": 1 if layers > 2 else 0,
-                "use_bidirectional_attention": "vision",
-            },
-            vision_config={
-                **vision,
-                "num_key_value_heads": vision["num_attention_heads"],
-                "head_dim": vision["hidden_size"] // vision["num_attention_heads"],
-                "patch_size": PATCH_SIZE,
-                "pooling_kernel_size": POOLING,
-            },
+        config = cls.config_class(
+            text_config=cls.tiny_text_config(tokenizer, spec),
+            vision_config=cls.tiny_vision_config(spec),
             **{
                 f"{kind}_token_id": tokenizer.convert_tokens_to_ids(token)
                 for kind, token in [
@@ -119,4 +137,4 @@ class Gemma4Adapter(LoadedVLM):
                 ]
             },
         )
-        return Gemma4ForConditionalGeneration(config), processor
+        return cls.model_class(config), processor

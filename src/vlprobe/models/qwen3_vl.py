@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from transformers import (
+    PreTrainedModel,
     PreTrainedTokenizerBase,
     Qwen2VLImageProcessor,
     Qwen3VLConfig,
@@ -73,29 +74,34 @@ class Qwen3VLAdapter(LoadedVLM):
         )
 
     @classmethod
+    def tiny_vision_config(cls, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """A small ViT with the real patch and merge sizes, deepstack from its first layers."""
+        layers = spec["vision_layers"]
+        return {
+            "depth": layers,
+            "hidden_size": spec["vision_hidden_size"],
+            "intermediate_size": 2 * spec["vision_hidden_size"],
+            "num_heads": spec["vision_attention_heads"],
+            "out_hidden_size": spec["hidden_size"],  # the merger's output feeds the decoder
+            "patch_size": PATCH_SIZE,
+            "spatial_merge_size": MERGE_SIZE,
+            "num_position_embeddings": 64,
+            # deepstack features from every vision layer but the last (real: 3 of 27)
+            "deepstack_visual_indexes": list(range(layers - 1)) or [0],
+        }
+
+    @classmethod
     def tiny_model_and_processor(
         cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]
-    ) -> tuple[Qwen3VLForConditionalGeneration, Qwen3VLProcessor]:
+    ) -> tuple[PreTrainedModel, Qwen3VLProcessor]:
         processor = Qwen3VLProcessor(
             image_processor=cls.tiny_image_processor(spec),
             tokenizer=tokenizer,
             video_processor=Qwen3VLVideoProcessor(),  # required by the processor; unused here
         )
-        layers = spec["vision_layers"]
         config = cls.config_class(
             text_config=cls.tiny_text_config(tokenizer, spec),
-            vision_config={
-                "depth": layers,
-                "hidden_size": spec["vision_hidden_size"],
-                "intermediate_size": 2 * spec["vision_hidden_size"],
-                "num_heads": spec["vision_attention_heads"],
-                "out_hidden_size": spec["hidden_size"],  # the merger's output feeds the decoder
-                "patch_size": PATCH_SIZE,
-                "spatial_merge_size": MERGE_SIZE,
-                "num_position_embeddings": 64,
-                # deepstack features from every vision layer but the last (real: 3 of 27)
-                "deepstack_visual_indexes": list(range(layers - 1)) or [0],
-            },
+            vision_config=cls.tiny_vision_config(spec),
             **{
                 f"{kind}_token_id": tokenizer.convert_tokens_to_ids(token)
                 for kind, token in [
