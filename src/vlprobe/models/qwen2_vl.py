@@ -65,31 +65,42 @@ class Qwen2VLAdapter(LoadedVLM):
             "spatial_merge_size": MERGE_SIZE,
         }
 
-    @classmethod
-    def tiny_model_and_processor(
-        cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]
-    ) -> tuple[Qwen2VLForConditionalGeneration, Qwen2VLProcessor]:
+    @staticmethod
+    def tiny_image_processor(spec: Mapping[str, Any]) -> Qwen2VLImageProcessor:
+        """The real image processor (14-pixel patches, 2 x 2 merge) within the tiny keys'
+        image-token bounds."""
         pixels_per_token = (PATCH_SIZE * MERGE_SIZE) ** 2
-        processor = cls.processor_class(
-            image_processor=Qwen2VLImageProcessor(
-                min_pixels=spec["min_image_tokens"] * pixels_per_token,
-                max_pixels=spec["max_image_tokens"] * pixels_per_token,
-            ),
-            tokenizer=tokenizer,
-            video_processor=Qwen2VLVideoProcessor(),  # required by the processor; unused here
+        return Qwen2VLImageProcessor(
+            min_pixels=spec["min_image_tokens"] * pixels_per_token,
+            max_pixels=spec["max_image_tokens"] * pixels_per_token,
         )
+
+    @classmethod
+    def tiny_text_config(cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]) -> dict:
+        """The decoder of a tiny model: a small Qwen2 decoder with M-RoPE."""
         # M-RoPE splits the rotary half-dimension into (temporal, height, width) sections in
         # the real model's proportions: 16/24/24 of 64
         rotary_half = spec["hidden_size"] // spec["num_attention_heads"] // 2
         spatial = 3 * rotary_half // 8
-        config = cls.config_class(
-            text_config={
-                **text_config_kwargs(tokenizer, spec),
-                "rope_parameters": {
-                    "rope_type": "default",
-                    "mrope_section": [rotary_half - 2 * spatial, spatial, spatial],
-                },
+        return {
+            **text_config_kwargs(tokenizer, spec),
+            "rope_parameters": {
+                "rope_type": "default",
+                "mrope_section": [rotary_half - 2 * spatial, spatial, spatial],
             },
+        }
+
+    @classmethod
+    def tiny_model_and_processor(
+        cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]
+    ) -> tuple[Qwen2VLForConditionalGeneration, Qwen2VLProcessor]:
+        processor = cls.processor_class(
+            image_processor=cls.tiny_image_processor(spec),
+            tokenizer=tokenizer,
+            video_processor=Qwen2VLVideoProcessor(),  # required by the processor; unused here
+        )
+        config = cls.config_class(
+            text_config=cls.tiny_text_config(tokenizer, spec),
             vision_config=cls.tiny_vision_config(spec),
             **{
                 f"{kind}_token_id": tokenizer.convert_tokens_to_ids(token)
