@@ -68,6 +68,11 @@ MODEL_CLASSES = {
     "gemma4_unified": ("Gemma4UnifiedForConditionalGeneration", "Gemma4UnifiedProcessor"),
     "video_llava": ("VideoLlavaForConditionalGeneration", "VideoLlavaProcessor"),
     "video_llama_3": ("VideoLlama3ForConditionalGeneration", "VideoLlama3Processor"),
+    "qwen2_5_omni_thinker": ("Qwen2_5OmniThinkerForConditionalGeneration", "Qwen2_5OmniProcessor"),
+    "qwen3_omni_moe_thinker": (
+        "Qwen3OmniMoeThinkerForConditionalGeneration",
+        "Qwen3OmniMoeProcessor",
+    ),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 
@@ -452,6 +457,82 @@ def test_qwen2_vl_suffix_positions_continue_the_m_rope_positions(tiny_dirs, fami
         torch.testing.assert_close(
             inputs["position_ids"][:, k, :n_suffix], positions[:, 0, -n_suffix:]
         )
+
+
+@pytest.mark.parametrize(
+    "family",
+    [
+        pytest.param(family, marks=pytest.mark.skipif(not selected(family), reason="not selected"))
+        for family in ["qwen2_5_omni_thinker", "qwen3_omni_moe_thinker"]
+    ],
+)
+def test_omni_thinker_prefix_holds_the_image_markers_and_suffixes_continue_m_rope(
+    tiny_dirs, family
+):
+    """The Omni thinkers' get_rope_index takes the token after an image for its end marker, so
+    the prefix keeps <|vision_bos|> ... <|vision_eos|> whole; suffix positions are the full
+    sequence's."""
+    loaded = load_model("tiny", entry(tiny_dirs[family], family))
+    images = [drawing((96, 64), (220, 40, 40)), drawing((64, 120), (40, 160, 40))]
+    texts = [["a cat", "a dog on a couch"], ["two people"]]
+    prefix = loaded.prefix_batch(images, texts)
+    end_marker = loaded.tokenizer.convert_tokens_to_ids(loaded.processor.vision_eos_token)
+    for row in range(2):
+        prefix_ids = prefix.inputs["input_ids"][row][prefix.attention_mask[row].bool()]
+        assert end_marker in prefix_ids.tolist()
+    rows = torch.tensor([0, 0, 1])
+    suffixes = [prefix.suffixes[0][0], prefix.suffixes[0][1], prefix.suffixes[1][0]]
+    inputs, _ = loaded.suffix_inputs(prefix.cached, rows, suffixes)
+    for k, (row, text) in enumerate([(0, "a cat"), (0, "a dog on a couch"), (1, "two people")]):
+        full = loaded.inputs([images[row]], [text])
+        positions, _ = loaded.model.get_rope_index(
+            full["input_ids"],
+            image_grid_thw=full["image_grid_thw"],
+            attention_mask=full["attention_mask"],
+        )
+        n_suffix = len(suffixes[k])
+        torch.testing.assert_close(
+            inputs["position_ids"][:, k, :n_suffix], positions[:, 0, -n_suffix:]
+        )
+
+
+@pytest.mark.parametrize(
+    ("family", "whole"),
+    [
+        pytest.param(
+            family,
+            whole,
+            marks=pytest.mark.skipif(not selected(family), reason="not in VLPROBE_TINY_FAMILIES"),
+        )
+        for family, whole in [
+            ("qwen2_5_omni_thinker", "Qwen2_5Omni"),
+            ("qwen3_omni_moe_thinker", "Qwen3OmniMoe"),
+        ]
+    ],
+)
+def test_omni_thinker_of_a_whole_omni_checkpoint(tiny_dirs, tmp_path, family, whole):
+    """The published Omni checkpoints hold thinker and talker (model_type qwen2_5_omni,
+    qwen3_omni_moe): the family loads their thinker alone, the same model as saved apart."""
+    thinker = load_model("tiny", entry(tiny_dirs[family], family))
+    config = getattr(transformers, f"{whole}Config")(
+        thinker_config=thinker.model.config.to_dict(), enable_audio_output=False
+    )
+    model = getattr(transformers, f"{whole}ForConditionalGeneration")(config)
+    model.thinker.load_state_dict(thinker.model.state_dict())
+    model.save_pretrained(tmp_path)
+    thinker.processor.save_pretrained(tmp_path)
+    for family_name in (family, "auto"):
+        loaded = load_model("whole", {**entry(tmp_path, family), "family": family_name})
+        assert type(loaded) is FAMILIES[family]
+        assert type(loaded.model) is type(thinker.model)
+        inputs = loaded.inputs([drawing((64, 64), (200, 30, 30))], ["a cat"])
+        with torch.inference_mode():
+            ours = loaded.forward(inputs, output_hidden_states=True).hidden_states
+            theirs = thinker.forward(inputs, output_hidden_states=True).hidden_states
+        for state, expected in zip(ours, theirs, strict=True):
+            torch.testing.assert_close(state, expected)
+    random = load_model("whole", {**entry(tmp_path, family), "baseline": "random_init"})
+    assert type(random.model) is type(thinker.model) and random.num_layers == NUM_LAYERS
 
 
 @pytest.mark.skipif(not selected("minicpmv4_7"), reason="not in VLPROBE_TINY_FAMILIES")

@@ -48,9 +48,11 @@ from vlprobe.models.ovis2 import Ovis2Adapter
 from vlprobe.models.paligemma import PaliGemmaAdapter
 from vlprobe.models.perception_lm import PerceptionLMAdapter
 from vlprobe.models.phi4_multimodal import Phi4MultimodalAdapter
+from vlprobe.models.qwen2_5_omni_thinker import Qwen2_5OmniThinkerAdapter
 from vlprobe.models.qwen2_5_vl import Qwen2_5VLAdapter
 from vlprobe.models.qwen2_vl import Qwen2VLAdapter
 from vlprobe.models.qwen3_5 import Qwen3_5Adapter, Qwen3_5MoeAdapter
+from vlprobe.models.qwen3_omni_moe_thinker import Qwen3OmniMoeThinkerAdapter
 from vlprobe.models.qwen3_vl import Qwen3VLAdapter, Qwen3VLMoeAdapter
 from vlprobe.models.shieldgemma2 import ShieldGemma2Adapter
 from vlprobe.models.smolvlm import SmolVLMAdapter
@@ -108,6 +110,8 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         Gemma4UnifiedAdapter,
         VideoLlavaAdapter,
         VideoLlama3Adapter,
+        Qwen2_5OmniThinkerAdapter,
+        Qwen3OmniMoeThinkerAdapter,
     )
 }
 
