@@ -56,6 +56,8 @@ MODEL_CLASSES = {
     "deepseek_vl_hybrid": ("DeepseekVLHybridForConditionalGeneration", "DeepseekVLHybridProcessor"),
     "ovis2": ("Ovis2ForConditionalGeneration", "Ovis2Processor"),
     "aria": ("AriaForConditionalGeneration", "AriaProcessor"),
+    "mistral4": ("Mistral3ForConditionalGeneration", "PixtralProcessor"),
+    "mistral_large4": ("MistralLarge4ForConditionalGeneration", "PixtralProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 
@@ -343,6 +345,30 @@ def test_paligemma_is_a_prefix_lm_so_a_reused_prefix_would_be_wrong(tiny_dirs, m
     n = int(images.sum())
     last = states[-1][0][images]
     assert not torch.allclose(alone.hidden_states[-1][0][:n], last, atol=1e-4)
+
+
+@pytest.mark.skipif(not selected("mistral_large4"), reason="not in VLPROBE_TINY_FAMILIES")
+def test_mistral_large4_counts_positions_from_each_rows_first_token(tiny_dirs, monkeypatch):
+    """Mistral Large 4 scales its queries by log(position + 1): under the plain 0, 1, 2, ...
+    positions a left-padded row's states would depend on its padding; its adapter's don't."""
+    loaded = load_model("tiny", entry(tiny_dirs["mistral_large4"], "mistral_large4"))
+    image = drawing((64, 64), (220, 40, 40))
+    prompts = ["a cat", "a cat on a couch near the window"]
+
+    def last_state_of_short_prompt(padding_side):
+        loaded.padding_side = padding_side
+        inputs = loaded.inputs([image, image], prompts)
+        with torch.inference_mode():
+            states = loaded.forward(inputs, output_hidden_states=True).hidden_states[-1]
+        return states[0][inputs["attention_mask"][0].bool()][-1]
+
+    torch.testing.assert_close(
+        last_state_of_short_prompt("left"), last_state_of_short_prompt("right")
+    )
+    monkeypatch.setattr(type(loaded), "forward", base.LoadedVLM.forward)
+    assert not torch.allclose(
+        last_state_of_short_prompt("left"), last_state_of_short_prompt("right"), atol=1e-4
+    )
 
 
 def test_a_prefix_lm_family_never_splits_a_prefix(tiny_dirs, monkeypatch):

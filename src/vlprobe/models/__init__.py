@@ -37,6 +37,8 @@ from vlprobe.models.llava_next_video import LlavaNextVideoAdapter
 from vlprobe.models.llava_onevision import LlavaOnevisionAdapter
 from vlprobe.models.minicpmv4_6 import MiniCPMV4_6Adapter
 from vlprobe.models.mistral3 import Mistral3Adapter
+from vlprobe.models.mistral4 import Mistral4Adapter
+from vlprobe.models.mistral_large4 import MistralLarge4Adapter
 from vlprobe.models.molmo2 import Molmo2Adapter
 from vlprobe.models.ovis2 import Ovis2Adapter
 from vlprobe.models.paligemma import PaliGemmaAdapter
@@ -87,6 +89,8 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         DeepseekVLHybridAdapter,
         Ovis2Adapter,
         AriaAdapter,
+        Mistral4Adapter,
+        MistralLarge4Adapter,
     )
 }
 
