@@ -58,6 +58,7 @@ MODEL_CLASSES = {
     "aria": ("AriaForConditionalGeneration", "AriaProcessor"),
     "mistral4": ("Mistral3ForConditionalGeneration", "PixtralProcessor"),
     "mistral_large4": ("MistralLarge4ForConditionalGeneration", "PixtralProcessor"),
+    "kimi_k25": ("Kimi_K25ForConditionalGeneration", "Kimi_K25Processor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 

@@ -29,6 +29,7 @@ from vlprobe.models.idefics2 import Idefics2Adapter
 from vlprobe.models.idefics3 import Idefics3Adapter
 from vlprobe.models.internvl import InternVLAdapter
 from vlprobe.models.janus import JanusAdapter
+from vlprobe.models.kimi_k25 import KimiK25Adapter
 from vlprobe.models.kosmos2 import Kosmos2Adapter
 from vlprobe.models.lfm2_vl import Lfm2VlAdapter
 from vlprobe.models.llava import LlavaAdapter
@@ -91,6 +92,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         AriaAdapter,
         Mistral4Adapter,
         MistralLarge4Adapter,
+        KimiK25Adapter,
     )
 }
 
