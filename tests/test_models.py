@@ -59,6 +59,7 @@ MODEL_CLASSES = {
     "mistral4": ("Mistral3ForConditionalGeneration", "PixtralProcessor"),
     "mistral_large4": ("MistralLarge4ForConditionalGeneration", "PixtralProcessor"),
     "kimi_k25": ("Kimi_K25ForConditionalGeneration", "Kimi_K25Processor"),
+    "exaone4_5": ("Exaone4_5_ForConditionalGeneration", "Exaone4_5_Processor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 

@@ -20,6 +20,7 @@ from vlprobe.models.cohere2_vision import Cohere2VisionAdapter
 from vlprobe.models.deepseek_vl import DeepseekVLAdapter
 from vlprobe.models.deepseek_vl_hybrid import DeepseekVLHybridAdapter
 from vlprobe.models.emu3 import Emu3Adapter
+from vlprobe.models.exaone4_5 import Exaone4_5Adapter
 from vlprobe.models.fast_vlm import FastVlmAdapter
 from vlprobe.models.gemma3 import Gemma3Adapter
 from vlprobe.models.gemma3n import Gemma3nAdapter
@@ -93,6 +94,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         Mistral4Adapter,
         MistralLarge4Adapter,
         KimiK25Adapter,
+        Exaone4_5Adapter,
     )
 }
 
