@@ -60,6 +60,7 @@ MODEL_CLASSES = {
     "mistral_large4": ("MistralLarge4ForConditionalGeneration", "PixtralProcessor"),
     "kimi_k25": ("Kimi_K25ForConditionalGeneration", "Kimi_K25Processor"),
     "exaone4_5": ("Exaone4_5_ForConditionalGeneration", "Exaone4_5_Processor"),
+    "nemotron_h_omni": ("NemotronH_Omni_Reasoning_V3", "NemotronH_Omni_Reasoning_V3Processor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 

@@ -42,6 +42,7 @@ from vlprobe.models.mistral3 import Mistral3Adapter
 from vlprobe.models.mistral4 import Mistral4Adapter
 from vlprobe.models.mistral_large4 import MistralLarge4Adapter
 from vlprobe.models.molmo2 import Molmo2Adapter
+from vlprobe.models.nemotron_h_omni import NemotronHOmniAdapter
 from vlprobe.models.ovis2 import Ovis2Adapter
 from vlprobe.models.paligemma import PaliGemmaAdapter
 from vlprobe.models.perception_lm import PerceptionLMAdapter
@@ -95,6 +96,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         MistralLarge4Adapter,
         KimiK25Adapter,
         Exaone4_5Adapter,
+        NemotronHOmniAdapter,
     )
 }
 
