@@ -73,6 +73,11 @@ MODEL_CLASSES = {
         "Qwen3OmniMoeThinkerForConditionalGeneration",
         "Qwen3OmniMoeProcessor",
     ),
+    "mistral4": ("Mistral3ForConditionalGeneration", "PixtralProcessor"),
+    "mistral_large4": ("MistralLarge4ForConditionalGeneration", "PixtralProcessor"),
+    "kimi_k25": ("Kimi_K25ForConditionalGeneration", "Kimi_K25Processor"),
+    "exaone4_5": ("Exaone4_5_ForConditionalGeneration", "Exaone4_5_Processor"),
+    "nemotron_h_omni": ("NemotronH_Omni_Reasoning_V3", "NemotronH_Omni_Reasoning_V3Processor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 
@@ -379,6 +384,30 @@ def test_shieldgemma2_loads_its_language_model_and_takes_the_prompt(tiny_dirs):
     assert inputs["input_ids"].shape[0] == 2  # one row per prompt, not per policy
     assert loaded.tokenizer.decode(inputs["input_ids"][1]).endswith("a dog on a couch")
     assert inputs["token_type_ids"][0].sum() == loaded.image_token_mask(inputs)[0].sum()
+
+
+@pytest.mark.skipif(not selected("mistral_large4"), reason="not in VLPROBE_TINY_FAMILIES")
+def test_mistral_large4_counts_positions_from_each_rows_first_token(tiny_dirs, monkeypatch):
+    """Mistral Large 4 scales its queries by log(position + 1): under the plain 0, 1, 2, ...
+    positions a left-padded row's states would depend on its padding; its adapter's don't."""
+    loaded = load_model("tiny", entry(tiny_dirs["mistral_large4"], "mistral_large4"))
+    image = drawing((64, 64), (220, 40, 40))
+    prompts = ["a cat", "a cat on a couch near the window"]
+
+    def last_state_of_short_prompt(padding_side):
+        loaded.padding_side = padding_side
+        inputs = loaded.inputs([image, image], prompts)
+        with torch.inference_mode():
+            states = loaded.forward(inputs, output_hidden_states=True).hidden_states[-1]
+        return states[0][inputs["attention_mask"][0].bool()][-1]
+
+    torch.testing.assert_close(
+        last_state_of_short_prompt("left"), last_state_of_short_prompt("right")
+    )
+    monkeypatch.setattr(type(loaded), "forward", base.LoadedVLM.forward)
+    assert not torch.allclose(
+        last_state_of_short_prompt("left"), last_state_of_short_prompt("right"), atol=1e-4
+    )
 
 
 def test_a_prefix_lm_family_never_splits_a_prefix(tiny_dirs, monkeypatch):

@@ -20,6 +20,7 @@ from vlprobe.models.cohere2_vision import Cohere2VisionAdapter
 from vlprobe.models.deepseek_vl import DeepseekVLAdapter
 from vlprobe.models.deepseek_vl_hybrid import DeepseekVLHybridAdapter
 from vlprobe.models.emu3 import Emu3Adapter
+from vlprobe.models.exaone4_5 import Exaone4_5Adapter
 from vlprobe.models.fast_vlm import FastVlmAdapter
 from vlprobe.models.gemma3 import Gemma3Adapter
 from vlprobe.models.gemma3n import Gemma3nAdapter
@@ -32,6 +33,7 @@ from vlprobe.models.idefics2 import Idefics2Adapter
 from vlprobe.models.idefics3 import Idefics3Adapter
 from vlprobe.models.internvl import InternVLAdapter
 from vlprobe.models.janus import JanusAdapter
+from vlprobe.models.kimi_k25 import KimiK25Adapter
 from vlprobe.models.kosmos2 import Kosmos2Adapter
 from vlprobe.models.lfm2_vl import Lfm2VlAdapter
 from vlprobe.models.lfm3_vl import Lfm3VlAdapter
@@ -43,7 +45,10 @@ from vlprobe.models.llava_onevision import LlavaOnevisionAdapter
 from vlprobe.models.minicpmv4_6 import MiniCPMV4_6Adapter
 from vlprobe.models.minicpmv4_7 import MiniCPMV4_7Adapter
 from vlprobe.models.mistral3 import Mistral3Adapter
+from vlprobe.models.mistral4 import Mistral4Adapter
+from vlprobe.models.mistral_large4 import MistralLarge4Adapter
 from vlprobe.models.molmo2 import Molmo2Adapter
+from vlprobe.models.nemotron_h_omni import NemotronHOmniAdapter
 from vlprobe.models.ovis2 import Ovis2Adapter
 from vlprobe.models.paligemma import PaliGemmaAdapter
 from vlprobe.models.perception_lm import PerceptionLMAdapter
@@ -112,6 +117,11 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         VideoLlama3Adapter,
         Qwen2_5OmniThinkerAdapter,
         Qwen3OmniMoeThinkerAdapter,
+        Mistral4Adapter,
+        MistralLarge4Adapter,
+        KimiK25Adapter,
+        Exaone4_5Adapter,
+        NemotronHOmniAdapter,
     )
 }
 

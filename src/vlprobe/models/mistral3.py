@@ -5,13 +5,14 @@ the image in [IMG_END]."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from transformers import (
     Mistral3Config,
     Mistral3ForConditionalGeneration,
     PixtralImageProcessor,
     PixtralProcessor,
+    PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
@@ -36,30 +37,37 @@ class Mistral3Adapter(LoadedVLM):
     )
     tiny_defaults = {"image_size": 112}
 
+    config_class: ClassVar[type] = Mistral3Config
+    model_class: ClassVar[type] = Mistral3ForConditionalGeneration
+
+    @classmethod
+    def tiny_text_config(cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]) -> dict:
+        """The tiny decoder's config (Mistral 3's: a Mistral decoder)."""
+        return {
+            "model_type": "mistral",
+            **text_config_kwargs(tokenizer, spec),
+            "head_dim": spec["hidden_size"] // spec["num_attention_heads"],
+            "sliding_window": None,
+        }
+
     @classmethod
     def tiny_model_and_processor(
         cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]
-    ) -> tuple[Mistral3ForConditionalGeneration, PixtralProcessor]:
+    ) -> tuple[PreTrainedModel, PixtralProcessor]:
         processor = PixtralProcessor(
             image_processor=cls.tiny_image_processor(spec),
             tokenizer=tokenizer,
             patch_size=PATCH_SIZE,
             spatial_merge_size=MERGE_SIZE,
         )
-        head_dim = spec["hidden_size"] // spec["num_attention_heads"]
-        config = Mistral3Config(
+        config = cls.config_class(
             vision_config=cls.tiny_vision_config(spec),
-            text_config={
-                "model_type": "mistral",
-                **text_config_kwargs(tokenizer, spec),
-                "head_dim": head_dim,
-                "sliding_window": None,
-            },
+            text_config=cls.tiny_text_config(tokenizer, spec),
             image_token_index=tokenizer.convert_tokens_to_ids("[IMG]"),
             spatial_merge_size=MERGE_SIZE,
             vision_feature_layer=-1,
         )
-        return Mistral3ForConditionalGeneration(config), processor
+        return cls.model_class(config), processor
 
     @staticmethod
     def tiny_image_processor(spec: Mapping[str, Any]) -> PixtralImageProcessor:
