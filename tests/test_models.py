@@ -68,6 +68,7 @@ MODEL_CLASSES = {
     "gemma4_unified": ("Gemma4UnifiedForConditionalGeneration", "Gemma4UnifiedProcessor"),
     "video_llava": ("VideoLlavaForConditionalGeneration", "VideoLlavaProcessor"),
     "video_llama_3": ("VideoLlama3ForConditionalGeneration", "VideoLlama3Processor"),
+    "paddleocr_vl": ("PaddleOCRVLForConditionalGeneration", "PaddleOCRVLProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 

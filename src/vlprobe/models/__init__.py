@@ -45,6 +45,7 @@ from vlprobe.models.minicpmv4_7 import MiniCPMV4_7Adapter
 from vlprobe.models.mistral3 import Mistral3Adapter
 from vlprobe.models.molmo2 import Molmo2Adapter
 from vlprobe.models.ovis2 import Ovis2Adapter
+from vlprobe.models.paddleocr_vl import PaddleOCRVLAdapter
 from vlprobe.models.paligemma import PaliGemmaAdapter
 from vlprobe.models.perception_lm import PerceptionLMAdapter
 from vlprobe.models.phi4_multimodal import Phi4MultimodalAdapter
@@ -108,6 +109,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         Gemma4UnifiedAdapter,
         VideoLlavaAdapter,
         VideoLlama3Adapter,
+        PaddleOCRVLAdapter,
     )
 }
 
