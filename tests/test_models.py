@@ -69,6 +69,7 @@ MODEL_CLASSES = {
     "video_llava": ("VideoLlavaForConditionalGeneration", "VideoLlavaProcessor"),
     "video_llama_3": ("VideoLlama3ForConditionalGeneration", "VideoLlama3Processor"),
     "paddleocr_vl": ("PaddleOCRVLForConditionalGeneration", "PaddleOCRVLProcessor"),
+    "hunyuan_vl": ("HunYuanVLForConditionalGeneration", "HunYuanVLProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 
@@ -453,6 +454,25 @@ def test_qwen2_vl_suffix_positions_continue_the_m_rope_positions(tiny_dirs, fami
         torch.testing.assert_close(
             inputs["position_ids"][:, k, :n_suffix], positions[:, 0, -n_suffix:]
         )
+
+
+@pytest.mark.skipif(not selected("hunyuan_vl"), reason="not in VLPROBE_TINY_FAMILIES")
+def test_hunyuan_vl_positions_are_each_sequences_own(tiny_dirs):
+    """HunYuanVL's get_rope_index numbers the images of a batch on from row to row (its last
+    axis, the image index); the adapter's positions are each row's as if it were alone."""
+    loaded = load_model("tiny", entry(tiny_dirs["hunyuan_vl"], "hunyuan_vl"))
+    images = [drawing((64, 64), (200, 0, 0)), drawing((96, 64), (0, 0, 200))]
+    inputs = loaded.inputs(images, ["a cat", "a dog on a couch"])
+    names = ("input_ids", "mm_token_type_ids", "image_grid_thw", "attention_mask")
+    batched, _ = loaded.model.model.get_rope_index(**{name: inputs[name] for name in names})
+    ours, _ = loaded.rope_index_function(**{name: inputs[name] for name in names})
+    second_image = loaded.image_token_mask(inputs)[1]
+    # the model's: image index 1 in row 1 (between the begin and end features' tokens)
+    assert (batched[-1, 1][second_image][1:-1] == 1).all()
+    alone = loaded.inputs(images[1:], ["a dog on a couch"])
+    expected, _ = loaded.model.model.get_rope_index(**{name: alone[name] for name in names})
+    width = alone["input_ids"].shape[1]
+    torch.testing.assert_close(ours[:, 1, -width:], expected[:, 0])
 
 
 @pytest.mark.skipif(not selected("minicpmv4_7"), reason="not in VLPROBE_TINY_FAMILIES")
