@@ -70,6 +70,7 @@ MODEL_CLASSES = {
     "video_llama_3": ("VideoLlama3ForConditionalGeneration", "VideoLlama3Processor"),
     "paddleocr_vl": ("PaddleOCRVLForConditionalGeneration", "PaddleOCRVLProcessor"),
     "hunyuan_vl": ("HunYuanVLForConditionalGeneration", "HunYuanVLProcessor"),
+    "ernie4_5_vl_moe": ("Ernie4_5_VLMoeForConditionalGeneration", "Ernie4_5_VLMoeProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 
@@ -473,6 +474,20 @@ def test_hunyuan_vl_positions_are_each_sequences_own(tiny_dirs):
     expected, _ = loaded.model.model.get_rope_index(**{name: alone[name] for name in names})
     width = alone["input_ids"].shape[1]
     torch.testing.assert_close(ours[:, 1, -width:], expected[:, 0])
+
+
+@pytest.mark.skipif(not selected("ernie4_5_vl_moe"), reason="not in VLPROBE_TINY_FAMILIES")
+def test_ernie4_5_vl_moe_keeps_the_tokens_of_its_vision_experts_in_the_prefix(tiny_dirs):
+    """ERNIE-4.5-VL routes the image start and end tokens to its vision experts, as the image's
+    own tokens: they are bound to the image, the prompt after them is not."""
+    loaded = load_model("tiny", entry(tiny_dirs["ernie4_5_vl_moe"], "ernie4_5_vl_moe"))
+    inputs = loaded.inputs([drawing((64, 64), (0, 0, 0))], ["a cat"])
+    ids = inputs["input_ids"][0].tolist()
+    end = ids.index(loaded.model.config.image_end_token_id)
+    bound = loaded.image_bound_mask(inputs)[0]
+    assert inputs["moe_mm_token_type_ids"][0][end] == 1 and bound[end]
+    assert not bound[end + 1 :].any()
+    assert bound.sum() == inputs["moe_mm_token_type_ids"][0].sum()
 
 
 @pytest.mark.skipif(not selected("minicpmv4_7"), reason="not in VLPROBE_TINY_FAMILIES")

@@ -20,6 +20,7 @@ from vlprobe.models.cohere2_vision import Cohere2VisionAdapter
 from vlprobe.models.deepseek_vl import DeepseekVLAdapter
 from vlprobe.models.deepseek_vl_hybrid import DeepseekVLHybridAdapter
 from vlprobe.models.emu3 import Emu3Adapter
+from vlprobe.models.ernie4_5_vl_moe import Ernie4_5_VLMoeAdapter
 from vlprobe.models.fast_vlm import FastVlmAdapter
 from vlprobe.models.gemma3 import Gemma3Adapter
 from vlprobe.models.gemma3n import Gemma3nAdapter
@@ -112,6 +113,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         VideoLlama3Adapter,
         PaddleOCRVLAdapter,
         HunYuanVLAdapter,
+        Ernie4_5_VLMoeAdapter,
     )
 }
 

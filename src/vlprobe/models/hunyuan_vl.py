@@ -17,6 +17,7 @@ from transformers import (
     HunYuanVLImageProcessor,
     HunYuanVLProcessor,
     PreTrainedTokenizerBase,
+    ProcessorMixin,
 )
 from transformers.utils import ModelOutput
 
@@ -32,6 +33,13 @@ PATCH_SIZE = 16  # one image token per 32 x 32 pixels, plus one per row and two 
 MERGE_SIZE = 2
 # the real checkpoints' rotary axes (sequence, width, height, image index), each a quarter
 ROPE_AXES = 4
+
+
+def enclosed_image_placeholder(processor: ProcessorMixin, image_token: str) -> str:
+    """What the chat template writes for an image part; without a template, the image token
+    between the processor's image start and end tokens, as the checkpoints' templates write it."""
+    enclosed = processor.image_start_token + image_token + processor.image_end_token
+    return image_text_of_template(processor, image_token) or enclosed
 
 
 class HunYuanVLAdapter(LoadedVLM):
@@ -67,9 +75,7 @@ class HunYuanVLAdapter(LoadedVLM):
     @functools.cached_property
     def image_placeholder(self) -> str:
         # the processor refuses an image token that its start and end tokens do not enclose
-        processor = self.processor
-        wrapped = processor.image_start_token + self.image_token + processor.image_end_token
-        return image_text_of_template(processor, self.image_token) or wrapped
+        return enclosed_image_placeholder(self.processor, self.image_token)
 
     @functools.cached_property
     def text_kwargs(self) -> dict[str, Any]:
