@@ -38,6 +38,7 @@ from vlprobe.models.kosmos2 import Kosmos2Adapter
 from vlprobe.models.lfm2_vl import Lfm2VlAdapter
 from vlprobe.models.lfm3_vl import Lfm3VlAdapter
 from vlprobe.models.lighton_ocr import LightOnOcrAdapter
+from vlprobe.models.llama4 import Llama4Adapter
 from vlprobe.models.llava import LlavaAdapter
 from vlprobe.models.llava_next import LlavaNextAdapter
 from vlprobe.models.llava_next_video import LlavaNextVideoAdapter
@@ -114,6 +115,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         PaddleOCRVLAdapter,
         HunYuanVLAdapter,
         Ernie4_5_VLMoeAdapter,
+        Llama4Adapter,
     )
 }
 
