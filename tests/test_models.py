@@ -72,6 +72,7 @@ MODEL_CLASSES = {
     "hunyuan_vl": ("HunYuanVLForConditionalGeneration", "HunYuanVLProcessor"),
     "ernie4_5_vl_moe": ("Ernie4_5_VLMoeForConditionalGeneration", "Ernie4_5_VLMoeProcessor"),
     "llama4": ("Llama4ForConditionalGeneration", "Llama4Processor"),
+    "granite_docling": ("GraniteDoclingForConditionalGeneration", "GraniteDoclingProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 
@@ -501,6 +502,21 @@ def test_tiny_llama4_has_chunked_and_nope_layers_that_the_prompts_span(tiny_dirs
     assert text.no_rope_layers == [1, 1, 0]  # 0: NoPE
     inputs = loaded.inputs([drawing((64, 64), (0, 0, 0))], ["a cat"])
     assert inputs["input_ids"].shape[1] > text.attention_chunk_size
+
+
+@pytest.mark.skipif(not selected("granite_docling"), reason="not in VLPROBE_TINY_FAMILIES")
+def test_granite_docling_takes_the_processors_route_not_the_density_routers(tiny_dirs):
+    """The tiny Granite-Docling has the fine connector path and the density router, as the 500M
+    checkpoint; vlprobe's inputs take the processor's route (coarse by default), which the
+    processor's fine_route switches to the fine path's four times as many image tokens."""
+    loaded = load_model("tiny", entry(tiny_dirs["granite_docling"], "granite_docling"))
+    assert loaded.model.model.density_router is not None
+    assert loaded.model.model.vision_model.connector.fine is not None
+    image = drawing((64, 64), (0, 0, 0))
+    coarse = loaded.inputs([image], ["a cat"])
+    assert "tile_fine_mask" not in coarse
+    fine = loaded.process([image], [loaded.prompt("a cat")], "left", fine_route=True)
+    assert loaded.image_token_mask(fine).sum() == 4 * loaded.image_token_mask(coarse).sum()
 
 
 @pytest.mark.skipif(not selected("minicpmv4_7"), reason="not in VLPROBE_TINY_FAMILIES")

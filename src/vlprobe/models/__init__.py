@@ -29,6 +29,7 @@ from vlprobe.models.gemma4_unified import Gemma4UnifiedAdapter
 from vlprobe.models.glm4v import Glm4vAdapter, Glm4vMoeAdapter
 from vlprobe.models.glm46v import Glm46VAdapter
 from vlprobe.models.granite4_vision import Granite4VisionAdapter
+from vlprobe.models.granite_docling import GraniteDoclingAdapter
 from vlprobe.models.hunyuan_vl import HunYuanVLAdapter
 from vlprobe.models.idefics2 import Idefics2Adapter
 from vlprobe.models.idefics3 import Idefics3Adapter
@@ -116,6 +117,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         HunYuanVLAdapter,
         Ernie4_5_VLMoeAdapter,
         Llama4Adapter,
+        GraniteDoclingAdapter,
     )
 }
 
