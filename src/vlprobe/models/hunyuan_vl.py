@@ -54,7 +54,8 @@ class HunYuanVLAdapter(LoadedVLM):
 
     Tiny keys: ``min_image_tokens`` (16) and ``max_image_tokens`` (64) bound the merged 32 x 32
     patches per image through the image processor's pixel limits. The tiny model has no chat
-    template (the checkpoint's is not available offline), so it runs in raw format.
+    template (the checkpoint's is not available offline), so it runs in raw format; its rotary
+    frequencies are the default ones (the checkpoint's are NTK-alpha scaled, same positions).
     """
 
     family = "hunyuan_vl"

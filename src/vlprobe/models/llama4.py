@@ -35,7 +35,8 @@ class Llama4Adapter(LoadedVLM):
     ``max_tiles`` (4) tiles at most, plus the global view; ``attention_chunk_size`` (16, real
     8192): the tiny chunks are short enough that the test prompts span several. As in the real
     models the NoPE full-attention layers come every ``no_rope_layer_interval`` layers (here
-    every third, real every fourth, so that three tiny layers hold one).
+    every third, real every fourth, so that three tiny layers hold one). The tiny model carries
+    the chat template of transformers' Llama4Processor (``chat_templates/llama4.jinja``).
     """
 
     family = "llama4"
@@ -56,13 +57,13 @@ class Llama4Adapter(LoadedVLM):
         ),
     )
     tiny_defaults = {"image_size": 56, "max_tiles": 4, "attention_chunk_size": 16}
+    tiny_chat_template = "llama4.jinja"
 
     @classmethod
     def tiny_model_and_processor(
         cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]
     ) -> tuple[Llama4ForConditionalGeneration, Llama4Processor]:
         size = spec["image_size"]
-        # the processor's default chat template is transformers' copy of the checkpoints'
         processor = Llama4Processor(
             image_processor=Llama4ImageProcessor(
                 size={"height": size, "width": size}, max_patches=spec["max_tiles"]
