@@ -31,8 +31,9 @@ class Ernie4_5_VLMoeAdapter(LoadedVLM):
     tokens around them to the vision experts; all of them are bound to the image, so a reused
     prefix holds them (a suffix pass, text only, goes to the text experts, as in the full
     pass). M-RoPE positions of a reused prefix come from the model's ``get_rope_index``; the
-    decoder is causal, so prefix reuse is valid. Without a chat template the raw placeholder is
-    the image token between ``<|IMAGE_START|>`` and ``<|IMAGE_END|>``, as the template has it.
+    decoder is causal, so prefix reuse is valid. The raw placeholder is what the checkpoint's
+    chat template writes (``Picture 1:<|IMAGE_START|><|IMAGE_PLACEHOLDER|><|IMAGE_END|>``);
+    without a template, the image token between ``<|IMAGE_START|>`` and ``<|IMAGE_END|>``.
 
     Tiny keys: ``min_image_tokens`` (16) and ``max_image_tokens`` (64) bound the image tokens
     (one per 28 x 28 pixels, as in the real model) through the image processor's pixel limits.
@@ -41,11 +42,19 @@ class Ernie4_5_VLMoeAdapter(LoadedVLM):
 
     family = "ernie4_5_vl_moe"
     special_tokens = SpecialTokens(
-        # ERNIE-4.5's tokens, as PaddleOCR-VL's (its chat template writes the sentence start)
+        # as transformers' conversion script writes the tokenizer: no BOS added (the chat
+        # template writes <|begin_of_sentence|>), <unk> as padding
         eos="</s>",
         pad="<unk>",
         unk="<unk>",
-        extra=("<s>", "<|begin_of_sentence|>", "<|end_of_sentence|>"),
+        extra=(
+            "<s>",
+            "<|begin_of_sentence|>",
+            "<|end_of_sentence|>",
+            "<mask:1>",
+            "<think>",
+            "</think>",
+        ),
         # the processor reads these from the tokenizer (tokenizer.image_token, ...)
         named={
             "image_token": "<|IMAGE_PLACEHOLDER|>",
