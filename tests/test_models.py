@@ -78,6 +78,11 @@ MODEL_CLASSES = {
     "kimi_k25": ("Kimi_K25ForConditionalGeneration", "Kimi_K25Processor"),
     "exaone4_5": ("Exaone4_5_ForConditionalGeneration", "Exaone4_5_Processor"),
     "nemotron_h_omni": ("NemotronH_Omni_Reasoning_V3", "NemotronH_Omni_Reasoning_V3Processor"),
+    "paddleocr_vl": ("PaddleOCRVLForConditionalGeneration", "PaddleOCRVLProcessor"),
+    "hunyuan_vl": ("HunYuanVLForConditionalGeneration", "HunYuanVLProcessor"),
+    "ernie4_5_vl_moe": ("Ernie4_5_VLMoeForConditionalGeneration", "Ernie4_5_VLMoeProcessor"),
+    "llama4": ("Llama4ForConditionalGeneration", "Llama4Processor"),
+    "granite_docling": ("GraniteDoclingForConditionalGeneration", "GraniteDoclingProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 
@@ -562,6 +567,66 @@ def test_omni_thinker_of_a_whole_omni_checkpoint(tiny_dirs, tmp_path, family, wh
             torch.testing.assert_close(state, expected)
     random = load_model("whole", {**entry(tmp_path, family), "baseline": "random_init"})
     assert type(random.model) is type(thinker.model) and random.num_layers == NUM_LAYERS
+
+
+@pytest.mark.skipif(not selected("hunyuan_vl"), reason="not in VLPROBE_TINY_FAMILIES")
+def test_hunyuan_vl_positions_are_each_sequences_own(tiny_dirs):
+    """HunYuanVL's get_rope_index numbers the images of a batch on from row to row (its last
+    axis, the image index); the adapter's positions are each row's as if it were alone."""
+    loaded = load_model("tiny", entry(tiny_dirs["hunyuan_vl"], "hunyuan_vl"))
+    images = [drawing((64, 64), (200, 0, 0)), drawing((96, 64), (0, 0, 200))]
+    inputs = loaded.inputs(images, ["a cat", "a dog on a couch"])
+    names = ("input_ids", "mm_token_type_ids", "image_grid_thw", "attention_mask")
+    batched, _ = loaded.model.model.get_rope_index(**{name: inputs[name] for name in names})
+    ours, _ = loaded.rope_index_function(**{name: inputs[name] for name in names})
+    second_image = loaded.image_token_mask(inputs)[1]
+    # the model's: image index 1 in row 1 (between the begin and end features' tokens)
+    assert (batched[-1, 1][second_image][1:-1] == 1).all()
+    alone = loaded.inputs(images[1:], ["a dog on a couch"])
+    expected, _ = loaded.model.model.get_rope_index(**{name: alone[name] for name in names})
+    width = alone["input_ids"].shape[1]
+    torch.testing.assert_close(ours[:, 1, -width:], expected[:, 0])
+
+
+@pytest.mark.skipif(not selected("ernie4_5_vl_moe"), reason="not in VLPROBE_TINY_FAMILIES")
+def test_ernie4_5_vl_moe_keeps_the_tokens_of_its_vision_experts_in_the_prefix(tiny_dirs):
+    """ERNIE-4.5-VL routes the image start and end tokens to its vision experts, as the image's
+    own tokens: they are bound to the image, the prompt after them is not."""
+    loaded = load_model("tiny", entry(tiny_dirs["ernie4_5_vl_moe"], "ernie4_5_vl_moe"))
+    inputs = loaded.inputs([drawing((64, 64), (0, 0, 0))], ["a cat"])
+    ids = inputs["input_ids"][0].tolist()
+    end = ids.index(loaded.model.config.image_end_token_id)
+    bound = loaded.image_bound_mask(inputs)[0]
+    assert inputs["moe_mm_token_type_ids"][0][end] == 1 and bound[end]
+    assert not bound[end + 1 :].any()
+    assert bound.sum() == inputs["moe_mm_token_type_ids"][0].sum()
+
+
+@pytest.mark.skipif(not selected("llama4"), reason="not in VLPROBE_TINY_FAMILIES")
+def test_tiny_llama4_has_chunked_and_nope_layers_that_the_prompts_span(tiny_dirs):
+    """The tiny Llama 4 has the real layer kinds (chunked attention with RoPE, full attention
+    without), and a test prompt spans more than one chunk, so the family tests cover chunking."""
+    loaded = load_model("tiny", entry(tiny_dirs["llama4"], "llama4"))
+    text = loaded.model.config.text_config
+    assert text.layer_types == ["chunked_attention", "chunked_attention", "full_attention"]
+    assert text.no_rope_layers == [1, 1, 0]  # 0: NoPE
+    inputs = loaded.inputs([drawing((64, 64), (0, 0, 0))], ["a cat"])
+    assert inputs["input_ids"].shape[1] > text.attention_chunk_size
+
+
+@pytest.mark.skipif(not selected("granite_docling"), reason="not in VLPROBE_TINY_FAMILIES")
+def test_granite_docling_takes_the_processors_route_not_the_density_routers(tiny_dirs):
+    """The tiny Granite-Docling has the fine connector path and the density router, as the 500M
+    checkpoint; vlprobe's inputs take the processor's route (coarse by default), which the
+    processor's fine_route switches to the fine path's four times as many image tokens."""
+    loaded = load_model("tiny", entry(tiny_dirs["granite_docling"], "granite_docling"))
+    assert loaded.model.model.density_router is not None
+    assert loaded.model.model.vision_model.connector.fine is not None
+    image = drawing((64, 64), (0, 0, 0))
+    coarse = loaded.inputs([image], ["a cat"])
+    assert "tile_fine_mask" not in coarse
+    fine = loaded.process([image], [loaded.prompt("a cat")], "left", fine_route=True)
+    assert loaded.image_token_mask(fine).sum() == 4 * loaded.image_token_mask(coarse).sum()
 
 
 @pytest.mark.skipif(not selected("minicpmv4_7"), reason="not in VLPROBE_TINY_FAMILIES")

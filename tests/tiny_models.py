@@ -74,18 +74,24 @@ def image_ends_text(loaded) -> bool:
 
 def layer_inputs(loaded, inputs, hidden_states):
     """The hidden states that the decoder layers read, from ``output_hidden_states``: the same,
-    except in a deepstack decoder (Qwen3-VL, Granite 4 Vision), whose layers' outputs get the
-    vision tower's features added at the image tokens before the next layer reads them
-    (transformers reports them before the addition; vlprobe's hooks see them after)."""
+    except in a deepstack decoder (Qwen3-VL, Granite-Docling, Granite 4 Vision), whose layers'
+    outputs get the vision tower's features added at the image tokens before the next layer
+    reads them (transformers reports them before the addition; vlprobe's hooks see them after).
+    The features come from the model's get_image_features, given the inputs it names."""
+    import inspect
+
     import torch
 
-    decoder = getattr(getattr(loaded.model, "model", None), "language_model", None)
+    from vlprobe.models.base import decoder_of
+
     if type(loaded.model).__name__ == "Granite4VisionForConditionalGeneration":
         return granite4_vision_layer_inputs(loaded, inputs, hidden_states)
-    if not hasattr(decoder, "_deepstack_process"):
+    if not hasattr(decoder_of(loaded.model), "_deepstack_process"):
         return hidden_states
-    image = loaded.model.model.get_image_features(
-        inputs["pixel_values"], inputs["image_grid_thw"], return_dict=True
+    get_image_features = loaded.model.model.get_image_features
+    names = inspect.signature(get_image_features).parameters
+    image = get_image_features(
+        **{name: value for name, value in inputs.items() if name in names}, return_dict=True
     )
     mask = loaded.image_token_mask(inputs)
     states = list(hidden_states)

@@ -20,6 +20,7 @@ from vlprobe.models.cohere2_vision import Cohere2VisionAdapter
 from vlprobe.models.deepseek_vl import DeepseekVLAdapter
 from vlprobe.models.deepseek_vl_hybrid import DeepseekVLHybridAdapter
 from vlprobe.models.emu3 import Emu3Adapter
+from vlprobe.models.ernie4_5_vl_moe import Ernie4_5_VLMoeAdapter
 from vlprobe.models.exaone4_5 import Exaone4_5Adapter
 from vlprobe.models.fast_vlm import FastVlmAdapter
 from vlprobe.models.gemma3 import Gemma3Adapter
@@ -29,6 +30,8 @@ from vlprobe.models.gemma4_unified import Gemma4UnifiedAdapter
 from vlprobe.models.glm4v import Glm4vAdapter, Glm4vMoeAdapter
 from vlprobe.models.glm46v import Glm46VAdapter
 from vlprobe.models.granite4_vision import Granite4VisionAdapter
+from vlprobe.models.granite_docling import GraniteDoclingAdapter
+from vlprobe.models.hunyuan_vl import HunYuanVLAdapter
 from vlprobe.models.idefics2 import Idefics2Adapter
 from vlprobe.models.idefics3 import Idefics3Adapter
 from vlprobe.models.internvl import InternVLAdapter
@@ -38,6 +41,7 @@ from vlprobe.models.kosmos2 import Kosmos2Adapter
 from vlprobe.models.lfm2_vl import Lfm2VlAdapter
 from vlprobe.models.lfm3_vl import Lfm3VlAdapter
 from vlprobe.models.lighton_ocr import LightOnOcrAdapter
+from vlprobe.models.llama4 import Llama4Adapter
 from vlprobe.models.llava import LlavaAdapter
 from vlprobe.models.llava_next import LlavaNextAdapter
 from vlprobe.models.llava_next_video import LlavaNextVideoAdapter
@@ -50,6 +54,7 @@ from vlprobe.models.mistral_large4 import MistralLarge4Adapter
 from vlprobe.models.molmo2 import Molmo2Adapter
 from vlprobe.models.nemotron_h_omni import NemotronHOmniAdapter
 from vlprobe.models.ovis2 import Ovis2Adapter
+from vlprobe.models.paddleocr_vl import PaddleOCRVLAdapter
 from vlprobe.models.paligemma import PaliGemmaAdapter
 from vlprobe.models.perception_lm import PerceptionLMAdapter
 from vlprobe.models.phi4_multimodal import Phi4MultimodalAdapter
@@ -122,6 +127,11 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         KimiK25Adapter,
         Exaone4_5Adapter,
         NemotronHOmniAdapter,
+        PaddleOCRVLAdapter,
+        HunYuanVLAdapter,
+        Ernie4_5_VLMoeAdapter,
+        Llama4Adapter,
+        GraniteDoclingAdapter,
     )
 }
 

@@ -94,6 +94,7 @@ TOKEN_INPUTS: dict[str, int | None] = {
     "token_type_ids": 0,
     "mm_token_type_ids": 0,
     "image_embeds_position_mask": 0,  # Kosmos-2: where the image features go
+    "moe_mm_token_type_ids": 0,  # ERNIE-4.5-VL: which tokens its vision experts take
 }
 
 # Keys of a config entry's `tiny:` block that every family understands, with their defaults;

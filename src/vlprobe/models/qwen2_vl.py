@@ -22,6 +22,14 @@ PATCH_SIZE = 14
 MERGE_SIZE = 2
 
 
+def mrope_section(spec: Mapping[str, Any]) -> list[int]:
+    """M-RoPE's (temporal, height, width) sections of a tiny model's rotary half-dimension, in
+    Qwen2-VL's proportions (16/24/24 of 64); PaddleOCR-VL's checkpoints have the same."""
+    rotary_half = spec["hidden_size"] // spec["num_attention_heads"] // 2
+    spatial = 3 * rotary_half // 8
+    return [rotary_half - 2 * spatial, spatial, spatial]
+
+
 class Qwen2VLAdapter(LoadedVLM):
     """Qwen2-VL checkpoints (model_type ``qwen2_vl``). Everything is generic: the image
     placeholder (``<|vision_start|><|image_pad|><|vision_end|>``) comes from the chat template,
@@ -78,16 +86,9 @@ class Qwen2VLAdapter(LoadedVLM):
     @classmethod
     def tiny_text_config(cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]) -> dict:
         """The decoder of a tiny model: a small Qwen2 decoder with M-RoPE."""
-        # M-RoPE splits the rotary half-dimension into (temporal, height, width) sections in
-        # the real model's proportions: 16/24/24 of 64
-        rotary_half = spec["hidden_size"] // spec["num_attention_heads"] // 2
-        spatial = 3 * rotary_half // 8
         return {
             **text_config_kwargs(tokenizer, spec),
-            "rope_parameters": {
-                "rope_type": "default",
-                "mrope_section": [rotary_half - 2 * spatial, spatial, spatial],
-            },
+            "rope_parameters": {"rope_type": "default", "mrope_section": mrope_section(spec)},
         }
 
     @classmethod
