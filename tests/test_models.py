@@ -78,6 +78,7 @@ MODEL_CLASSES = {
     "kimi_k25": ("Kimi_K25ForConditionalGeneration", "Kimi_K25Processor"),
     "exaone4_5": ("Exaone4_5_ForConditionalGeneration", "Exaone4_5_Processor"),
     "nemotron_h_omni": ("NemotronH_Omni_Reasoning_V3", "NemotronH_Omni_Reasoning_V3Processor"),
+    "blip_2": ("Blip2ForConditionalGeneration", "Blip2Processor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 
@@ -826,6 +827,23 @@ def test_an_unsupported_type_fails_before_any_weights_load(tmp_path, monkeypatch
         f"model 'llama-vision': {checkpoint} has model_type 'mllama', which vlprobe cannot "
         f"probe: {UNSUPPORTED['mllama']}"
     )
+
+
+@pytest.mark.parametrize("family", ["auto", "blip_2"])
+def test_blip_2_with_flan_t5_is_refused_before_any_weights_load(tmp_path, monkeypatch, family):
+    """BLIP-2's Flan-T5 checkpoints are encoder-decoder: one line naming the model and why."""
+    checkpoint = tmp_path / "blip2-flan-t5"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text(
+        json.dumps({"model_type": "blip-2", "text_config": {"model_type": "t5"}})
+    )
+    for loader in (base.AutoModelForImageTextToText, base.AutoModelForCausalLM, base.AutoProcessor):
+        monkeypatch.setattr(loader, "from_pretrained", None)  # any load would fail
+    with pytest.raises(ModelError) as error:
+        load_model("flan", {"family": family, "hf_id": str(checkpoint), "num_layers": 2})
+    message = str(error.value)
+    assert message.startswith(f"model 'flan': {checkpoint} is a blip-2 checkpoint with the ")
+    assert "encoder-decoder language model 't5'" in message and "\n" not in message
 
 
 def test_family_auto_of_a_type_that_is_not_image_text_to_text_is_one_line(tmp_path):

@@ -15,6 +15,7 @@ import torch
 from vlprobe.models.aria import AriaAdapter
 from vlprobe.models.aya_vision import AyaVisionAdapter
 from vlprobe.models.base import LoadedVLM, ModelError, NoImageTokenError, generic_adapter
+from vlprobe.models.blip_2 import Blip2Adapter
 from vlprobe.models.chameleon import ChameleonAdapter
 from vlprobe.models.cohere2_vision import Cohere2VisionAdapter
 from vlprobe.models.deepseek_vl import DeepseekVLAdapter
@@ -122,6 +123,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         KimiK25Adapter,
         Exaone4_5Adapter,
         NemotronHOmniAdapter,
+        Blip2Adapter,
     )
 }
 
