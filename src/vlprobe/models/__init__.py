@@ -32,6 +32,7 @@ from vlprobe.models.glm46v import Glm46VAdapter
 from vlprobe.models.granite4_vision import Granite4VisionAdapter
 from vlprobe.models.idefics2 import Idefics2Adapter
 from vlprobe.models.idefics3 import Idefics3Adapter
+from vlprobe.models.instructblip import InstructBlipAdapter
 from vlprobe.models.internvl import InternVLAdapter
 from vlprobe.models.janus import JanusAdapter
 from vlprobe.models.kimi_k25 import KimiK25Adapter
@@ -124,6 +125,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         Exaone4_5Adapter,
         NemotronHOmniAdapter,
         Blip2Adapter,
+        InstructBlipAdapter,
     )
 }
 

@@ -3,7 +3,7 @@ OPT language model that reads the projected queries as tokens at the start of it
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -105,11 +105,7 @@ class Blip2Adapter(LoadedVLM):
             **kwargs,
         )
         # the image tokens come before the text's padding: move the padding to its side
-        keep = batch["attention_mask"].bool()
-        order = torch.argsort((keep if padding_side == "left" else ~keep).int(), stable=True)
-        for key in set(batch) & set(TOKEN_INPUTS):
-            batch[key] = torch.gather(batch[key], 1, order)
-        return batch
+        return padded_on(padding_side, batch, "attention_mask", TOKEN_INPUTS)
 
     def prompt_token_ids(
         self, images: Sequence[Image.Image], prompts: Sequence[Sequence[str]]
@@ -176,6 +172,9 @@ class Blip2Adapter(LoadedVLM):
                 **vision,
                 "image_size": spec["image_size"],
                 "patch_size": PATCH_SIZE,
+                # the ViT's default draws weights of std 1e-10 (its checkpoints are trained);
+                # a tiny model needs its images to matter
+                "initializer_range": 0.02,
             },
             "qformer_config": {
                 "hidden_size": vision["hidden_size"],
@@ -187,3 +186,13 @@ class Blip2Adapter(LoadedVLM):
             "num_query_tokens": spec["query_tokens"],
             "image_token_index": tokenizer.convert_tokens_to_ids("<image>"),
         }
+
+
+def padded_on(side: str, batch: BatchFeature, mask: str, keys: Iterable[str]) -> BatchFeature:
+    """``batch`` with the padding of its per-token inputs ``keys`` (those it has) moved to
+    ``side``, where ``batch[mask]`` is 0; the order of the other tokens kept."""
+    keep = batch[mask].bool()
+    order = torch.argsort((keep if side == "left" else ~keep).int(), stable=True)
+    for key in set(batch) & {mask, *keys}:
+        batch[key] = torch.gather(batch[key], 1, order)
+    return batch
