@@ -80,6 +80,7 @@ MODEL_CLASSES = {
     "nemotron_h_omni": ("NemotronH_Omni_Reasoning_V3", "NemotronH_Omni_Reasoning_V3Processor"),
     "blip_2": ("Blip2ForConditionalGeneration", "Blip2Processor"),
     "instructblip": ("InstructBlipForConditionalGeneration", "InstructBlipProcessor"),
+    "glm_ocr": ("GlmOcrForConditionalGeneration", "Glm46VProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 
