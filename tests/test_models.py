@@ -83,6 +83,9 @@ MODEL_CLASSES = {
     "ernie4_5_vl_moe": ("Ernie4_5_VLMoeForConditionalGeneration", "Ernie4_5_VLMoeProcessor"),
     "llama4": ("Llama4ForConditionalGeneration", "Llama4Processor"),
     "granite_docling": ("GraniteDoclingForConditionalGeneration", "GraniteDoclingProcessor"),
+    "blip_2": ("Blip2ForConditionalGeneration", "Blip2Processor"),
+    "instructblip": ("InstructBlipForConditionalGeneration", "InstructBlipProcessor"),
+    "glm_ocr": ("GlmOcrForConditionalGeneration", "Glm46VProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 
@@ -346,11 +349,29 @@ def test_shared_prefix_length_leaves_every_suffix_a_token():
 
 
 def test_every_family_but_the_prefix_lm_reuses_its_image_prefix():
-    """All families but PaliGemma are causal over their image tokens (Gemma-3's bidirectional
-    attention stays within the image); test_extract checks reuse against the full pass."""
+    """All families but PaliGemma and InstructBLIP are causal over their image tokens (Gemma-3's
+    bidirectional attention stays within the image) and compute them from the image alone
+    (InstructBLIP's Q-Former reads the prompt); test_extract checks reuse against the full pass."""
     assert [family for family, adapter in FAMILIES.items() if not adapter.prefix_reuse] == [
-        "paligemma"
+        "paligemma",
+        "instructblip",
     ]
+
+
+@pytest.mark.skipif(not selected("instructblip"), reason="not in VLPROBE_TINY_FAMILIES")
+def test_instructblip_image_tokens_depend_on_the_prompt(tiny_dirs):
+    """InstructBLIP's Q-Former reads the prompt: the decoder's image tokens differ between two
+    prompts of one image from the first layer on, so no image prefix can be shared."""
+    loaded = load_model("tiny", entry(tiny_dirs["instructblip"], "instructblip"))
+    image = drawing((64, 64), (220, 40, 40))
+    assert loaded.prefix_batch([image], [["a cat", "a dog"]]) is None
+    states = []
+    for text in ("a cat", "two people riding bicycles"):
+        inputs = loaded.inputs([image], [text])
+        with torch.inference_mode():
+            state = loaded.forward(inputs, output_hidden_states=True).hidden_states[0]
+        states.append(state[0][loaded.image_token_mask(inputs)[0]])
+    assert not torch.allclose(states[0], states[1], atol=1e-4)
 
 
 @pytest.mark.skipif(not selected("paligemma"), reason="not in VLPROBE_TINY_FAMILIES")
@@ -891,6 +912,25 @@ def test_an_unsupported_type_fails_before_any_weights_load(tmp_path, monkeypatch
         f"model 'llama-vision': {checkpoint} has model_type 'mllama', which vlprobe cannot "
         f"probe: {UNSUPPORTED['mllama']}"
     )
+
+
+@pytest.mark.parametrize("family", ["auto", "blip_2", "instructblip"])
+def test_blip_with_flan_t5_is_refused_before_any_weights_load(tmp_path, monkeypatch, family):
+    """BLIP-2's and InstructBLIP's Flan-T5 checkpoints are encoder-decoder: one line naming
+    the model and why."""
+    model_type = "instructblip" if family == "instructblip" else "blip-2"
+    checkpoint = tmp_path / "blip2-flan-t5"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text(
+        json.dumps({"model_type": model_type, "text_config": {"model_type": "t5"}})
+    )
+    for loader in (base.AutoModelForImageTextToText, base.AutoModelForCausalLM, base.AutoProcessor):
+        monkeypatch.setattr(loader, "from_pretrained", None)  # any load would fail
+    with pytest.raises(ModelError) as error:
+        load_model("flan", {"family": family, "hf_id": str(checkpoint), "num_layers": 2})
+    message = str(error.value)
+    assert message.startswith(f"model 'flan': {checkpoint} is a {model_type} checkpoint with the ")
+    assert "encoder-decoder language model 't5'" in message and "\n" not in message
 
 
 def test_family_auto_of_a_type_that_is_not_image_text_to_text_is_one_line(tmp_path):

@@ -15,6 +15,7 @@ import torch
 from vlprobe.models.aria import AriaAdapter
 from vlprobe.models.aya_vision import AyaVisionAdapter
 from vlprobe.models.base import LoadedVLM, ModelError, NoImageTokenError, generic_adapter
+from vlprobe.models.blip_2 import Blip2Adapter
 from vlprobe.models.chameleon import ChameleonAdapter
 from vlprobe.models.cohere2_vision import Cohere2VisionAdapter
 from vlprobe.models.deepseek_vl import DeepseekVLAdapter
@@ -29,11 +30,13 @@ from vlprobe.models.gemma4 import Gemma4Adapter
 from vlprobe.models.gemma4_unified import Gemma4UnifiedAdapter
 from vlprobe.models.glm4v import Glm4vAdapter, Glm4vMoeAdapter
 from vlprobe.models.glm46v import Glm46VAdapter
+from vlprobe.models.glm_ocr import GlmOcrAdapter
 from vlprobe.models.granite4_vision import Granite4VisionAdapter
 from vlprobe.models.granite_docling import GraniteDoclingAdapter
 from vlprobe.models.hunyuan_vl import HunYuanVLAdapter
 from vlprobe.models.idefics2 import Idefics2Adapter
 from vlprobe.models.idefics3 import Idefics3Adapter
+from vlprobe.models.instructblip import InstructBlipAdapter
 from vlprobe.models.internvl import InternVLAdapter
 from vlprobe.models.janus import JanusAdapter
 from vlprobe.models.kimi_k25 import KimiK25Adapter
@@ -132,6 +135,9 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         Ernie4_5_VLMoeAdapter,
         Llama4Adapter,
         GraniteDoclingAdapter,
+        Blip2Adapter,
+        InstructBlipAdapter,
+        GlmOcrAdapter,
     )
 }
 

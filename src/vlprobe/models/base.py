@@ -313,6 +313,7 @@ class LoadedVLM(abc.ABC):
                 adapter = cls.for_model_type(checkpoint.get("model_type"))
             except ModelError as err:
                 raise ModelError(f"model {name!r}: {hf_id}: {err}") from err
+            adapter.check_checkpoint(name, hf_id, checkpoint)
             require_packages(f"model {name!r}", adapter.requires, adapter.family)
             auto_model = model_class_of(name, hf_id, checkpoint, source, adapter.auto_model_class)
             processor = adapter.load_processor(name, hf_id, source)
@@ -367,6 +368,12 @@ class LoadedVLM(abc.ABC):
         """The adapter of this family for checkpoints of ``model_type`` (config.json's): this
         class, unless the family's checkpoints come in layouts that need their own."""
         return cls
+
+    @classmethod
+    def check_checkpoint(cls, name: str, hf_id: str, checkpoint: Mapping[str, Any]) -> None:
+        """Fail with one line, before any weights load, for a checkpoint of this family's type
+        that its adapter cannot probe (``checkpoint``: its config.json); by default none."""
+        return
 
     @classmethod
     def load_processor(

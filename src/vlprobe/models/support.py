@@ -39,6 +39,11 @@ UNSUPPORTED: dict[str, str] = {
         "no image token: GIT prepends the image's features to the text's embeddings, with no "
         "placeholder in the text for the processor to expand"
     ),
+    "instructblipvideo": (
+        "a video model without an image path: its processor always writes the query tokens of "
+        "4 frames and its model takes pixels of 4 frames; a still image would have to be posed "
+        "as a video of 4 copies (its image checkpoints are served by family instructblip)"
+    ),
     "diffusion_gemma": (
         "a block-diffusion decoder: not causal, so layer states of a prompt are not defined as "
         "for a left-to-right decoder"
