@@ -42,6 +42,7 @@ from vlprobe.models.llava import LlavaAdapter
 from vlprobe.models.llava_next import LlavaNextAdapter
 from vlprobe.models.llava_next_video import LlavaNextVideoAdapter
 from vlprobe.models.llava_onevision import LlavaOnevisionAdapter
+from vlprobe.models.minicpm_ocr import MiniCPMOcrAdapter
 from vlprobe.models.minicpmv4_6 import MiniCPMV4_6Adapter
 from vlprobe.models.minicpmv4_7 import MiniCPMV4_7Adapter
 from vlprobe.models.mistral3 import Mistral3Adapter
@@ -122,6 +123,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         KimiK25Adapter,
         Exaone4_5Adapter,
         NemotronHOmniAdapter,
+        MiniCPMOcrAdapter,
     )
 }
 
