@@ -79,6 +79,7 @@ MODEL_CLASSES = {
     "exaone4_5": ("Exaone4_5_ForConditionalGeneration", "Exaone4_5_Processor"),
     "nemotron_h_omni": ("NemotronH_Omni_Reasoning_V3", "NemotronH_Omni_Reasoning_V3Processor"),
     "minicpm_ocr": ("MiniCPMOcrForConditionalGeneration", "MiniCPMOcrProcessor"),
+    "qianfan_ocr": ("QianfanOCRForConditionalGeneration", "QianfanOCRProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 
