@@ -80,6 +80,10 @@ MODEL_CLASSES = {
     "nemotron_h_omni": ("NemotronH_Omni_Reasoning_V3", "NemotronH_Omni_Reasoning_V3Processor"),
     "minicpm_ocr": ("MiniCPMOcrForConditionalGeneration", "MiniCPMOcrProcessor"),
     "qianfan_ocr": ("QianfanOCRForConditionalGeneration", "QianfanOCRProcessor"),
+    "hyperclovax_vision_v2": (
+        "HyperCLOVAXVisionV2ForConditionalGeneration",
+        "HyperCLOVAXVisionV2Processor",
+    ),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 

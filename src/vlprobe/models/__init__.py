@@ -29,6 +29,7 @@ from vlprobe.models.gemma4_unified import Gemma4UnifiedAdapter
 from vlprobe.models.glm4v import Glm4vAdapter, Glm4vMoeAdapter
 from vlprobe.models.glm46v import Glm46VAdapter
 from vlprobe.models.granite4_vision import Granite4VisionAdapter
+from vlprobe.models.hyperclovax_vision_v2 import HyperCLOVAXVisionV2Adapter
 from vlprobe.models.idefics2 import Idefics2Adapter
 from vlprobe.models.idefics3 import Idefics3Adapter
 from vlprobe.models.internvl import InternVLAdapter
@@ -126,6 +127,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         NemotronHOmniAdapter,
         MiniCPMOcrAdapter,
         QianfanOCRAdapter,
+        HyperCLOVAXVisionV2Adapter,
     )
 }
 
