@@ -84,6 +84,7 @@ MODEL_CLASSES = {
         "HyperCLOVAXVisionV2ForConditionalGeneration",
         "HyperCLOVAXVisionV2Processor",
     ),
+    "cosmos3_edge": ("Cosmos3EdgeForConditionalGeneration", "Cosmos3EdgeProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 

@@ -17,6 +17,7 @@ from vlprobe.models.aya_vision import AyaVisionAdapter
 from vlprobe.models.base import LoadedVLM, ModelError, NoImageTokenError, generic_adapter
 from vlprobe.models.chameleon import ChameleonAdapter
 from vlprobe.models.cohere2_vision import Cohere2VisionAdapter
+from vlprobe.models.cosmos3_edge import Cosmos3EdgeAdapter
 from vlprobe.models.deepseek_vl import DeepseekVLAdapter
 from vlprobe.models.deepseek_vl_hybrid import DeepseekVLHybridAdapter
 from vlprobe.models.emu3 import Emu3Adapter
@@ -128,6 +129,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         MiniCPMOcrAdapter,
         QianfanOCRAdapter,
         HyperCLOVAXVisionV2Adapter,
+        Cosmos3EdgeAdapter,
     )
 }
 
