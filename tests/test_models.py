@@ -85,6 +85,7 @@ MODEL_CLASSES = {
         "HyperCLOVAXVisionV2Processor",
     ),
     "cosmos3_edge": ("Cosmos3EdgeForConditionalGeneration", "Cosmos3EdgeProcessor"),
+    "unlimited_ocr": ("UnlimitedOcrForConditionalGeneration", "UnlimitedOcrProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 

@@ -65,6 +65,7 @@ from vlprobe.models.qwen3_omni_moe_thinker import Qwen3OmniMoeThinkerAdapter
 from vlprobe.models.qwen3_vl import Qwen3VLAdapter, Qwen3VLMoeAdapter
 from vlprobe.models.shieldgemma2 import ShieldGemma2Adapter
 from vlprobe.models.smolvlm import SmolVLMAdapter
+from vlprobe.models.unlimited_ocr import UnlimitedOcrAdapter
 from vlprobe.models.video_llama_3 import VideoLlama3Adapter
 from vlprobe.models.video_llava import VideoLlavaAdapter
 from vlprobe.models.vipllava import VipLlavaAdapter
@@ -130,6 +131,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         QianfanOCRAdapter,
         HyperCLOVAXVisionV2Adapter,
         Cosmos3EdgeAdapter,
+        UnlimitedOcrAdapter,
     )
 }
 
