@@ -86,6 +86,7 @@ MODEL_CLASSES = {
     ),
     "cosmos3_edge": ("Cosmos3EdgeForConditionalGeneration", "Cosmos3EdgeProcessor"),
     "unlimited_ocr": ("UnlimitedOcrForConditionalGeneration", "UnlimitedOcrProcessor"),
+    "dots3_note": ("Dots3NoteForConditionalGeneration", "Dots3NoteProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 

@@ -20,6 +20,7 @@ from vlprobe.models.cohere2_vision import Cohere2VisionAdapter
 from vlprobe.models.cosmos3_edge import Cosmos3EdgeAdapter
 from vlprobe.models.deepseek_vl import DeepseekVLAdapter
 from vlprobe.models.deepseek_vl_hybrid import DeepseekVLHybridAdapter
+from vlprobe.models.dots3_note import Dots3NoteAdapter
 from vlprobe.models.emu3 import Emu3Adapter
 from vlprobe.models.exaone4_5 import Exaone4_5Adapter
 from vlprobe.models.fast_vlm import FastVlmAdapter
@@ -132,6 +133,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         HyperCLOVAXVisionV2Adapter,
         Cosmos3EdgeAdapter,
         UnlimitedOcrAdapter,
+        Dots3NoteAdapter,
     )
 }
 
