@@ -86,6 +86,15 @@ MODEL_CLASSES = {
     "blip_2": ("Blip2ForConditionalGeneration", "Blip2Processor"),
     "instructblip": ("InstructBlipForConditionalGeneration", "InstructBlipProcessor"),
     "glm_ocr": ("GlmOcrForConditionalGeneration", "Glm46VProcessor"),
+    "minicpm_ocr": ("MiniCPMOcrForConditionalGeneration", "MiniCPMOcrProcessor"),
+    "qianfan_ocr": ("QianfanOCRForConditionalGeneration", "QianfanOCRProcessor"),
+    "hyperclovax_vision_v2": (
+        "HyperCLOVAXVisionV2ForConditionalGeneration",
+        "HyperCLOVAXVisionV2Processor",
+    ),
+    "cosmos3_edge": ("Cosmos3EdgeForConditionalGeneration", "Cosmos3EdgeProcessor"),
+    "unlimited_ocr": ("UnlimitedOcrForConditionalGeneration", "UnlimitedOcrProcessor"),
+    "dots3_note": ("Dots3NoteForConditionalGeneration", "Dots3NoteProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 
@@ -349,12 +358,15 @@ def test_shared_prefix_length_leaves_every_suffix_a_token():
 
 
 def test_every_family_but_the_prefix_lm_reuses_its_image_prefix():
-    """All families but PaliGemma and InstructBLIP are causal over their image tokens (Gemma-3's
-    bidirectional attention stays within the image) and compute them from the image alone
-    (InstructBLIP's Q-Former reads the prompt); test_extract checks reuse against the full pass."""
+    """All families but PaliGemma, InstructBLIP and Unlimited-OCR are causal over their image
+    tokens (Gemma-3's bidirectional attention stays within the image), compute them from the
+    image alone (InstructBLIP's Q-Former reads the prompt) and attend to a continued cache as
+    to one pass (Unlimited-OCR's sliding layers do not); test_extract checks reuse against the
+    full pass."""
     assert [family for family, adapter in FAMILIES.items() if not adapter.prefix_reuse] == [
         "paligemma",
         "instructblip",
+        "unlimited_ocr",
     ]
 
 
@@ -372,6 +384,28 @@ def test_instructblip_image_tokens_depend_on_the_prompt(tiny_dirs):
             state = loaded.forward(inputs, output_hidden_states=True).hidden_states[0]
         states.append(state[0][loaded.image_token_mask(inputs)[0]])
     assert not torch.allclose(states[0], states[1], atol=1e-4)
+
+
+@pytest.mark.skipif(not selected("unlimited_ocr"), reason="not in VLPROBE_TINY_FAMILIES")
+def test_unlimited_ocr_reads_a_continued_cache_through_a_window(tiny_dirs):
+    """Unlimited-OCR's reference-sliding layers attend to a cache's first pass in full but to
+    later tokens through their sliding window: past the window, a continued pass differs from
+    one pass over the same text, so its adapter never splits a prefix."""
+    loaded = load_model("tiny", entry(tiny_dirs["unlimited_ocr"], "unlimited_ocr"))
+    window = loaded.model.config.text_config.sliding_window
+
+    def last_logits(ids):  # one pass, and a pass of all but 4 tokens continuing a cache
+        with torch.inference_mode():
+            full = loaded.model(input_ids=ids).logits[:, -1]
+            cache = loaded.new_cache()
+            loaded.model(input_ids=ids[:, :4], past_key_values=cache, use_cache=True)
+            continued = loaded.model(input_ids=ids[:, 4:], past_key_values=cache, use_cache=True)
+        return full, continued.logits[:, -1]
+
+    long = loaded.tokenizer(" a cat" * window, return_tensors="pt")["input_ids"]
+    assert long.shape[1] > window + 4
+    assert not torch.allclose(*last_logits(long), atol=1e-4)
+    torch.testing.assert_close(*last_logits(long[:, : window // 2]))  # within the window
 
 
 @pytest.mark.skipif(not selected("paligemma"), reason="not in VLPROBE_TINY_FAMILIES")

@@ -18,8 +18,10 @@ from vlprobe.models.base import LoadedVLM, ModelError, NoImageTokenError, generi
 from vlprobe.models.blip_2 import Blip2Adapter
 from vlprobe.models.chameleon import ChameleonAdapter
 from vlprobe.models.cohere2_vision import Cohere2VisionAdapter
+from vlprobe.models.cosmos3_edge import Cosmos3EdgeAdapter
 from vlprobe.models.deepseek_vl import DeepseekVLAdapter
 from vlprobe.models.deepseek_vl_hybrid import DeepseekVLHybridAdapter
+from vlprobe.models.dots3_note import Dots3NoteAdapter
 from vlprobe.models.emu3 import Emu3Adapter
 from vlprobe.models.ernie4_5_vl_moe import Ernie4_5_VLMoeAdapter
 from vlprobe.models.exaone4_5 import Exaone4_5Adapter
@@ -34,6 +36,7 @@ from vlprobe.models.glm_ocr import GlmOcrAdapter
 from vlprobe.models.granite4_vision import Granite4VisionAdapter
 from vlprobe.models.granite_docling import GraniteDoclingAdapter
 from vlprobe.models.hunyuan_vl import HunYuanVLAdapter
+from vlprobe.models.hyperclovax_vision_v2 import HyperCLOVAXVisionV2Adapter
 from vlprobe.models.idefics2 import Idefics2Adapter
 from vlprobe.models.idefics3 import Idefics3Adapter
 from vlprobe.models.instructblip import InstructBlipAdapter
@@ -49,6 +52,7 @@ from vlprobe.models.llava import LlavaAdapter
 from vlprobe.models.llava_next import LlavaNextAdapter
 from vlprobe.models.llava_next_video import LlavaNextVideoAdapter
 from vlprobe.models.llava_onevision import LlavaOnevisionAdapter
+from vlprobe.models.minicpm_ocr import MiniCPMOcrAdapter
 from vlprobe.models.minicpmv4_6 import MiniCPMV4_6Adapter
 from vlprobe.models.minicpmv4_7 import MiniCPMV4_7Adapter
 from vlprobe.models.mistral3 import Mistral3Adapter
@@ -61,6 +65,7 @@ from vlprobe.models.paddleocr_vl import PaddleOCRVLAdapter
 from vlprobe.models.paligemma import PaliGemmaAdapter
 from vlprobe.models.perception_lm import PerceptionLMAdapter
 from vlprobe.models.phi4_multimodal import Phi4MultimodalAdapter
+from vlprobe.models.qianfan_ocr import QianfanOCRAdapter
 from vlprobe.models.qwen2_5_omni_thinker import Qwen2_5OmniThinkerAdapter
 from vlprobe.models.qwen2_5_vl import Qwen2_5VLAdapter
 from vlprobe.models.qwen2_vl import Qwen2VLAdapter
@@ -69,6 +74,7 @@ from vlprobe.models.qwen3_omni_moe_thinker import Qwen3OmniMoeThinkerAdapter
 from vlprobe.models.qwen3_vl import Qwen3VLAdapter, Qwen3VLMoeAdapter
 from vlprobe.models.shieldgemma2 import ShieldGemma2Adapter
 from vlprobe.models.smolvlm import SmolVLMAdapter
+from vlprobe.models.unlimited_ocr import UnlimitedOcrAdapter
 from vlprobe.models.video_llama_3 import VideoLlama3Adapter
 from vlprobe.models.video_llava import VideoLlavaAdapter
 from vlprobe.models.vipllava import VipLlavaAdapter
@@ -138,6 +144,12 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         Blip2Adapter,
         InstructBlipAdapter,
         GlmOcrAdapter,
+        MiniCPMOcrAdapter,
+        QianfanOCRAdapter,
+        HyperCLOVAXVisionV2Adapter,
+        Cosmos3EdgeAdapter,
+        UnlimitedOcrAdapter,
+        Dots3NoteAdapter,
     )
 }
 

@@ -5,13 +5,15 @@ positions)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from transformers import (
     Exaone4_5_Config,
     Exaone4_5_ForConditionalGeneration,
     Exaone4_5_Processor,
+    PreTrainedModel,
     PreTrainedTokenizerBase,
+    ProcessorMixin,
     Qwen2VLImageProcessor,
     Qwen2VLVideoProcessor,
 )
@@ -41,13 +43,17 @@ class Exaone4_5Adapter(LoadedVLM):
         extra=("[|system|]", "[|user|]", "[|assistant|]", "<|image_pad|>", "<|video_pad|>"),
     )
     tiny_defaults = {"min_image_tokens": 16, "max_image_tokens": 64}
+    # the tiny model's classes; HyperCLOVA X Vision V2's take the same arguments
+    config_class: ClassVar[type] = Exaone4_5_Config
+    model_class: ClassVar[type] = Exaone4_5_ForConditionalGeneration
+    processor_class: ClassVar[type] = Exaone4_5_Processor
 
     @classmethod
     def tiny_model_and_processor(
         cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]
-    ) -> tuple[Exaone4_5_ForConditionalGeneration, Exaone4_5_Processor]:
+    ) -> tuple[PreTrainedModel, ProcessorMixin]:
         pixels_per_token = (PATCH_SIZE * MERGE_SIZE) ** 2
-        processor = Exaone4_5_Processor(
+        processor = cls.processor_class(
             image_processor=Qwen2VLImageProcessor(
                 min_pixels=spec["min_image_tokens"] * pixels_per_token,
                 max_pixels=spec["max_image_tokens"] * pixels_per_token,
@@ -56,7 +62,7 @@ class Exaone4_5Adapter(LoadedVLM):
             video_processor=Qwen2VLVideoProcessor(),  # required by the processor; unused here
         )
         vision = spec["vision_hidden_size"]
-        config = Exaone4_5_Config(
+        config = cls.config_class(
             vision_config={
                 "depth": spec["vision_layers"],
                 "hidden_size": vision,
@@ -68,15 +74,22 @@ class Exaone4_5Adapter(LoadedVLM):
                 "spatial_merge_size": MERGE_SIZE,
                 "fullatt_block_indexes": [spec["vision_layers"] - 1],  # windowed, then full
             },
-            text_config={
-                "model_type": "exaone4",
-                **text_config_kwargs(tokenizer, spec),
-                # local layers then a global one, as in the real pattern; the window spans
-                # every tiny sequence
-                "sliding_window": 512,
-                "sliding_window_pattern": spec["num_layers"],
-            },
+            text_config=cls.tiny_text_config(tokenizer, spec),
             image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
             video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
         )
-        return Exaone4_5_ForConditionalGeneration(config), processor
+        return cls.model_class(config), processor
+
+    @classmethod
+    def tiny_text_config(
+        cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """The tiny decoder's config."""
+        return {
+            "model_type": "exaone4",
+            **text_config_kwargs(tokenizer, spec),
+            # local layers then a global one, as in the real pattern; the window spans every
+            # tiny sequence
+            "sliding_window": 512,
+            "sliding_window_pattern": spec["num_layers"],
+        }

@@ -4,7 +4,7 @@ projector and a Qwen2 decoder."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from transformers import (
     GotOcr2ImageProcessor,
@@ -13,7 +13,9 @@ from transformers import (
     InternVLProcessor,
     InternVLVideoProcessor,
     InternVLVisionConfig,
+    PreTrainedModel,
     PreTrainedTokenizerBase,
+    ProcessorMixin,
     Qwen2Config,
 )
 
@@ -50,28 +52,44 @@ class InternVLAdapter(LoadedVLM):
     )
     tiny_defaults = {"image_size": 56}
     tiny_chat_template = "internvl.jinja"
+    # the tiny model's classes; Qianfan-OCR's take the same arguments
+    config_class: ClassVar[type] = InternVLConfig
+    vision_config_class: ClassVar[type] = InternVLVisionConfig
+    text_config_class: ClassVar[type] = Qwen2Config
+    model_class: ClassVar[type] = InternVLForConditionalGeneration
 
     @classmethod
     def tiny_model_and_processor(
         cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]
-    ) -> tuple[InternVLForConditionalGeneration, InternVLProcessor]:
+    ) -> tuple[PreTrainedModel, ProcessorMixin]:
         size = spec["image_size"]
         tokens_per_tile = int((size // PATCH_SIZE) ** 2 * DOWNSAMPLE_RATIO**2)
-        processor = InternVLProcessor(
-            image_processor=GotOcr2ImageProcessor(
-                size={"height": size, "width": size}, max_patches=MAX_TILES
-            ),
-            tokenizer=tokenizer,
-            video_processor=InternVLVideoProcessor(),  # required by the processor; unused here
-            image_seq_length=tokens_per_tile,
+        processor = cls.tiny_processor(
+            tokenizer,
+            GotOcr2ImageProcessor(size={"height": size, "width": size}, max_patches=MAX_TILES),
+            tokens_per_tile,
         )
-        config = InternVLConfig(
-            vision_config=InternVLVisionConfig(
+        config = cls.config_class(
+            vision_config=cls.vision_config_class(
                 **vision_config_kwargs(spec), image_size=size, patch_size=PATCH_SIZE
             ),
-            text_config=Qwen2Config(**text_config_kwargs(tokenizer, spec)),
+            text_config=cls.text_config_class(**text_config_kwargs(tokenizer, spec)),
             image_token_id=tokenizer.context_image_token_id,
             image_seq_length=tokens_per_tile,
             downsample_ratio=DOWNSAMPLE_RATIO,
         )
-        return InternVLForConditionalGeneration(config), processor
+        return cls.model_class(config), processor
+
+    @classmethod
+    def tiny_processor(
+        cls,
+        tokenizer: PreTrainedTokenizerBase,
+        image_processor: GotOcr2ImageProcessor,
+        tokens_per_tile: int,
+    ) -> ProcessorMixin:
+        return InternVLProcessor(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            video_processor=InternVLVideoProcessor(),  # required by the processor; unused here
+            image_seq_length=tokens_per_tile,
+        )

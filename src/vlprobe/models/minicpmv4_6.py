@@ -61,6 +61,8 @@ class MiniCPMV4_6Adapter(LoadedVLM):
     config_class: ClassVar[type] = MiniCPMV4_6Config
     model_class: ClassVar[type] = MiniCPMV4_6ForConditionalGeneration
     processor_class: ClassVar[type] = MiniCPMV4_6Processor
+    image_processor_class: ClassVar[type] = MiniCPMV4_6ImageProcessor
+    video_processor_class: ClassVar[type] = MiniCPMV4_6VideoProcessor
 
     @classmethod
     def tiny_model_and_processor(
@@ -68,10 +70,10 @@ class MiniCPMV4_6Adapter(LoadedVLM):
     ) -> tuple[PreTrainedModel, ProcessorMixin]:
         size = spec["image_size"]
         processor = cls.processor_class(
-            image_processor=MiniCPMV4_6ImageProcessor(
+            image_processor=cls.image_processor_class(
                 scale_resolution=size, patch_size=PATCH_SIZE, max_slice_nums=MAX_SLICES
             ),
-            video_processor=MiniCPMV4_6VideoProcessor(  # required by the processor; unused
+            video_processor=cls.video_processor_class(  # required by the processor; unused
                 scale_resolution=size, patch_size=PATCH_SIZE
             ),
             tokenizer=tokenizer,
@@ -98,14 +100,16 @@ class MiniCPMV4_6Adapter(LoadedVLM):
             },
             # the window-attention merger sits after the first half of the encoder
             insert_layer_id=spec["vision_layers"] // 2 - 1,
-            image_size=size,
             image_token_id=tokenizer.image_token_id,
             video_token_id=tokenizer.video_token_id,
-            **cls.tiny_config_extras(tokenizer),
+            **cls.tiny_config_extras(tokenizer, spec),
         )
         return cls.model_class(config), processor
 
     @classmethod
-    def tiny_config_extras(cls, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
-        """Further config arguments of the tiny model."""
-        return {}
+    def tiny_config_extras(
+        cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Further config arguments of the tiny model: here the resolution that the config
+        states besides the encoder's (MiniCPM-OCR's config has no such field)."""
+        return {"image_size": spec["image_size"]}

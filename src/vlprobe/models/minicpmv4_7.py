@@ -52,10 +52,13 @@ class MiniCPMV4_7Adapter(MiniCPMV4_6Adapter):
         return mask
 
     @classmethod
-    def tiny_config_extras(cls, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+    def tiny_config_extras(
+        cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]
+    ) -> dict[str, Any]:
         # the marker ids that the canvas positions pin (the conversion script writes them)
         ids = tokenizer.convert_tokens_to_ids
         return {
+            **super().tiny_config_extras(tokenizer, spec),
             "image_start_id": tokenizer.image_start_token_id,
             "image_end_id": tokenizer.image_end_token_id,
             "slice_start_id": tokenizer.slice_start_token_id,

@@ -43,6 +43,7 @@ class Qwen2VLAdapter(LoadedVLM):
     config_class: ClassVar[type] = Qwen2VLConfig
     model_class: ClassVar[type] = Qwen2VLForConditionalGeneration
     processor_class: ClassVar[type] = Qwen2VLProcessor
+    video_processor_class: ClassVar[type] = Qwen2VLVideoProcessor
 
     family = "qwen2_vl"
     special_tokens = SpecialTokens(
@@ -98,11 +99,12 @@ class Qwen2VLAdapter(LoadedVLM):
         processor = cls.processor_class(
             image_processor=cls.tiny_image_processor(spec),
             tokenizer=tokenizer,
-            video_processor=Qwen2VLVideoProcessor(),  # required by the processor; unused here
+            video_processor=cls.video_processor_class(),  # required by the processor; unused here
         )
         config = cls.config_class(
             text_config=cls.tiny_text_config(tokenizer, spec),
             vision_config=cls.tiny_vision_config(spec),
+            **cls.tiny_config_extras(spec),
             **{
                 f"{kind}_token_id": tokenizer.convert_tokens_to_ids(token)
                 for kind, token in [
@@ -114,3 +116,8 @@ class Qwen2VLAdapter(LoadedVLM):
             },
         )
         return cls.model_class(config), processor
+
+    @classmethod
+    def tiny_config_extras(cls, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """Further config arguments of the tiny model."""
+        return {}
