@@ -78,6 +78,7 @@ MODEL_CLASSES = {
     "kimi_k25": ("Kimi_K25ForConditionalGeneration", "Kimi_K25Processor"),
     "exaone4_5": ("Exaone4_5_ForConditionalGeneration", "Exaone4_5_Processor"),
     "nemotron_h_omni": ("NemotronH_Omni_Reasoning_V3", "NemotronH_Omni_Reasoning_V3Processor"),
+    "got_ocr2": ("GotOcr2ForConditionalGeneration", "GotOcr2Processor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 

@@ -28,6 +28,7 @@ from vlprobe.models.gemma4 import Gemma4Adapter
 from vlprobe.models.gemma4_unified import Gemma4UnifiedAdapter
 from vlprobe.models.glm4v import Glm4vAdapter, Glm4vMoeAdapter
 from vlprobe.models.glm46v import Glm46VAdapter
+from vlprobe.models.got_ocr2 import GotOcr2Adapter
 from vlprobe.models.granite4_vision import Granite4VisionAdapter
 from vlprobe.models.idefics2 import Idefics2Adapter
 from vlprobe.models.idefics3 import Idefics3Adapter
@@ -122,6 +123,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         KimiK25Adapter,
         Exaone4_5Adapter,
         NemotronHOmniAdapter,
+        GotOcr2Adapter,
     )
 }
 

@@ -317,7 +317,9 @@ class LoadedVLM(abc.ABC):
             processor = adapter.load_processor(name, hf_id, source)
             settings = {
                 "dtype": resolve_dtype(dtype, device),
-                "attn_implementation": entry.get("attn_implementation", "sdpa"),
+                "attn_implementation": adapter.attn_implementation(
+                    entry.get("attn_implementation", "sdpa")
+                ),
             }
             if entry.get("baseline") == "random_init":
                 model = random_init_model(auto_model, hf_id, source, settings)
@@ -366,6 +368,12 @@ class LoadedVLM(abc.ABC):
         """The adapter of this family for checkpoints of ``model_type`` (config.json's): this
         class, unless the family's checkpoints come in layouts that need their own."""
         return cls
+
+    @classmethod
+    def attn_implementation(cls, configured: str) -> str:
+        """The attention implementation to load the model with, given the entry's (whose
+        default is sdpa): that one, unless the family's model class lacks it."""
+        return configured
 
     @classmethod
     def load_processor(
