@@ -79,6 +79,8 @@ MODEL_CLASSES = {
     "exaone4_5": ("Exaone4_5_ForConditionalGeneration", "Exaone4_5_Processor"),
     "nemotron_h_omni": ("NemotronH_Omni_Reasoning_V3", "NemotronH_Omni_Reasoning_V3Processor"),
     "got_ocr2": ("GotOcr2ForConditionalGeneration", "GotOcr2Processor"),
+    # transformers loads PP-Chart2Table's checkpoints with GOT-OCR2's model class
+    "pp_chart2table": ("GotOcr2ForConditionalGeneration", "PPChart2TableProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 

@@ -54,6 +54,7 @@ from vlprobe.models.ovis2 import Ovis2Adapter
 from vlprobe.models.paligemma import PaliGemmaAdapter
 from vlprobe.models.perception_lm import PerceptionLMAdapter
 from vlprobe.models.phi4_multimodal import Phi4MultimodalAdapter
+from vlprobe.models.pp_chart2table import PPChart2TableAdapter
 from vlprobe.models.qwen2_5_omni_thinker import Qwen2_5OmniThinkerAdapter
 from vlprobe.models.qwen2_5_vl import Qwen2_5VLAdapter
 from vlprobe.models.qwen2_vl import Qwen2VLAdapter
@@ -124,6 +125,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         Exaone4_5Adapter,
         NemotronHOmniAdapter,
         GotOcr2Adapter,
+        PPChart2TableAdapter,
     )
 }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from PIL import Image
 from transformers import (
@@ -14,6 +14,7 @@ from transformers import (
     GotOcr2ForConditionalGeneration,
     GotOcr2ImageProcessor,
     GotOcr2Processor,
+    PretrainedConfig,
     PreTrainedTokenizerBase,
 )
 
@@ -51,17 +52,26 @@ class GotOcr2Adapter(LoadedVLM):
         # eager attention computes the same
         return "eager" if configured == "sdpa" else configured
 
+    # the image block's tags around the <imgpad> tokens
+    image_start: ClassVar[str] = "<img>"
+    image_end: ClassVar[str] = "</img>"
+
+    @property
+    def image_tokens_in_text(self) -> int:
+        """How many <imgpad> the text holds before processing: one, which the processor
+        expands."""
+        return 1
+
     @functools.cached_property
     def image_placeholder(self) -> str:
         # the image block of the processor's own prompt (it has no chat template to read it from)
-        processor = self.processor
-        return f"{processor.img_start_token}{self.image_token}{processor.img_end_token}\n"
+        pads = self.image_token * self.image_tokens_in_text
+        return f"{self.image_start}{pads}{self.image_end}\n"
 
     @property
     def image_token_ids(self) -> list[int]:
         # the features' <imgpad> and the <img> ... </img> around them
-        processor = self.processor
-        tokens = [processor.img_start_token, self.image_token, processor.img_end_token]
+        tokens = [self.image_start, self.image_token, self.image_end]
         return self.tokenizer.convert_tokens_to_ids(tokens)
 
     def process(
@@ -81,14 +91,17 @@ class GotOcr2Adapter(LoadedVLM):
             **kwargs,
         )
 
+    # the config class of the family's checkpoints
+    config_class: ClassVar[type[PretrainedConfig]] = GotOcr2Config
+
     @classmethod
     def tiny_config(
         cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any], image_token: str
-    ) -> GotOcr2Config:
+    ) -> PretrainedConfig:
         """A tiny GOT-OCR2 config: a two-layer SAM tower (windowed, then global attention)
         whose grid gives :data:`IMAGE_TOKENS` tokens, and a Qwen2 decoder."""
         size = TINY_IMAGE_SIZE
-        return GotOcr2Config(
+        return cls.config_class(
             vision_config={
                 "hidden_size": spec["vision_hidden_size"],
                 "mlp_dim": 2 * spec["vision_hidden_size"],
