@@ -81,6 +81,7 @@ MODEL_CLASSES = {
     "got_ocr2": ("GotOcr2ForConditionalGeneration", "GotOcr2Processor"),
     # transformers loads PP-Chart2Table's checkpoints with GOT-OCR2's model class
     "pp_chart2table": ("GotOcr2ForConditionalGeneration", "PPChart2TableProcessor"),
+    "kosmos2_5": ("Kosmos2_5ForConditionalGeneration", "Kosmos2_5Processor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 

@@ -36,6 +36,7 @@ from vlprobe.models.internvl import InternVLAdapter
 from vlprobe.models.janus import JanusAdapter
 from vlprobe.models.kimi_k25 import KimiK25Adapter
 from vlprobe.models.kosmos2 import Kosmos2Adapter
+from vlprobe.models.kosmos2_5 import Kosmos2_5Adapter
 from vlprobe.models.lfm2_vl import Lfm2VlAdapter
 from vlprobe.models.lfm3_vl import Lfm3VlAdapter
 from vlprobe.models.lighton_ocr import LightOnOcrAdapter
@@ -126,6 +127,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         NemotronHOmniAdapter,
         GotOcr2Adapter,
         PPChart2TableAdapter,
+        Kosmos2_5Adapter,
     )
 }
 
