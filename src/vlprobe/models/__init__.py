@@ -22,6 +22,7 @@ from vlprobe.models.deepseek_vl_hybrid import DeepseekVLHybridAdapter
 from vlprobe.models.emu3 import Emu3Adapter
 from vlprobe.models.exaone4_5 import Exaone4_5Adapter
 from vlprobe.models.fast_vlm import FastVlmAdapter
+from vlprobe.models.fuyu import FuyuAdapter
 from vlprobe.models.gemma3 import Gemma3Adapter
 from vlprobe.models.gemma3n import Gemma3nAdapter
 from vlprobe.models.gemma4 import Gemma4Adapter
@@ -128,6 +129,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         GotOcr2Adapter,
         PPChart2TableAdapter,
         Kosmos2_5Adapter,
+        FuyuAdapter,
     )
 }
 

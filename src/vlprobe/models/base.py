@@ -858,6 +858,25 @@ def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
     return max(limit, 0)
 
 
+def padded_on(batch: BatchFeature, side: str, pad_id: int) -> BatchFeature:
+    """``batch`` with every row's tokens (where its attention mask is set) moved to the end
+    (``side`` left) or the start (right) of its row, for processors that pad one way only;
+    per-token inputs (:data:`TOKEN_INPUTS`) move together, other inputs stay."""
+    mask = batch["attention_mask"].bool()
+    out = dict(batch)
+    for key, pad in TOKEN_INPUTS.items():
+        if key not in batch:
+            continue
+        values = batch[key]
+        padded = torch.full_like(values, pad_id if pad is None else pad)
+        for row, keep in enumerate(mask):
+            kept = values[row][keep]
+            start = values.shape[1] - len(kept) if side == "left" else 0
+            padded[row, start : start + len(kept)] = kept
+        out[key] = padded
+    return BatchFeature(out)
+
+
 def left_padded(rows: Sequence[torch.Tensor], pad: int) -> torch.Tensor:
     """Stack 1-d tensors of different lengths into [len(rows), longest], padded on the left."""
     width = max(len(row) for row in rows)

@@ -20,26 +20,12 @@ from transformers import (
     ProcessorMixin,
 )
 
-from vlprobe.models.base import NoImageTokenError
+from vlprobe.models.base import NoImageTokenError, padded_on
 from vlprobe.models.kosmos2 import Kosmos2Adapter, variance_preserving_linears
 from vlprobe.models.tiny import SpecialTokens
 
 PATCH_SIZE = 16  # the image processor's patches (16 x 16 x 3 values each)
 TINY_LATENT_QUERIES = 16  # the real checkpoints have 2048
-
-
-def right_to_left_padded(batch: BatchFeature, pad_id: int) -> BatchFeature:
-    """A right-padded batch with its per-token inputs moved to the right end of each row."""
-    mask = batch["attention_mask"].bool()
-    out = dict(batch)
-    for key in ("input_ids", "attention_mask", "image_embeds_position_mask"):
-        values = batch[key]
-        padded = torch.full_like(values, pad_id if key == "input_ids" else 0)
-        for row, keep in enumerate(mask):
-            n = int(keep.sum())
-            padded[row, values.shape[1] - n :] = values[row][keep]
-        out[key] = padded
-    return BatchFeature(out)
 
 
 class Kosmos2_5Adapter(Kosmos2Adapter):
@@ -97,7 +83,7 @@ class Kosmos2_5Adapter(Kosmos2Adapter):
             images=list(images), text=list(texts), padding_side="right", **kwargs
         )
         if padding_side == "left":
-            batch = right_to_left_padded(batch, self.tokenizer.pad_token_id)
+            batch = padded_on(batch, "left", self.tokenizer.pad_token_id)
         return batch
 
     @classmethod
