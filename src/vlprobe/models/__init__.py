@@ -26,6 +26,7 @@ from vlprobe.models.emu3 import Emu3Adapter
 from vlprobe.models.ernie4_5_vl_moe import Ernie4_5_VLMoeAdapter
 from vlprobe.models.exaone4_5 import Exaone4_5Adapter
 from vlprobe.models.fast_vlm import FastVlmAdapter
+from vlprobe.models.fuyu import FuyuAdapter
 from vlprobe.models.gemma3 import Gemma3Adapter
 from vlprobe.models.gemma3n import Gemma3nAdapter
 from vlprobe.models.gemma4 import Gemma4Adapter
@@ -33,6 +34,7 @@ from vlprobe.models.gemma4_unified import Gemma4UnifiedAdapter
 from vlprobe.models.glm4v import Glm4vAdapter, Glm4vMoeAdapter
 from vlprobe.models.glm46v import Glm46VAdapter
 from vlprobe.models.glm_ocr import GlmOcrAdapter
+from vlprobe.models.got_ocr2 import GotOcr2Adapter
 from vlprobe.models.granite4_vision import Granite4VisionAdapter
 from vlprobe.models.granite_docling import GraniteDoclingAdapter
 from vlprobe.models.hunyuan_vl import HunYuanVLAdapter
@@ -44,6 +46,7 @@ from vlprobe.models.internvl import InternVLAdapter
 from vlprobe.models.janus import JanusAdapter
 from vlprobe.models.kimi_k25 import KimiK25Adapter
 from vlprobe.models.kosmos2 import Kosmos2Adapter
+from vlprobe.models.kosmos2_5 import Kosmos2_5Adapter
 from vlprobe.models.lfm2_vl import Lfm2VlAdapter
 from vlprobe.models.lfm3_vl import Lfm3VlAdapter
 from vlprobe.models.lighton_ocr import LightOnOcrAdapter
@@ -65,6 +68,7 @@ from vlprobe.models.paddleocr_vl import PaddleOCRVLAdapter
 from vlprobe.models.paligemma import PaliGemmaAdapter
 from vlprobe.models.perception_lm import PerceptionLMAdapter
 from vlprobe.models.phi4_multimodal import Phi4MultimodalAdapter
+from vlprobe.models.pp_chart2table import PPChart2TableAdapter
 from vlprobe.models.qianfan_ocr import QianfanOCRAdapter
 from vlprobe.models.qwen2_5_omni_thinker import Qwen2_5OmniThinkerAdapter
 from vlprobe.models.qwen2_5_vl import Qwen2_5VLAdapter
@@ -150,6 +154,10 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         Cosmos3EdgeAdapter,
         UnlimitedOcrAdapter,
         Dots3NoteAdapter,
+        GotOcr2Adapter,
+        PPChart2TableAdapter,
+        Kosmos2_5Adapter,
+        FuyuAdapter,
     )
 }
 

@@ -319,7 +319,9 @@ class LoadedVLM(abc.ABC):
             processor = adapter.load_processor(name, hf_id, source)
             settings = {
                 "dtype": resolve_dtype(dtype, device),
-                "attn_implementation": entry.get("attn_implementation", "sdpa"),
+                "attn_implementation": adapter.attn_implementation(
+                    entry.get("attn_implementation", "sdpa")
+                ),
             }
             if entry.get("baseline") == "random_init":
                 model = random_init_model(auto_model, hf_id, source, settings)
@@ -374,6 +376,12 @@ class LoadedVLM(abc.ABC):
         """Fail with one line, before any weights load, for a checkpoint of this family's type
         that its adapter cannot probe (``checkpoint``: its config.json); by default none."""
         return
+
+    @classmethod
+    def attn_implementation(cls, configured: str) -> str:
+        """The attention implementation to load the model with, given the entry's (whose
+        default is sdpa): that one, unless the family's model class lacks it."""
+        return configured
 
     @classmethod
     def load_processor(
@@ -856,6 +864,25 @@ def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
         if any(ids[position] != first[position] for ids in sequences[1:]):
             return position
     return max(limit, 0)
+
+
+def padded_on(batch: BatchFeature, side: str, pad_id: int) -> BatchFeature:
+    """``batch`` with every row's tokens (where its attention mask is set) moved to the end
+    (``side`` left) or the start (right) of its row, for processors that pad one way only;
+    per-token inputs (:data:`TOKEN_INPUTS`) move together, other inputs stay."""
+    mask = batch["attention_mask"].bool()
+    out = dict(batch)
+    for key, pad in TOKEN_INPUTS.items():
+        if key not in batch:
+            continue
+        values = batch[key]
+        padded = torch.full_like(values, pad_id if pad is None else pad)
+        for row, keep in enumerate(mask):
+            kept = values[row][keep]
+            start = values.shape[1] - len(kept) if side == "left" else 0
+            padded[row, start : start + len(kept)] = kept
+        out[key] = padded
+    return BatchFeature(out)
 
 
 def left_padded(rows: Sequence[torch.Tensor], pad: int) -> torch.Tensor:

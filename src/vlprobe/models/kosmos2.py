@@ -4,7 +4,7 @@ with absolute sinusoidal positions, causal over the image block at the start of 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from PIL import Image
@@ -105,10 +105,13 @@ class Kosmos2Adapter(LoadedVLM):
         padding_idx = self.model.config.text_config.pad_token_id
         return None, padding_idx + 1 + inputs["attention_mask"].sum(dim=1)
 
+    # the processor's output that holds the image (absent from suffix passes)
+    pixel_input: ClassVar[str] = "pixel_values"
+
     def forward_cached(
         self, inputs: Mapping[str, Any], cache: DynamicCache, **kwargs: Any
     ) -> ModelOutput:
-        model = self.model if "pixel_values" in inputs else self.model.text_model
+        model = self.model if self.pixel_input in inputs else self.model.text_model
         return model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1, **kwargs)
 
     @classmethod
@@ -142,10 +145,14 @@ class Kosmos2Adapter(LoadedVLM):
             latent_query_num=LATENT_QUERIES,
         )
         model = Kosmos2ForConditionalGeneration(config)
-        # the resampler's latent queries attend almost uniformly with weights of std 0.02,
-        # averaging the image away; a tiny model needs images to matter, so draw its linear
-        # layers variance-preserving
-        for module in model.image_to_text_projection.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=module.in_features**-0.5)
+        variance_preserving_linears(model.image_to_text_projection)
         return model, processor
+
+
+def variance_preserving_linears(module: nn.Module) -> None:
+    """Draw a tiny model's resampler anew: its latent queries attend almost uniformly with
+    weights of std 0.02, averaging the image away; a tiny model needs images to matter, so its
+    linear layers are drawn variance-preserving."""
+    for linear in module.modules():
+        if isinstance(linear, nn.Linear):
+            nn.init.normal_(linear.weight, std=linear.in_features**-0.5)
