@@ -14,7 +14,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from vlprobe.models.base import LoadedVLM, text_config_kwargs, vision_config_kwargs
+from vlprobe.models.base import LoadedVLM, siglip_config, text_config_kwargs
 from vlprobe.models.tiny import SpecialTokens
 
 PATCH_SIZE = 14
@@ -81,13 +81,7 @@ class AyaVisionAdapter(LoadedVLM):
             img_size=size,
         )
         config = AyaVisionConfig(
-            vision_config={
-                "model_type": "siglip_vision_model",
-                **vision_config_kwargs(spec),
-                "image_size": size,
-                "patch_size": PATCH_SIZE,
-                "vision_use_head": False,
-            },
+            vision_config=siglip_config(spec, size, PATCH_SIZE),
             text_config=cohere2_text_config(tokenizer, spec),
             image_token_index=tokenizer.convert_tokens_to_ids("<|IMG_PATCH|>"),
             downsample_factor=DOWNSAMPLE,

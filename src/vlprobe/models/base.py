@@ -866,22 +866,20 @@ def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
     return max(limit, 0)
 
 
-def padded_on(batch: BatchFeature, side: str, pad_id: int) -> BatchFeature:
-    """``batch`` with every row's tokens (where its attention mask is set) moved to the end
-    (``side`` left) or the start (right) of its row, for processors that pad one way only;
-    per-token inputs (:data:`TOKEN_INPUTS`) move together, other inputs stay."""
-    mask = batch["attention_mask"].bool()
+def padded_on(
+    batch: BatchFeature,
+    side: str,
+    mask: str = "attention_mask",
+    keys: Iterable[str] = TOKEN_INPUTS,
+) -> BatchFeature:
+    """``batch`` with the padding of its per-token inputs ``keys`` (those it has; by default
+    :data:`TOKEN_INPUTS`) moved to ``side``, where ``batch[mask]`` is 0, for processors that pad
+    one way only; the order of the other tokens kept, other inputs unchanged."""
+    keep = batch[mask].bool()
+    order = torch.argsort((keep if side == "left" else ~keep).int(), dim=1, stable=True)
     out = dict(batch)
-    for key, pad in TOKEN_INPUTS.items():
-        if key not in batch:
-            continue
-        values = batch[key]
-        padded = torch.full_like(values, pad_id if pad is None else pad)
-        for row, keep in enumerate(mask):
-            kept = values[row][keep]
-            start = values.shape[1] - len(kept) if side == "left" else 0
-            padded[row, start : start + len(kept)] = kept
-        out[key] = padded
+    for key in set(batch) & {mask, *keys}:
+        out[key] = torch.gather(batch[key], 1, order)
     return BatchFeature(out)
 
 
@@ -1014,4 +1012,15 @@ def vision_config_kwargs(spec: Mapping[str, Any]) -> dict:
         "intermediate_size": 2 * spec["vision_hidden_size"],
         "num_hidden_layers": spec["vision_layers"],
         "num_attention_heads": spec["vision_attention_heads"],
+    }
+
+
+def siglip_config(spec: Mapping[str, Any], image_size: int, patch_size: int) -> dict:
+    """A tiny SigLIP tower's config (no pooling head: the decoder reads its patch features)."""
+    return {
+        "model_type": "siglip_vision_model",
+        **vision_config_kwargs(spec),
+        "image_size": image_size,
+        "patch_size": patch_size,
+        "vision_use_head": False,
     }

@@ -3,7 +3,7 @@ OPT language model that reads the projected queries as tokens at the start of it
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -23,10 +23,10 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from transformers.utils import ModelOutput
 
 from vlprobe.models.base import (
-    TOKEN_INPUTS,
     LoadedVLM,
     ModelError,
     NoImageTokenError,
+    padded_on,
     text_config_kwargs,
     vision_config_kwargs,
 )
@@ -105,7 +105,7 @@ class Blip2Adapter(LoadedVLM):
             **kwargs,
         )
         # the image tokens come before the text's padding: move the padding to its side
-        return padded_on(padding_side, batch, "attention_mask", TOKEN_INPUTS)
+        return padded_on(batch, padding_side)
 
     def prompt_token_ids(
         self, images: Sequence[Image.Image], prompts: Sequence[Sequence[str]]
@@ -186,13 +186,3 @@ class Blip2Adapter(LoadedVLM):
             "num_query_tokens": spec["query_tokens"],
             "image_token_index": tokenizer.convert_tokens_to_ids("<image>"),
         }
-
-
-def padded_on(side: str, batch: BatchFeature, mask: str, keys: Iterable[str]) -> BatchFeature:
-    """``batch`` with the padding of its per-token inputs ``keys`` (those it has) moved to
-    ``side``, where ``batch[mask]`` is 0; the order of the other tokens kept."""
-    keep = batch[mask].bool()
-    order = torch.argsort((keep if side == "left" else ~keep).int(), stable=True)
-    for key in set(batch) & {mask, *keys}:
-        batch[key] = torch.gather(batch[key], 1, order)
-    return batch

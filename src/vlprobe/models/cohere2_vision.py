@@ -15,7 +15,7 @@ from transformers import (
 )
 
 from vlprobe.models.aya_vision import DOWNSAMPLE, MAX_TILES, cohere2_text_config
-from vlprobe.models.base import LoadedVLM, vision_config_kwargs
+from vlprobe.models.base import LoadedVLM, siglip_config
 from vlprobe.models.tiny import SpecialTokens
 
 PATCH_SIZE = 8  # the real encoder's are 16 pixels, over 512-pixel tiles
@@ -62,13 +62,7 @@ class Cohere2VisionAdapter(LoadedVLM):
             tokenizer=tokenizer,
         )
         config = Cohere2VisionConfig(
-            vision_config={
-                "model_type": "siglip_vision_model",
-                **vision_config_kwargs(spec),
-                "image_size": size,
-                "patch_size": PATCH_SIZE,
-                "vision_use_head": False,
-            },
+            vision_config=siglip_config(spec, size, PATCH_SIZE),
             text_config=cohere2_text_config(tokenizer, spec),
             image_token_id=tokenizer.image_token_id,
             downsample_factor=DOWNSAMPLE,

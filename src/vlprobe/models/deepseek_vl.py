@@ -16,7 +16,7 @@ from transformers import (
     ProcessorMixin,
 )
 
-from vlprobe.models.base import LoadedVLM, text_config_kwargs, vision_config_kwargs
+from vlprobe.models.base import LoadedVLM, siglip_config, text_config_kwargs
 from vlprobe.models.tiny import SpecialTokens
 
 PATCH_SIZE = 8  # the real encoder's are 16 pixels, at 384
@@ -64,13 +64,7 @@ class DeepseekVLAdapter(LoadedVLM):
             num_image_tokens=(size // PATCH_SIZE) ** 2,
         )
         config = cls.config_class(
-            vision_config={
-                "model_type": "siglip_vision_model",
-                **vision_config_kwargs(spec),
-                "image_size": size,
-                "patch_size": PATCH_SIZE,
-                "vision_use_head": False,
-            },
+            vision_config=siglip_config(spec, size, PATCH_SIZE),
             text_config={"model_type": "llama", **text_config_kwargs(tokenizer, spec)},
             image_token_id=tokenizer.image_token_id,
             **high_res_config,

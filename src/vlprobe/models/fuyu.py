@@ -99,7 +99,7 @@ class FuyuAdapter(LoadedVLM):
             images=list(images), text=list(texts), return_legacy_image_output=False, **kwargs
         )
         if padding_side == "right":
-            batch = padded_on(batch, "right", self.tokenizer.pad_token_id)
+            batch = padded_on(batch, "right")
         return batch
 
     @classmethod

@@ -18,8 +18,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from vlprobe.models.base import text_config_kwargs
-from vlprobe.models.blip_2 import Blip2Adapter, padded_on
+from vlprobe.models.base import padded_on, text_config_kwargs
+from vlprobe.models.blip_2 import Blip2Adapter
 from vlprobe.models.tiny import TINY_CORPUS, SpecialTokens
 
 BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -58,7 +58,7 @@ class InstructBlipAdapter(Blip2Adapter):
     ) -> BatchFeature:
         batch = super().process(images, texts, padding_side, **kwargs)
         # the Q-Former's BERT positions are absolute from its first token: padded on the right
-        return padded_on("right", batch, "qformer_attention_mask", ["qformer_input_ids"])
+        return padded_on(batch, "right", "qformer_attention_mask", ["qformer_input_ids"])
 
     @classmethod
     def tiny_model_and_processor(

@@ -114,6 +114,20 @@ class Kosmos2Adapter(LoadedVLM):
         model = self.model if self.pixel_input in inputs else self.model.text_model
         return model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1, **kwargs)
 
+    @staticmethod
+    def tiny_text_config(tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]) -> dict:
+        """The tiny decoder's config, in Kosmos-2's own key names (Kosmos-2.5 shares them)."""
+        return {
+            "vocab_size": len(tokenizer),
+            "embed_dim": spec["hidden_size"],
+            "ffn_dim": spec["intermediate_size"],
+            "layers": spec["num_layers"],
+            "attention_heads": spec["num_attention_heads"],
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        }
+
     @classmethod
     def tiny_model_and_processor(
         cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]
@@ -127,16 +141,7 @@ class Kosmos2Adapter(LoadedVLM):
             image_processor, tokenizer, num_patch_index_tokens=PATCH_INDEX_TOKENS
         )
         config = Kosmos2Config(
-            text_config={
-                "vocab_size": len(tokenizer),
-                "embed_dim": spec["hidden_size"],
-                "ffn_dim": spec["intermediate_size"],
-                "layers": spec["num_layers"],
-                "attention_heads": spec["num_attention_heads"],
-                "bos_token_id": tokenizer.bos_token_id,
-                "eos_token_id": tokenizer.eos_token_id,
-                "pad_token_id": tokenizer.pad_token_id,
-            },
+            text_config=cls.tiny_text_config(tokenizer, spec),
             vision_config={
                 **vision_config_kwargs(spec),
                 "image_size": size,

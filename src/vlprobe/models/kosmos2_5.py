@@ -89,7 +89,7 @@ class Kosmos2_5Adapter(Kosmos2Adapter):
             **kwargs,
         )
         if padding_side == "left":
-            batch = padded_on(batch, "left", self.tokenizer.pad_token_id)
+            batch = padded_on(batch, "left")
         return batch
 
     @classmethod
@@ -105,16 +105,7 @@ class Kosmos2_5Adapter(Kosmos2Adapter):
         )
         vision = spec["vision_hidden_size"]
         config = Kosmos2_5Config(
-            text_config={
-                "vocab_size": len(tokenizer),
-                "embed_dim": spec["hidden_size"],
-                "ffn_dim": spec["intermediate_size"],
-                "layers": spec["num_layers"],
-                "attention_heads": spec["num_attention_heads"],
-                "bos_token_id": tokenizer.bos_token_id,
-                "eos_token_id": tokenizer.eos_token_id,
-                "pad_token_id": tokenizer.pad_token_id,
-            },
+            text_config=cls.tiny_text_config(tokenizer, spec),
             vision_config={
                 "hidden_size": vision,
                 "patch_embed_hidden_size": PATCH_SIZE * PATCH_SIZE * 3,

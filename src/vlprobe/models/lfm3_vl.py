@@ -17,6 +17,7 @@ from transformers import (
 
 from vlprobe.models.base import text_config_kwargs
 from vlprobe.models.lfm2_vl import Lfm2VlAdapter
+from vlprobe.models.qwen2_vl import vision_token_ids
 from vlprobe.models.qwen3_vl import MERGE_SIZE, PATCH_SIZE, Qwen3VLAdapter
 from vlprobe.models.tiny import SpecialTokens
 
@@ -84,14 +85,6 @@ class Lfm3VlAdapter(Lfm2VlAdapter):
                 "sliding_window": SLIDING_WINDOW,
             },
             projector_hidden_size=spec["hidden_size"],
-            **{
-                f"{kind}_token_id": tokenizer.convert_tokens_to_ids(token)
-                for kind, token in [
-                    ("image", "<|image_pad|>"),
-                    ("video", "<|video_pad|>"),
-                    ("vision_start", "<|vision_start|>"),
-                    ("vision_end", "<|vision_end|>"),
-                ]
-            },
+            **vision_token_ids(tokenizer),
         )
         return Lfm3VlForConditionalGeneration(config), processor

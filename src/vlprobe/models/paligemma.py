@@ -14,7 +14,7 @@ from transformers import (
     SiglipImageProcessor,
 )
 
-from vlprobe.models.base import LoadedVLM, text_config_kwargs, vision_config_kwargs
+from vlprobe.models.base import LoadedVLM, siglip_config, text_config_kwargs
 from vlprobe.models.tiny import SpecialTokens
 
 PATCH_SIZE = 8
@@ -48,12 +48,8 @@ class PaliGemmaAdapter(LoadedVLM):
         head_dim = spec["hidden_size"] // spec["num_attention_heads"]
         config = PaliGemmaConfig(
             vision_config={
-                "model_type": "siglip_vision_model",
-                **vision_config_kwargs(spec),
-                "image_size": size,
-                "patch_size": PATCH_SIZE,
+                **siglip_config(spec, size, PATCH_SIZE),
                 "projection_dim": spec["hidden_size"],
-                "vision_use_head": False,
             },
             text_config={
                 "model_type": "gemma",

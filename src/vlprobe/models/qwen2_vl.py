@@ -30,6 +30,20 @@ def mrope_section(spec: Mapping[str, Any]) -> list[int]:
     return [rotary_half - 2 * spatial, spatial, spatial]
 
 
+def vision_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+    """A tiny config's ids of Qwen2-VL's image and video tokens (Qwen3-VL and LFM3-VL name
+    them alike)."""
+    return {
+        f"{kind}_token_id": tokenizer.convert_tokens_to_ids(token)
+        for kind, token in [
+            ("image", "<|image_pad|>"),
+            ("video", "<|video_pad|>"),
+            ("vision_start", "<|vision_start|>"),
+            ("vision_end", "<|vision_end|>"),
+        ]
+    }
+
+
 class Qwen2VLAdapter(LoadedVLM):
     """Qwen2-VL checkpoints (model_type ``qwen2_vl``). Everything is generic: the image
     placeholder (``<|vision_start|><|image_pad|><|vision_end|>``) comes from the chat template,
@@ -105,15 +119,7 @@ class Qwen2VLAdapter(LoadedVLM):
             text_config=cls.tiny_text_config(tokenizer, spec),
             vision_config=cls.tiny_vision_config(spec),
             **cls.tiny_config_extras(spec),
-            **{
-                f"{kind}_token_id": tokenizer.convert_tokens_to_ids(token)
-                for kind, token in [
-                    ("image", "<|image_pad|>"),
-                    ("video", "<|video_pad|>"),
-                    ("vision_start", "<|vision_start|>"),
-                    ("vision_end", "<|vision_end|>"),
-                ]
-            },
+            **vision_token_ids(tokenizer),
         )
         return cls.model_class(config), processor
 

@@ -20,7 +20,7 @@ from transformers import (
 )
 
 from vlprobe.models.base import LoadedVLM, text_config_kwargs
-from vlprobe.models.qwen2_vl import Qwen2VLAdapter
+from vlprobe.models.qwen2_vl import Qwen2VLAdapter, vision_token_ids
 
 PATCH_SIZE = 16  # one image token per 32 x 32 pixels
 MERGE_SIZE = 2
@@ -102,15 +102,7 @@ class Qwen3VLAdapter(LoadedVLM):
         config = cls.config_class(
             text_config=cls.tiny_text_config(tokenizer, spec),
             vision_config=cls.tiny_vision_config(spec),
-            **{
-                f"{kind}_token_id": tokenizer.convert_tokens_to_ids(token)
-                for kind, token in [
-                    ("image", "<|image_pad|>"),
-                    ("video", "<|video_pad|>"),
-                    ("vision_start", "<|vision_start|>"),
-                    ("vision_end", "<|vision_end|>"),
-                ]
-            },
+            **vision_token_ids(tokenizer),
         )
         return cls.model_class(config), processor
 
