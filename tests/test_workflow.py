@@ -78,6 +78,44 @@ def test_schema_enums_are_the_library_registries():
         assert bool(re.fullmatch(index, name)) == bool(INDEX_POOLING.fullmatch(name)), name
 
 
+def commented_model_entries(config_text: str) -> dict[str, dict]:
+    """The commented-out entries under ``models:`` (a ``  # name:`` line and the
+    ``  #   key: value`` lines after it), uncommented."""
+    section = config_text.split("\nmodels:\n", 1)[1].split("\n\n", 1)[0]
+    entries: list[list[str]] = []
+    for line in section.splitlines():
+        if re.fullmatch(r"  # [\w.-]+:\s*(#.*)?", line):
+            entries.append([])
+        elif not (entries and re.match(r"  #   [\w]+:", line)):
+            continue
+        entries[-1].append(line.removeprefix("  # "))
+    return {
+        name: model for lines in entries for name, model in yaml.safe_load("\n".join(lines)).items()
+    }
+
+
+def test_commented_model_entries_are_valid_entries():
+    """Each commented checkpoint of config/config.yaml, uncommented, is a valid entry of a
+    registered family; one whose depth was not known here fails on num_layers alone, so the
+    user is told the one key to set."""
+    from jsonschema import Draft202012Validator
+
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    validator = Draft202012Validator({**schema["properties"]["models"], "$defs": schema["$defs"]})
+    entries = commented_model_entries((ROOT / "config" / "config.yaml").read_text())
+    assert len(entries) > 60 and "any-vlm" in entries
+    for name, model in entries.items():
+        errors = [
+            list(e.absolute_path) + [e.validator] for e in validator.iter_errors({name: model})
+        ]
+        unset = (
+            [[name, "num_layers", "minimum"]]
+            if model.get("num_layers") == 0
+            else [[name, "required"]]
+        )
+        assert errors in ([], unset), (name, errors)
+
+
 @pytest.mark.parametrize("path", ["config.yaml", "studies/tao2024.yaml", "studies/compact.yaml"])
 def test_paper_scale_dag_plans_every_task_model_and_shard(tmp_path, path):
     """The full study and each paper's own config plan without network."""
