@@ -100,6 +100,8 @@ MODEL_CLASSES = {
     "pp_chart2table": ("GotOcr2ForConditionalGeneration", "PPChart2TableProcessor"),
     "kosmos2_5": ("Kosmos2_5ForConditionalGeneration", "Kosmos2_5Processor"),
     "fuyu": ("FuyuForCausalLM", "FuyuProcessor"),
+    # the Reasoner of the unified checkpoints, with Qwen3-VL's processor
+    "cosmos3_omni": ("Cosmos3OmniForConditionalGeneration", "Qwen3VLProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 

@@ -19,6 +19,7 @@ from vlprobe.models.blip_2 import Blip2Adapter
 from vlprobe.models.chameleon import ChameleonAdapter
 from vlprobe.models.cohere2_vision import Cohere2VisionAdapter
 from vlprobe.models.cosmos3_edge import Cosmos3EdgeAdapter
+from vlprobe.models.cosmos3_omni import Cosmos3OmniAdapter
 from vlprobe.models.deepseek_vl import DeepseekVLAdapter
 from vlprobe.models.deepseek_vl_hybrid import DeepseekVLHybridAdapter
 from vlprobe.models.dots3_note import Dots3NoteAdapter
@@ -158,6 +159,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         PPChart2TableAdapter,
         Kosmos2_5Adapter,
         FuyuAdapter,
+        Cosmos3OmniAdapter,
     )
 }
 
