@@ -102,6 +102,8 @@ MODEL_CLASSES = {
     "fuyu": ("FuyuForCausalLM", "FuyuProcessor"),
     # the Reasoner of the unified checkpoints, with Qwen3-VL's processor
     "cosmos3_omni": ("Cosmos3OmniForConditionalGeneration", "Qwen3VLProcessor"),
+    # transformers' auto classes load Glmga with GLM-4.6V's model and processor
+    "glmga": ("Glm46VForConditionalGeneration", "Glm46VProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 

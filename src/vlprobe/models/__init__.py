@@ -35,6 +35,7 @@ from vlprobe.models.gemma4_unified import Gemma4UnifiedAdapter
 from vlprobe.models.glm4v import Glm4vAdapter, Glm4vMoeAdapter
 from vlprobe.models.glm46v import Glm46VAdapter
 from vlprobe.models.glm_ocr import GlmOcrAdapter
+from vlprobe.models.glmga import GlmgaAdapter
 from vlprobe.models.got_ocr2 import GotOcr2Adapter
 from vlprobe.models.granite4_vision import Granite4VisionAdapter
 from vlprobe.models.granite_docling import GraniteDoclingAdapter
@@ -160,6 +161,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         Kosmos2_5Adapter,
         FuyuAdapter,
         Cosmos3OmniAdapter,
+        GlmgaAdapter,
     )
 }
 
