@@ -104,6 +104,7 @@ MODEL_CLASSES = {
     "cosmos3_omni": ("Cosmos3OmniForConditionalGeneration", "Qwen3VLProcessor"),
     # transformers' auto classes load Glmga with GLM-4.6V's model and processor
     "glmga": ("Glm46VForConditionalGeneration", "Glm46VProcessor"),
+    "cohere_compass": ("CohereCompassForConditionalGeneration", "CohereCompassProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 

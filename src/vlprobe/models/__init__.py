@@ -18,6 +18,7 @@ from vlprobe.models.base import LoadedVLM, ModelError, NoImageTokenError, generi
 from vlprobe.models.blip_2 import Blip2Adapter
 from vlprobe.models.chameleon import ChameleonAdapter
 from vlprobe.models.cohere2_vision import Cohere2VisionAdapter
+from vlprobe.models.cohere_compass import CohereCompassAdapter
 from vlprobe.models.cosmos3_edge import Cosmos3EdgeAdapter
 from vlprobe.models.cosmos3_omni import Cosmos3OmniAdapter
 from vlprobe.models.deepseek_vl import DeepseekVLAdapter
@@ -162,6 +163,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         FuyuAdapter,
         Cosmos3OmniAdapter,
         GlmgaAdapter,
+        CohereCompassAdapter,
     )
 }
 
