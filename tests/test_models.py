@@ -100,6 +100,11 @@ MODEL_CLASSES = {
     "pp_chart2table": ("GotOcr2ForConditionalGeneration", "PPChart2TableProcessor"),
     "kosmos2_5": ("Kosmos2_5ForConditionalGeneration", "Kosmos2_5Processor"),
     "fuyu": ("FuyuForCausalLM", "FuyuProcessor"),
+    # the Reasoner of the unified checkpoints, with Qwen3-VL's processor
+    "cosmos3_omni": ("Cosmos3OmniForConditionalGeneration", "Qwen3VLProcessor"),
+    # transformers' auto classes load Glmga with GLM-4.6V's model and processor
+    "glmga": ("Glm46VForConditionalGeneration", "Glm46VProcessor"),
+    "cohere_compass": ("CohereCompassForConditionalGeneration", "CohereCompassProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 

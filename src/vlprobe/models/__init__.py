@@ -18,7 +18,9 @@ from vlprobe.models.base import LoadedVLM, ModelError, NoImageTokenError, generi
 from vlprobe.models.blip_2 import Blip2Adapter
 from vlprobe.models.chameleon import ChameleonAdapter
 from vlprobe.models.cohere2_vision import Cohere2VisionAdapter
+from vlprobe.models.cohere_compass import CohereCompassAdapter
 from vlprobe.models.cosmos3_edge import Cosmos3EdgeAdapter
+from vlprobe.models.cosmos3_omni import Cosmos3OmniAdapter
 from vlprobe.models.deepseek_vl import DeepseekVLAdapter
 from vlprobe.models.deepseek_vl_hybrid import DeepseekVLHybridAdapter
 from vlprobe.models.dots3_note import Dots3NoteAdapter
@@ -34,6 +36,7 @@ from vlprobe.models.gemma4_unified import Gemma4UnifiedAdapter
 from vlprobe.models.glm4v import Glm4vAdapter, Glm4vMoeAdapter
 from vlprobe.models.glm46v import Glm46VAdapter
 from vlprobe.models.glm_ocr import GlmOcrAdapter
+from vlprobe.models.glmga import GlmgaAdapter
 from vlprobe.models.got_ocr2 import GotOcr2Adapter
 from vlprobe.models.granite4_vision import Granite4VisionAdapter
 from vlprobe.models.granite_docling import GraniteDoclingAdapter
@@ -158,6 +161,9 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         PPChart2TableAdapter,
         Kosmos2_5Adapter,
         FuyuAdapter,
+        Cosmos3OmniAdapter,
+        GlmgaAdapter,
+        CohereCompassAdapter,
     )
 }
 
