@@ -100,6 +100,7 @@ MODEL_CLASSES = {
     "pp_chart2table": ("GotOcr2ForConditionalGeneration", "PPChart2TableProcessor"),
     "kosmos2_5": ("Kosmos2_5ForConditionalGeneration", "Kosmos2_5Processor"),
     "fuyu": ("FuyuForCausalLM", "FuyuProcessor"),
+    "muse_glimmer": ("MuseGlimmerForConditionalGeneration", "MuseGlimmerProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 

@@ -62,6 +62,7 @@ from vlprobe.models.mistral3 import Mistral3Adapter
 from vlprobe.models.mistral4 import Mistral4Adapter
 from vlprobe.models.mistral_large4 import MistralLarge4Adapter
 from vlprobe.models.molmo2 import Molmo2Adapter
+from vlprobe.models.muse_glimmer import MuseGlimmerAdapter
 from vlprobe.models.nemotron_h_omni import NemotronHOmniAdapter
 from vlprobe.models.ovis2 import Ovis2Adapter
 from vlprobe.models.paddleocr_vl import PaddleOCRVLAdapter
@@ -158,6 +159,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         PPChart2TableAdapter,
         Kosmos2_5Adapter,
         FuyuAdapter,
+        MuseGlimmerAdapter,
     )
 }
 
