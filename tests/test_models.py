@@ -101,6 +101,7 @@ MODEL_CLASSES = {
     "kosmos2_5": ("Kosmos2_5ForConditionalGeneration", "Kosmos2_5Processor"),
     "fuyu": ("FuyuForCausalLM", "FuyuProcessor"),
     "muse_glimmer": ("MuseGlimmerForConditionalGeneration", "MuseGlimmerProcessor"),
+    "step3p7": ("Step3p7ForConditionalGeneration", "Step3p7Processor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 
@@ -972,6 +973,25 @@ def test_blip_with_flan_t5_is_refused_before_any_weights_load(tmp_path, monkeypa
     message = str(error.value)
     assert message.startswith(f"model 'flan': {checkpoint} is a {model_type} checkpoint with the ")
     assert "encoder-decoder language model 't5'" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("family", ["auto", "step3p7"])
+def test_step3p7_with_bidirectional_text_attention_is_refused(tmp_path, monkeypatch, family):
+    """Step-3.7's decoder is causal unless its text config turns on Gemma-3's embedding-model
+    switch, which makes every token attend to the whole text: refused before any weights load."""
+    checkpoint = tmp_path / "step3p7-bidirectional"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text(
+        json.dumps({"model_type": "step3p7", "text_config": {"use_bidirectional_attention": True}})
+    )
+    for loader in (base.AutoModelForImageTextToText, base.AutoProcessor):
+        monkeypatch.setattr(loader, "from_pretrained", None)  # any load would fail
+    with pytest.raises(ModelError) as error:
+        load_model("s", {"family": family, "hf_id": str(checkpoint), "num_layers": 2})
+    assert str(error.value).startswith(
+        f"model 's': {checkpoint} sets use_bidirectional_attention in its text config"
+    )
+    assert "\n" not in str(error.value)
 
 
 def test_family_auto_of_a_type_that_is_not_image_text_to_text_is_one_line(tmp_path):

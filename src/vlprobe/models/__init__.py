@@ -79,6 +79,7 @@ from vlprobe.models.qwen3_omni_moe_thinker import Qwen3OmniMoeThinkerAdapter
 from vlprobe.models.qwen3_vl import Qwen3VLAdapter, Qwen3VLMoeAdapter
 from vlprobe.models.shieldgemma2 import ShieldGemma2Adapter
 from vlprobe.models.smolvlm import SmolVLMAdapter
+from vlprobe.models.step3p7 import Step3p7Adapter
 from vlprobe.models.unlimited_ocr import UnlimitedOcrAdapter
 from vlprobe.models.video_llama_3 import VideoLlama3Adapter
 from vlprobe.models.video_llava import VideoLlavaAdapter
@@ -160,6 +161,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         Kosmos2_5Adapter,
         FuyuAdapter,
         MuseGlimmerAdapter,
+        Step3p7Adapter,
     )
 }
 
