@@ -102,6 +102,7 @@ MODEL_CLASSES = {
     "fuyu": ("FuyuForCausalLM", "FuyuProcessor"),
     "muse_glimmer": ("MuseGlimmerForConditionalGeneration", "MuseGlimmerProcessor"),
     "step3p7": ("Step3p7ForConditionalGeneration", "Step3p7Processor"),
+    "deepseek_ocr2": ("DeepseekOcr2ForConditionalGeneration", "DeepseekOcr2Processor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 
@@ -414,6 +415,27 @@ def test_unlimited_ocr_reads_a_continued_cache_through_a_window(tiny_dirs):
     assert long.shape[1] > window + 4
     assert not torch.allclose(*last_logits(long), atol=1e-4)
     torch.testing.assert_close(*last_logits(long[:, : window // 2]))  # within the window
+
+
+@pytest.mark.skipif(not selected("deepseek_ocr2"), reason="not in VLPROBE_TINY_FAMILIES")
+def test_deepseek_ocr2_tiles_an_image_larger_than_a_tile(tiny_dirs):
+    """The tests' images fit in one DeepSeek-OCR 2 tile (global view only); a larger one gets
+    local tiles too, each one's query tokens before the global view's and the separator, and
+    prefix reuse equals the full pass on it."""
+    loaded = load_model("tiny", entry(tiny_dirs["deepseek_ocr2"], "deepseek_ocr2"))
+    image = drawing((200, 150), (220, 40, 40))
+    inputs = loaded.inputs([image], ["a cat"])
+    tiles = int(inputs["num_local_patches"][0])
+    assert tiles >= 2
+    assert int(loaded.image_token_mask(inputs).sum()) == 144 * tiles + 256 + 1
+    prefix = loaded.prefix_batch([image], [["a cat", "a dog"]])
+    with torch.inference_mode():
+        full = loaded.forward(inputs, output_hidden_states=True).hidden_states[-1]
+        cache = loaded.new_cache()
+        loaded.forward_cached(prefix.inputs, cache)
+        suffix, _ = loaded.suffix_inputs(prefix.cached, torch.tensor([0]), [prefix.suffixes[0][0]])
+        rest = loaded.forward_cached(suffix, cache, output_hidden_states=True).hidden_states[-1]
+    torch.testing.assert_close(rest[0], full[0, -rest.shape[1] :], atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.skipif(not selected("paligemma"), reason="not in VLPROBE_TINY_FAMILIES")

@@ -19,6 +19,7 @@ from vlprobe.models.blip_2 import Blip2Adapter
 from vlprobe.models.chameleon import ChameleonAdapter
 from vlprobe.models.cohere2_vision import Cohere2VisionAdapter
 from vlprobe.models.cosmos3_edge import Cosmos3EdgeAdapter
+from vlprobe.models.deepseek_ocr2 import DeepseekOcr2Adapter
 from vlprobe.models.deepseek_vl import DeepseekVLAdapter
 from vlprobe.models.deepseek_vl_hybrid import DeepseekVLHybridAdapter
 from vlprobe.models.dots3_note import Dots3NoteAdapter
@@ -162,6 +163,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         FuyuAdapter,
         MuseGlimmerAdapter,
         Step3p7Adapter,
+        DeepseekOcr2Adapter,
     )
 }
 
