@@ -22,7 +22,7 @@ PATCH_SIZE = 14
 # the two stride-2 convolutions after the ViT: one image token per 56 x 56 pixels
 DOWNSAMPLE = 4
 # shorter than the smallest tiny image block, so that a reused prefix crosses it, as a real image
-# does (a 728-pixel global view alone gives 169 tokens; the real window is 128 tokens)
+# does (a 728-pixel global view alone gives 169 tokens; Step-3.5-Flash's window is 128 tokens)
 SLIDING_WINDOW = 4
 
 
@@ -97,14 +97,14 @@ class Step3p7Adapter(LoadedVLM):
             text_config={
                 **text_config_kwargs(tokenizer, spec),
                 "head_dim": spec["hidden_size"] // spec["num_attention_heads"],
-                # sliding-window layers with a full one between, and fewer heads in the sliding
-                # ones, as in the real pattern
+                # sliding-window and full layers interleaved (3:1 in Step-3.5-Flash), the sliding
+                # ones with their own head count, as the checkpoint's attention_other_setting has
                 "layer_types": [
                     "full_attention" if i % 2 else "sliding_attention" for i in range(layers)
                 ],
                 "sliding_window": SLIDING_WINDOW,
                 "num_sliding_attention_heads": spec["num_attention_heads"] // 2,
-                # a dense first layer, then mixture-of-experts ones, as in the real model
+                # dense first layers, then mixture-of-experts ones (the real 0-2 and 3-44)
                 "mlp_layer_types": ["dense"] + ["sparse"] * (layers - 1),
                 "n_routed_experts": 4,
                 "num_experts_per_tok": 2,
