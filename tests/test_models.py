@@ -105,6 +105,9 @@ MODEL_CLASSES = {
     # transformers' auto classes load Glmga with GLM-4.6V's model and processor
     "glmga": ("Glm46VForConditionalGeneration", "Glm46VProcessor"),
     "cohere_compass": ("CohereCompassForConditionalGeneration", "CohereCompassProcessor"),
+    "muse_glimmer": ("MuseGlimmerForConditionalGeneration", "MuseGlimmerProcessor"),
+    "step3p7": ("Step3p7ForConditionalGeneration", "Step3p7Processor"),
+    "deepseek_ocr2": ("DeepseekOcr2ForConditionalGeneration", "DeepseekOcr2Processor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 
@@ -417,6 +420,27 @@ def test_unlimited_ocr_reads_a_continued_cache_through_a_window(tiny_dirs):
     assert long.shape[1] > window + 4
     assert not torch.allclose(*last_logits(long), atol=1e-4)
     torch.testing.assert_close(*last_logits(long[:, : window // 2]))  # within the window
+
+
+@pytest.mark.skipif(not selected("deepseek_ocr2"), reason="not in VLPROBE_TINY_FAMILIES")
+def test_deepseek_ocr2_tiles_an_image_larger_than_a_tile(tiny_dirs):
+    """The tests' images fit in one DeepSeek-OCR 2 tile (global view only); a larger one gets
+    local tiles too, each one's query tokens before the global view's and the separator, and
+    prefix reuse equals the full pass on it."""
+    loaded = load_model("tiny", entry(tiny_dirs["deepseek_ocr2"], "deepseek_ocr2"))
+    image = drawing((200, 150), (220, 40, 40))
+    inputs = loaded.inputs([image], ["a cat"])
+    tiles = int(inputs["num_local_patches"][0])
+    assert tiles >= 2
+    assert int(loaded.image_token_mask(inputs).sum()) == 144 * tiles + 256 + 1
+    prefix = loaded.prefix_batch([image], [["a cat", "a dog"]])
+    with torch.inference_mode():
+        full = loaded.forward(inputs, output_hidden_states=True).hidden_states[-1]
+        cache = loaded.new_cache()
+        loaded.forward_cached(prefix.inputs, cache)
+        suffix, _ = loaded.suffix_inputs(prefix.cached, torch.tensor([0]), [prefix.suffixes[0][0]])
+        rest = loaded.forward_cached(suffix, cache, output_hidden_states=True).hidden_states[-1]
+    torch.testing.assert_close(rest[0], full[0, -rest.shape[1] :], atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.skipif(not selected("paligemma"), reason="not in VLPROBE_TINY_FAMILIES")
@@ -976,6 +1000,25 @@ def test_blip_with_flan_t5_is_refused_before_any_weights_load(tmp_path, monkeypa
     message = str(error.value)
     assert message.startswith(f"model 'flan': {checkpoint} is a {model_type} checkpoint with the ")
     assert "encoder-decoder language model 't5'" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("family", ["auto", "step3p7"])
+def test_step3p7_with_bidirectional_text_attention_is_refused(tmp_path, monkeypatch, family):
+    """Step-3.7's decoder is causal unless its text config turns on Gemma-3's embedding-model
+    switch, which makes every token attend to the whole text: refused before any weights load."""
+    checkpoint = tmp_path / "step3p7-bidirectional"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text(
+        json.dumps({"model_type": "step3p7", "text_config": {"use_bidirectional_attention": True}})
+    )
+    for loader in (base.AutoModelForImageTextToText, base.AutoProcessor):
+        monkeypatch.setattr(loader, "from_pretrained", None)  # any load would fail
+    with pytest.raises(ModelError) as error:
+        load_model("s", {"family": family, "hf_id": str(checkpoint), "num_layers": 2})
+    assert str(error.value).startswith(
+        f"model 's': {checkpoint} sets use_bidirectional_attention in its text config"
+    )
+    assert "\n" not in str(error.value)
 
 
 def test_family_auto_of_a_type_that_is_not_image_text_to_text_is_one_line(tmp_path):

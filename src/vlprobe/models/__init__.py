@@ -21,6 +21,7 @@ from vlprobe.models.cohere2_vision import Cohere2VisionAdapter
 from vlprobe.models.cohere_compass import CohereCompassAdapter
 from vlprobe.models.cosmos3_edge import Cosmos3EdgeAdapter
 from vlprobe.models.cosmos3_omni import Cosmos3OmniAdapter
+from vlprobe.models.deepseek_ocr2 import DeepseekOcr2Adapter
 from vlprobe.models.deepseek_vl import DeepseekVLAdapter
 from vlprobe.models.deepseek_vl_hybrid import DeepseekVLHybridAdapter
 from vlprobe.models.dots3_note import Dots3NoteAdapter
@@ -65,6 +66,7 @@ from vlprobe.models.mistral3 import Mistral3Adapter
 from vlprobe.models.mistral4 import Mistral4Adapter
 from vlprobe.models.mistral_large4 import MistralLarge4Adapter
 from vlprobe.models.molmo2 import Molmo2Adapter
+from vlprobe.models.muse_glimmer import MuseGlimmerAdapter
 from vlprobe.models.nemotron_h_omni import NemotronHOmniAdapter
 from vlprobe.models.ovis2 import Ovis2Adapter
 from vlprobe.models.paddleocr_vl import PaddleOCRVLAdapter
@@ -81,6 +83,7 @@ from vlprobe.models.qwen3_omni_moe_thinker import Qwen3OmniMoeThinkerAdapter
 from vlprobe.models.qwen3_vl import Qwen3VLAdapter, Qwen3VLMoeAdapter
 from vlprobe.models.shieldgemma2 import ShieldGemma2Adapter
 from vlprobe.models.smolvlm import SmolVLMAdapter
+from vlprobe.models.step3p7 import Step3p7Adapter
 from vlprobe.models.unlimited_ocr import UnlimitedOcrAdapter
 from vlprobe.models.video_llama_3 import VideoLlama3Adapter
 from vlprobe.models.video_llava import VideoLlavaAdapter
@@ -164,6 +167,9 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         Cosmos3OmniAdapter,
         GlmgaAdapter,
         CohereCompassAdapter,
+        MuseGlimmerAdapter,
+        Step3p7Adapter,
+        DeepseekOcr2Adapter,
     )
 }
 
