@@ -100,6 +100,7 @@ MODEL_CLASSES = {
     "pp_chart2table": ("GotOcr2ForConditionalGeneration", "PPChart2TableProcessor"),
     "kosmos2_5": ("Kosmos2_5ForConditionalGeneration", "Kosmos2_5Processor"),
     "fuyu": ("FuyuForCausalLM", "FuyuProcessor"),
+    "minimax_m3_vl": ("MiniMaxM3SparseForConditionalGeneration", "MiniMaxM3VLProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 
@@ -412,6 +413,44 @@ def test_unlimited_ocr_reads_a_continued_cache_through_a_window(tiny_dirs):
     assert long.shape[1] > window + 4
     assert not torch.allclose(*last_logits(long), atol=1e-4)
     torch.testing.assert_close(*last_logits(long[:, : window // 2]))  # within the window
+
+
+@pytest.mark.skipif(not selected("minimax_m3_vl"), reason="not in VLPROBE_TINY_FAMILIES")
+def test_minimax_m3_indexer_reads_a_continued_cache_as_one_pass(tiny_dirs, monkeypatch):
+    """MiniMax-M3's indexer picks key blocks causally, so with few blocks kept (sparse
+    attention) a continued pass still equals one pass; but its blocks count from the first
+    slot, so left padding then changes a row's states, while under the tiny model's (and real
+    prompts') dense attention it does not."""
+    loaded = load_model("tiny", entry(tiny_dirs["minimax_m3_vl"], "minimax_m3_vl"))
+    indexers = [layer.self_attn.indexer for layer in loaded.decoder_layers]
+    assert indexers[0] is not None and indexers[1] is None  # sparse and full layers
+    ids = loaded.tokenizer(" a cat on a couch" * 6, return_tensors="pt")["input_ids"]
+
+    def states(ids, pad=0):  # the last layer's states of ids (after pad padding tokens)
+        padded = torch.cat([torch.full((1, pad), loaded.tokenizer.pad_token_id), ids], dim=1)
+        mask = (torch.arange(padded.shape[1]) >= pad).long()[None]
+        with torch.inference_mode():
+            out = loaded.model(input_ids=padded, attention_mask=mask, output_hidden_states=True)
+        return out.hidden_states[-1][:, pad:]
+
+    def continued(ids, split):
+        cache = loaded.new_cache()
+        with torch.inference_mode():
+            loaded.model(input_ids=ids[:, :split], past_key_values=cache, use_cache=True)
+            out = loaded.model(
+                input_ids=ids[:, split:],
+                past_key_values=cache,
+                use_cache=True,
+                output_hidden_states=True,
+            )
+        return out.hidden_states[-1]
+
+    torch.testing.assert_close(states(ids, pad=3), states(ids))  # dense: padding changes nothing
+    for indexer in indexers[::2]:
+        monkeypatch.setattr(indexer, "topk_blocks", 2)
+    assert ids.shape[1] > 2 * indexers[0].block_size  # more blocks than are kept
+    torch.testing.assert_close(continued(ids, 10), states(ids)[:, 10:])
+    assert not torch.allclose(states(ids, pad=3), states(ids), atol=1e-4)
 
 
 @pytest.mark.skipif(not selected("paligemma"), reason="not in VLPROBE_TINY_FAMILIES")

@@ -58,6 +58,7 @@ from vlprobe.models.llava_onevision import LlavaOnevisionAdapter
 from vlprobe.models.minicpm_ocr import MiniCPMOcrAdapter
 from vlprobe.models.minicpmv4_6 import MiniCPMV4_6Adapter
 from vlprobe.models.minicpmv4_7 import MiniCPMV4_7Adapter
+from vlprobe.models.minimax_m3_vl import MiniMaxM3VLAdapter
 from vlprobe.models.mistral3 import Mistral3Adapter
 from vlprobe.models.mistral4 import Mistral4Adapter
 from vlprobe.models.mistral_large4 import MistralLarge4Adapter
@@ -158,6 +159,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         PPChart2TableAdapter,
         Kosmos2_5Adapter,
         FuyuAdapter,
+        MiniMaxM3VLAdapter,
     )
 }
 
