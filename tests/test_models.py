@@ -101,6 +101,7 @@ MODEL_CLASSES = {
     "kosmos2_5": ("Kosmos2_5ForConditionalGeneration", "Kosmos2_5Processor"),
     "fuyu": ("FuyuForCausalLM", "FuyuProcessor"),
     "minimax_m3_vl": ("MiniMaxM3SparseForConditionalGeneration", "MiniMaxM3VLProcessor"),
+    "glm5_next": ("Glm5NextForConditionalGeneration", "Glm5NextProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 
@@ -451,6 +452,42 @@ def test_minimax_m3_indexer_reads_a_continued_cache_as_one_pass(tiny_dirs, monke
     assert ids.shape[1] > 2 * indexers[0].block_size  # more blocks than are kept
     torch.testing.assert_close(continued(ids, 10), states(ids)[:, 10:])
     assert not torch.allclose(states(ids, pad=3), states(ids), atol=1e-4)
+
+
+@pytest.mark.skipif(not selected("glm5_next"), reason="not in VLPROBE_TINY_FAMILIES")
+def test_glm5_next_sparse_indexer_reads_a_continued_cache_and_padding_as_one_row(
+    tiny_dirs, monkeypatch
+):
+    """GLM-5.3-Flash's indexer pools keys from a row's first token and caches them with their
+    padding: with few pools kept (sparse attention), a continued pass and a left-padded row
+    still equal the row alone in one pass; hidden states collapse the layers' streams."""
+    loaded = load_model("tiny", entry(tiny_dirs["glm5_next"], "glm5_next"))
+    (indexer,) = [
+        layer.self_attn.indexer
+        for layer in loaded.decoder_layers
+        if getattr(layer.self_attn, "indexer", None) is not None
+    ]
+    monkeypatch.setattr(indexer, "index_topk", 2 * indexer.index_kpool)
+    ids = loaded.tokenizer(" a cat on a couch" * 6, return_tensors="pt")["input_ids"]
+    assert ids.shape[1] > 4 * indexer.index_kpool  # more pools than are kept
+
+    def states(ids, pad=0):  # every hidden state of ids (after pad padding tokens)
+        padded = torch.cat([torch.full((1, pad), loaded.tokenizer.pad_token_id), ids], dim=1)
+        mask = (torch.arange(padded.shape[1]) >= pad).long()[None]
+        with torch.inference_mode():
+            inputs = {"input_ids": padded, "attention_mask": mask}
+            out = loaded.forward(inputs, output_hidden_states=True)
+        return torch.stack(out.hidden_states)[:, :, pad:]
+
+    cache = loaded.new_cache()
+    with torch.inference_mode():
+        loaded.forward_cached({"input_ids": ids[:, :10]}, cache)
+        continued = loaded.forward_cached({"input_ids": ids[:, 10:]}, cache).logits
+        full = loaded.model(input_ids=ids).logits
+    alone = states(ids)
+    assert alone.shape == (loaded.num_layers + 1, 1, ids.shape[1], loaded.hidden_size)
+    torch.testing.assert_close(states(ids, pad=3), alone)
+    torch.testing.assert_close(continued, full[:, -1:])
 
 
 @pytest.mark.skipif(not selected("paligemma"), reason="not in VLPROBE_TINY_FAMILIES")

@@ -32,6 +32,7 @@ from vlprobe.models.gemma3n import Gemma3nAdapter
 from vlprobe.models.gemma4 import Gemma4Adapter
 from vlprobe.models.gemma4_unified import Gemma4UnifiedAdapter
 from vlprobe.models.glm4v import Glm4vAdapter, Glm4vMoeAdapter
+from vlprobe.models.glm5_next import Glm5NextAdapter
 from vlprobe.models.glm46v import Glm46VAdapter
 from vlprobe.models.glm_ocr import GlmOcrAdapter
 from vlprobe.models.got_ocr2 import GotOcr2Adapter
@@ -160,6 +161,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         Kosmos2_5Adapter,
         FuyuAdapter,
         MiniMaxM3VLAdapter,
+        Glm5NextAdapter,
     )
 }
 
