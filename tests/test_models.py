@@ -102,6 +102,7 @@ MODEL_CLASSES = {
     "fuyu": ("FuyuForCausalLM", "FuyuProcessor"),
     "minimax_m3_vl": ("MiniMaxM3SparseForConditionalGeneration", "MiniMaxM3VLProcessor"),
     "glm5_next": ("Glm5NextForConditionalGeneration", "Glm5NextProcessor"),
+    "qwen4_exp": ("Qwen4ExpForConditionalGeneration", "Qwen3VLProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 
@@ -487,6 +488,45 @@ def test_glm5_next_sparse_indexer_reads_a_continued_cache_and_padding_as_one_row
     alone = states(ids)
     assert alone.shape == (loaded.num_layers + 1, 1, ids.shape[1], loaded.hidden_size)
     torch.testing.assert_close(states(ids, pad=3), alone)
+    torch.testing.assert_close(continued, full[:, -1:])
+
+
+@pytest.mark.skipif(not selected("qwen4_exp"), reason="not in VLPROBE_TINY_FAMILIES")
+def test_qwen4_exp_sparse_indexer_and_ngrams_read_a_continued_cache_and_padding_as_one_row(
+    tiny_dirs, monkeypatch
+):
+    """Qwen4-Exp's indexer forms blocks from each query's visible keys and caches its keys and
+    positions; its PLE layer caches its n-gram context and reads padding as EOS: with few
+    blocks kept (sparse attention), a continued pass and a row left-padded with any token
+    equal the row alone in one pass; hidden states collapse the layers' streams."""
+    loaded = load_model("tiny", entry(tiny_dirs["qwen4_exp"], "qwen4_exp"))
+    (indexer,) = [
+        layer.self_attn.indexer for layer in loaded.decoder_layers if hasattr(layer, "self_attn")
+    ]
+    assert loaded.decoder_layers[0].ple is not None
+    monkeypatch.setattr(indexer, "block_topk", 2)
+    ids = loaded.tokenizer(" a cat on a couch" * 6, return_tensors="pt")["input_ids"]
+    assert ids.shape[1] > 4 * indexer.compress_ratio  # more blocks than are kept
+    pad = loaded.tokenizer.convert_tokens_to_ids("<|im_start|>")  # not EOS
+
+    def states(ids, padding=0):  # every hidden state of ids (after padding pad tokens)
+        padded = torch.cat([torch.full((1, padding), pad), ids], dim=1)
+        mask = (torch.arange(padded.shape[1]) >= padding).long()[None]
+        inputs = {"input_ids": padded, "attention_mask": mask, "position_ids": mask.cumsum(1) - 1}
+        with torch.inference_mode():
+            out = loaded.forward(inputs, output_hidden_states=True)
+        return torch.stack(out.hidden_states)[:, :, padding:]
+
+    positions = torch.arange(ids.shape[1])[None]
+    cache = loaded.new_cache()
+    with torch.inference_mode():
+        loaded.forward_cached({"input_ids": ids[:, :10], "position_ids": positions[:, :10]}, cache)
+        rest = {"input_ids": ids[:, 10:], "position_ids": positions[:, 10:]}
+        continued = loaded.forward_cached(rest, cache).logits
+        full = loaded.model(input_ids=ids).logits
+    alone = states(ids)
+    assert alone.shape == (loaded.num_layers + 1, 1, ids.shape[1], loaded.hidden_size)
+    torch.testing.assert_close(states(ids, padding=3), alone)
     torch.testing.assert_close(continued, full[:, -1:])
 
 

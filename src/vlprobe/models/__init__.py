@@ -78,6 +78,7 @@ from vlprobe.models.qwen2_vl import Qwen2VLAdapter
 from vlprobe.models.qwen3_5 import Qwen3_5Adapter, Qwen3_5MoeAdapter
 from vlprobe.models.qwen3_omni_moe_thinker import Qwen3OmniMoeThinkerAdapter
 from vlprobe.models.qwen3_vl import Qwen3VLAdapter, Qwen3VLMoeAdapter
+from vlprobe.models.qwen4_exp import Qwen4ExpAdapter
 from vlprobe.models.shieldgemma2 import ShieldGemma2Adapter
 from vlprobe.models.smolvlm import SmolVLMAdapter
 from vlprobe.models.unlimited_ocr import UnlimitedOcrAdapter
@@ -162,6 +163,7 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         FuyuAdapter,
         MiniMaxM3VLAdapter,
         Glm5NextAdapter,
+        Qwen4ExpAdapter,
     )
 }
 
