@@ -493,18 +493,19 @@ def test_glm5_next_sparse_indexer_reads_a_continued_cache_and_padding_as_one_row
 
 @pytest.mark.skipif(not selected("qwen4_exp"), reason="not in VLPROBE_TINY_FAMILIES")
 def test_qwen4_exp_sparse_indexer_and_ngrams_read_a_continued_cache_and_padding_as_one_row(
-    tiny_dirs, monkeypatch
+    tiny_dirs,
 ):
     """Qwen4-Exp's indexer forms blocks from each query's visible keys and caches its keys and
     positions; its PLE layer caches its n-gram context and reads padding as EOS: with few
-    blocks kept (sparse attention), a continued pass and a row left-padded with any token
-    equal the row alone in one pass; hidden states collapse the layers' streams."""
+    blocks kept (sparse attention, as in the tiny model), a continued pass and a row
+    left-padded with any token equal the row alone in one pass; hidden states collapse the
+    layers' streams."""
     loaded = load_model("tiny", entry(tiny_dirs["qwen4_exp"], "qwen4_exp"))
     (indexer,) = [
         layer.self_attn.indexer for layer in loaded.decoder_layers if hasattr(layer, "self_attn")
     ]
     assert loaded.decoder_layers[0].ple is not None
-    monkeypatch.setattr(indexer, "block_topk", 2)
+    assert indexer.block_topk == 2
     ids = loaded.tokenizer(" a cat on a couch" * 6, return_tensors="pt")["input_ids"]
     assert ids.shape[1] > 4 * indexer.compress_ratio  # more blocks than are kept
     pad = loaded.tokenizer.convert_tokens_to_ids("<|im_start|>")  # not EOS
