@@ -108,6 +108,9 @@ MODEL_CLASSES = {
     "muse_glimmer": ("MuseGlimmerForConditionalGeneration", "MuseGlimmerProcessor"),
     "step3p7": ("Step3p7ForConditionalGeneration", "Step3p7Processor"),
     "deepseek_ocr2": ("DeepseekOcr2ForConditionalGeneration", "DeepseekOcr2Processor"),
+    "minimax_m3_vl": ("MiniMaxM3SparseForConditionalGeneration", "MiniMaxM3VLProcessor"),
+    "glm5_next": ("Glm5NextForConditionalGeneration", "Glm5NextProcessor"),
+    "qwen4_exp": ("Qwen4ExpForConditionalGeneration", "Qwen3VLProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 
@@ -441,6 +444,118 @@ def test_deepseek_ocr2_tiles_an_image_larger_than_a_tile(tiny_dirs):
         suffix, _ = loaded.suffix_inputs(prefix.cached, torch.tensor([0]), [prefix.suffixes[0][0]])
         rest = loaded.forward_cached(suffix, cache, output_hidden_states=True).hidden_states[-1]
     torch.testing.assert_close(rest[0], full[0, -rest.shape[1] :], atol=1e-5, rtol=1e-4)
+@pytest.mark.skipif(not selected("minimax_m3_vl"), reason="not in VLPROBE_TINY_FAMILIES")
+def test_minimax_m3_indexer_reads_a_continued_cache_as_one_pass(tiny_dirs, monkeypatch):
+    """MiniMax-M3's indexer picks key blocks causally, so with few blocks kept (sparse
+    attention) a continued pass still equals one pass; but its blocks count from the first
+    slot, so left padding then changes a row's states, while under the tiny model's (and real
+    prompts') dense attention it does not."""
+    loaded = load_model("tiny", entry(tiny_dirs["minimax_m3_vl"], "minimax_m3_vl"))
+    indexers = [layer.self_attn.indexer for layer in loaded.decoder_layers]
+    assert indexers[0] is not None and indexers[1] is None  # sparse and full layers
+    ids = loaded.tokenizer(" a cat on a couch" * 6, return_tensors="pt")["input_ids"]
+
+    def states(ids, pad=0):  # the last layer's states of ids (after pad padding tokens)
+        padded = torch.cat([torch.full((1, pad), loaded.tokenizer.pad_token_id), ids], dim=1)
+        mask = (torch.arange(padded.shape[1]) >= pad).long()[None]
+        with torch.inference_mode():
+            out = loaded.model(input_ids=padded, attention_mask=mask, output_hidden_states=True)
+        return out.hidden_states[-1][:, pad:]
+
+    def continued(ids, split):
+        cache = loaded.new_cache()
+        with torch.inference_mode():
+            loaded.model(input_ids=ids[:, :split], past_key_values=cache, use_cache=True)
+            out = loaded.model(
+                input_ids=ids[:, split:],
+                past_key_values=cache,
+                use_cache=True,
+                output_hidden_states=True,
+            )
+        return out.hidden_states[-1]
+
+    torch.testing.assert_close(states(ids, pad=3), states(ids))  # dense: padding changes nothing
+    for indexer in indexers[::2]:
+        monkeypatch.setattr(indexer, "topk_blocks", 2)
+    assert ids.shape[1] > 2 * indexers[0].block_size  # more blocks than are kept
+    torch.testing.assert_close(continued(ids, 10), states(ids)[:, 10:])
+    assert not torch.allclose(states(ids, pad=3), states(ids), atol=1e-4)
+
+
+@pytest.mark.skipif(not selected("glm5_next"), reason="not in VLPROBE_TINY_FAMILIES")
+def test_glm5_next_sparse_indexer_reads_a_continued_cache_and_padding_as_one_row(
+    tiny_dirs, monkeypatch
+):
+    """GLM-5.3-Flash's indexer pools keys from a row's first token and caches them with their
+    padding: with few pools kept (sparse attention), a continued pass and a left-padded row
+    still equal the row alone in one pass; hidden states collapse the layers' streams."""
+    loaded = load_model("tiny", entry(tiny_dirs["glm5_next"], "glm5_next"))
+    (indexer,) = [
+        layer.self_attn.indexer
+        for layer in loaded.decoder_layers
+        if getattr(layer.self_attn, "indexer", None) is not None
+    ]
+    monkeypatch.setattr(indexer, "index_topk", 2 * indexer.index_kpool)
+    ids = loaded.tokenizer(" a cat on a couch" * 6, return_tensors="pt")["input_ids"]
+    assert ids.shape[1] > 4 * indexer.index_kpool  # more pools than are kept
+
+    def states(ids, pad=0):  # every hidden state of ids (after pad padding tokens)
+        padded = torch.cat([torch.full((1, pad), loaded.tokenizer.pad_token_id), ids], dim=1)
+        mask = (torch.arange(padded.shape[1]) >= pad).long()[None]
+        with torch.inference_mode():
+            inputs = {"input_ids": padded, "attention_mask": mask}
+            out = loaded.forward(inputs, output_hidden_states=True)
+        return torch.stack(out.hidden_states)[:, :, pad:]
+
+    cache = loaded.new_cache()
+    with torch.inference_mode():
+        loaded.forward_cached({"input_ids": ids[:, :10]}, cache)
+        continued = loaded.forward_cached({"input_ids": ids[:, 10:]}, cache).logits
+        full = loaded.model(input_ids=ids).logits
+    alone = states(ids)
+    assert alone.shape == (loaded.num_layers + 1, 1, ids.shape[1], loaded.hidden_size)
+    torch.testing.assert_close(states(ids, pad=3), alone)
+    torch.testing.assert_close(continued, full[:, -1:])
+
+
+@pytest.mark.skipif(not selected("qwen4_exp"), reason="not in VLPROBE_TINY_FAMILIES")
+def test_qwen4_exp_sparse_indexer_and_ngrams_read_a_continued_cache_and_padding_as_one_row(
+    tiny_dirs,
+):
+    """Qwen4-Exp's indexer forms blocks from each query's visible keys and caches its keys and
+    positions; its PLE layer caches its n-gram context and reads padding as EOS: with few
+    blocks kept (sparse attention, as in the tiny model), a continued pass and a row
+    left-padded with any token equal the row alone in one pass; hidden states collapse the
+    layers' streams."""
+    loaded = load_model("tiny", entry(tiny_dirs["qwen4_exp"], "qwen4_exp"))
+    (indexer,) = [
+        layer.self_attn.indexer for layer in loaded.decoder_layers if hasattr(layer, "self_attn")
+    ]
+    assert loaded.decoder_layers[0].ple is not None
+    assert indexer.block_topk == 2
+    ids = loaded.tokenizer(" a cat on a couch" * 6, return_tensors="pt")["input_ids"]
+    assert ids.shape[1] > 4 * indexer.compress_ratio  # more blocks than are kept
+    pad = loaded.tokenizer.convert_tokens_to_ids("<|im_start|>")  # not EOS
+
+    def states(ids, padding=0):  # every hidden state of ids (after padding pad tokens)
+        padded = torch.cat([torch.full((1, padding), pad), ids], dim=1)
+        mask = (torch.arange(padded.shape[1]) >= padding).long()[None]
+        inputs = {"input_ids": padded, "attention_mask": mask, "position_ids": mask.cumsum(1) - 1}
+        with torch.inference_mode():
+            out = loaded.forward(inputs, output_hidden_states=True)
+        return torch.stack(out.hidden_states)[:, :, padding:]
+
+    positions = torch.arange(ids.shape[1])[None]
+    cache = loaded.new_cache()
+    with torch.inference_mode():
+        loaded.forward_cached({"input_ids": ids[:, :10], "position_ids": positions[:, :10]}, cache)
+        rest = {"input_ids": ids[:, 10:], "position_ids": positions[:, 10:]}
+        continued = loaded.forward_cached(rest, cache).logits
+        full = loaded.model(input_ids=ids).logits
+    alone = states(ids)
+    assert alone.shape == (loaded.num_layers + 1, 1, ids.shape[1], loaded.hidden_size)
+    torch.testing.assert_close(states(ids, padding=3), alone)
+    torch.testing.assert_close(continued, full[:, -1:])
 
 
 @pytest.mark.skipif(not selected("paligemma"), reason="not in VLPROBE_TINY_FAMILIES")

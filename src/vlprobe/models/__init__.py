@@ -35,6 +35,7 @@ from vlprobe.models.gemma3n import Gemma3nAdapter
 from vlprobe.models.gemma4 import Gemma4Adapter
 from vlprobe.models.gemma4_unified import Gemma4UnifiedAdapter
 from vlprobe.models.glm4v import Glm4vAdapter, Glm4vMoeAdapter
+from vlprobe.models.glm5_next import Glm5NextAdapter
 from vlprobe.models.glm46v import Glm46VAdapter
 from vlprobe.models.glm_ocr import GlmOcrAdapter
 from vlprobe.models.glmga import GlmgaAdapter
@@ -62,6 +63,7 @@ from vlprobe.models.llava_onevision import LlavaOnevisionAdapter
 from vlprobe.models.minicpm_ocr import MiniCPMOcrAdapter
 from vlprobe.models.minicpmv4_6 import MiniCPMV4_6Adapter
 from vlprobe.models.minicpmv4_7 import MiniCPMV4_7Adapter
+from vlprobe.models.minimax_m3_vl import MiniMaxM3VLAdapter
 from vlprobe.models.mistral3 import Mistral3Adapter
 from vlprobe.models.mistral4 import Mistral4Adapter
 from vlprobe.models.mistral_large4 import MistralLarge4Adapter
@@ -81,6 +83,7 @@ from vlprobe.models.qwen2_vl import Qwen2VLAdapter
 from vlprobe.models.qwen3_5 import Qwen3_5Adapter, Qwen3_5MoeAdapter
 from vlprobe.models.qwen3_omni_moe_thinker import Qwen3OmniMoeThinkerAdapter
 from vlprobe.models.qwen3_vl import Qwen3VLAdapter, Qwen3VLMoeAdapter
+from vlprobe.models.qwen4_exp import Qwen4ExpAdapter
 from vlprobe.models.shieldgemma2 import ShieldGemma2Adapter
 from vlprobe.models.smolvlm import SmolVLMAdapter
 from vlprobe.models.step3p7 import Step3p7Adapter
@@ -170,6 +173,9 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         MuseGlimmerAdapter,
         Step3p7Adapter,
         DeepseekOcr2Adapter,
+        MiniMaxM3VLAdapter,
+        Glm5NextAdapter,
+        Qwen4ExpAdapter,
     )
 }
 

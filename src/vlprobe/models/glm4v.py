@@ -72,34 +72,45 @@ class Glm4vAdapter(LoadedVLM):
         }
 
     @classmethod
+    def tiny_image_processor(cls, spec: Mapping[str, Any]) -> Any:
+        """The real image processor (14-pixel patches, 2 x 2 merge) within the tiny keys'
+        image-token bounds."""
+        pixels_per_token = (PATCH_SIZE * MERGE_SIZE) ** 2
+        return cls.image_processor_class(
+            size={
+                "shortest_edge": spec["min_image_tokens"] * pixels_per_token,
+                "longest_edge": spec["max_image_tokens"] * pixels_per_token,
+            },
+            patch_size=PATCH_SIZE,
+            merge_size=MERGE_SIZE,
+        )
+
+    @classmethod
+    def tiny_vision_config(cls, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """A small ViT with the real patch and merge sizes, its merger feeding the decoder."""
+        return {
+            "depth": spec["vision_layers"],
+            "hidden_size": spec["vision_hidden_size"],
+            "intermediate_size": 2 * spec["vision_hidden_size"],
+            "num_heads": spec["vision_attention_heads"],
+            "out_hidden_size": spec["hidden_size"],
+            "patch_size": PATCH_SIZE,
+            "spatial_merge_size": MERGE_SIZE,
+            "image_size": 112,
+        }
+
+    @classmethod
     def tiny_model_and_processor(
         cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]
     ) -> tuple[PreTrainedModel, ProcessorMixin]:
-        pixels_per_token = (PATCH_SIZE * MERGE_SIZE) ** 2
         processor = cls.processor_class(
-            image_processor=cls.image_processor_class(
-                size={
-                    "shortest_edge": spec["min_image_tokens"] * pixels_per_token,
-                    "longest_edge": spec["max_image_tokens"] * pixels_per_token,
-                },
-                patch_size=PATCH_SIZE,
-                merge_size=MERGE_SIZE,
-            ),
+            image_processor=cls.tiny_image_processor(spec),
             tokenizer=tokenizer,
             video_processor=cls.video_processor_class(),  # required by the processor; unused
         )
         config = cls.config_class(
             text_config=cls.tiny_text_config(tokenizer, spec),
-            vision_config={
-                "depth": spec["vision_layers"],
-                "hidden_size": spec["vision_hidden_size"],
-                "intermediate_size": 2 * spec["vision_hidden_size"],
-                "num_heads": spec["vision_attention_heads"],
-                "out_hidden_size": spec["hidden_size"],
-                "patch_size": PATCH_SIZE,
-                "spatial_merge_size": MERGE_SIZE,
-                "image_size": 112,
-            },
+            vision_config=cls.tiny_vision_config(spec),
             image_token_id=tokenizer.image_token_id,
             video_token_id=tokenizer.video_token_id,
             image_start_token_id=tokenizer.image_start_token_id,
