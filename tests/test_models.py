@@ -444,6 +444,8 @@ def test_deepseek_ocr2_tiles_an_image_larger_than_a_tile(tiny_dirs):
         suffix, _ = loaded.suffix_inputs(prefix.cached, torch.tensor([0]), [prefix.suffixes[0][0]])
         rest = loaded.forward_cached(suffix, cache, output_hidden_states=True).hidden_states[-1]
     torch.testing.assert_close(rest[0], full[0, -rest.shape[1] :], atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.skipif(not selected("minimax_m3_vl"), reason="not in VLPROBE_TINY_FAMILIES")
 def test_minimax_m3_indexer_reads_a_continued_cache_as_one_pass(tiny_dirs, monkeypatch):
     """MiniMax-M3's indexer picks key blocks causally, so with few blocks kept (sparse
@@ -480,6 +482,15 @@ def test_minimax_m3_indexer_reads_a_continued_cache_as_one_pass(tiny_dirs, monke
     assert ids.shape[1] > 2 * indexers[0].block_size  # more blocks than are kept
     torch.testing.assert_close(continued(ids, 10), states(ids)[:, 10:])
     assert not torch.allclose(states(ids, pad=3), states(ids), atol=1e-4)
+
+    # past the dense span, a left-padded batch is refused, one without padding runs
+    monkeypatch.setattr(loaded.model.config.get_text_config(), "index_topk_blocks", 2)
+    image = drawing((64, 64), (200, 30, 30))
+    long, short = " a cat on a couch" * 3, " a cat"
+    with torch.inference_mode(), pytest.raises(ModelError, match="model 'tiny': a left-padded"):
+        loaded.forward(loaded.inputs([image, image], [long, short]))
+    with torch.inference_mode():
+        loaded.forward(loaded.inputs([image, image], [long, long]))
 
 
 @pytest.mark.skipif(not selected("glm5_next"), reason="not in VLPROBE_TINY_FAMILIES")

@@ -7,7 +7,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from transformers import (
+    BatchFeature,
     MiniMaxM3SparseForConditionalGeneration,
     MiniMaxM3VLConfig,
     MiniMaxM3VLImageProcessor,
@@ -15,8 +17,10 @@ from transformers import (
     MiniMaxM3VLVideoProcessor,
     PreTrainedTokenizerBase,
 )
+from transformers.cache_utils import DynamicCache
+from transformers.utils import ModelOutput
 
-from vlprobe.models.base import LoadedVLM, text_config_kwargs, vision_config_kwargs
+from vlprobe.models.base import LoadedVLM, ModelError, text_config_kwargs, vision_config_kwargs
 from vlprobe.models.tiny import SpecialTokens
 
 PIXELS_PER_TOKEN = 28 * 28  # 14-pixel patches merged 2 x 2
@@ -36,7 +40,8 @@ class MiniMaxM3VLAdapter(LoadedVLM):
     token: a left-padded row (a prefix batch, or a left-padded plain batch) has other blocks
     than the row alone, which changes what a query attends to once a sequence spans more than
     ``index_topk_blocks`` blocks (2,048 tokens at the config's defaults; the processor's largest
-    image takes 576). Below that every block is kept and attention is dense.
+    image takes 576). Below that every block is kept and attention is dense; past it, a
+    left-padded pass fails with a ModelError rather than give other values.
 
     Tiny keys: ``min_image_tokens`` (4) and ``max_image_tokens`` (16) bound the image tokens per
     image, through the image processor's pixel limits.
@@ -63,6 +68,27 @@ class MiniMaxM3VLAdapter(LoadedVLM):
             self.processor.vision_start_token_id,
             self.processor.vision_end_token_id,
         ]
+
+    def forward(self, inputs: BatchFeature, **kwargs: Any) -> ModelOutput:
+        self._check_padding(inputs["attention_mask"])
+        return super().forward(inputs, **kwargs)
+
+    def forward_cached(
+        self, inputs: Mapping[str, Any], cache: DynamicCache, **kwargs: Any
+    ) -> ModelOutput:
+        self._check_padding(inputs["attention_mask"])  # the cached tokens' mask and the new
+        return super().forward_cached(inputs, cache, **kwargs)
+
+    def _check_padding(self, mask: torch.Tensor) -> None:
+        """Refuse a left-padded pass longer than the indexer's dense span (see the class)."""
+        text = self.model.config.get_text_config()
+        dense = text.index_topk_blocks * text.index_block_size
+        if mask.shape[1] > dense and not bool(mask[:, 0].all()):
+            raise ModelError(
+                f"model {self.name!r}: a left-padded batch of {mask.shape[1]} tokens, more than "
+                f"the {dense} that MiniMax-M3's indexer keeps dense; its key blocks count from "
+                "the first slot, so padding would change the values: set batch_size: 1"
+            )
 
     @classmethod
     def tiny_model_and_processor(
