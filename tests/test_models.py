@@ -111,6 +111,9 @@ MODEL_CLASSES = {
     "minimax_m3_vl": ("MiniMaxM3SparseForConditionalGeneration", "MiniMaxM3VLProcessor"),
     "glm5_next": ("Glm5NextForConditionalGeneration", "Glm5NextProcessor"),
     "qwen4_exp": ("Qwen4ExpForConditionalGeneration", "Qwen3VLProcessor"),
+    "inkling2": ("Inkling2ForConditionalGeneration", "Inkling2Processor"),
+    "inkling": ("InklingForConditionalGeneration", "InklingProcessor"),
+    "muse_spark": ("MuseSparkForConditionalGeneration", "MuseSparkProcessor"),
     APPLE: ("LlavaQwen2ForCausalLM", "LlavaProcessor"),
 }
 
@@ -567,6 +570,26 @@ def test_qwen4_exp_sparse_indexer_and_ngrams_read_a_continued_cache_and_padding_
     assert alone.shape == (loaded.num_layers + 1, 1, ids.shape[1], loaded.hidden_size)
     torch.testing.assert_close(states(ids, padding=3), alone)
     torch.testing.assert_close(continued, full[:, -1:])
+
+
+@pytest.mark.parametrize("family", ["inkling", "inkling2"])
+def test_inklings_read_a_continued_cache_as_one_pass_past_their_windows(tiny_dirs, family):
+    """Inkling's and Inkling-2's sliding windows and relative position logits count cache
+    indices, and their short convolutions carry their state in the cache: a pass continuing a
+    cache past the window and the logits' extent equals one pass, so their image prefix is
+    reused."""
+    if not selected(family):
+        pytest.skip("not in VLPROBE_TINY_FAMILIES")
+    loaded = load_model("tiny", entry(tiny_dirs[family], family))
+    text_config = loaded.model.config.text_config
+    ids = loaded.tokenizer(" a cat" * text_config.rel_extent, return_tensors="pt")["input_ids"]
+    assert ids.shape[1] > text_config.rel_extent + 4 > text_config.sliding_window + 4
+    with torch.inference_mode():
+        full = loaded.model(input_ids=ids).logits[:, -1]
+        cache = loaded.new_cache()
+        loaded.model(input_ids=ids[:, :4], past_key_values=cache, use_cache=True)
+        continued = loaded.model(input_ids=ids[:, 4:], past_key_values=cache, use_cache=True)
+    torch.testing.assert_close(continued.logits[:, -1], full)
 
 
 @pytest.mark.skipif(not selected("paligemma"), reason="not in VLPROBE_TINY_FAMILIES")

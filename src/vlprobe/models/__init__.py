@@ -46,6 +46,8 @@ from vlprobe.models.hunyuan_vl import HunYuanVLAdapter
 from vlprobe.models.hyperclovax_vision_v2 import HyperCLOVAXVisionV2Adapter
 from vlprobe.models.idefics2 import Idefics2Adapter
 from vlprobe.models.idefics3 import Idefics3Adapter
+from vlprobe.models.inkling import InklingAdapter
+from vlprobe.models.inkling2 import Inkling2Adapter
 from vlprobe.models.instructblip import InstructBlipAdapter
 from vlprobe.models.internvl import InternVLAdapter
 from vlprobe.models.janus import JanusAdapter
@@ -69,6 +71,7 @@ from vlprobe.models.mistral4 import Mistral4Adapter
 from vlprobe.models.mistral_large4 import MistralLarge4Adapter
 from vlprobe.models.molmo2 import Molmo2Adapter
 from vlprobe.models.muse_glimmer import MuseGlimmerAdapter
+from vlprobe.models.muse_spark import MuseSparkAdapter
 from vlprobe.models.nemotron_h_omni import NemotronHOmniAdapter
 from vlprobe.models.ovis2 import Ovis2Adapter
 from vlprobe.models.paddleocr_vl import PaddleOCRVLAdapter
@@ -176,6 +179,9 @@ FAMILIES: dict[str, type[LoadedVLM]] = {
         MiniMaxM3VLAdapter,
         Glm5NextAdapter,
         Qwen4ExpAdapter,
+        Inkling2Adapter,
+        InklingAdapter,
+        MuseSparkAdapter,
     )
 }
 
