@@ -43,6 +43,7 @@ class DeepseekVLAdapter(LoadedVLM):
         named={"image_token": "<image_placeholder>"},
     )
     tiny_defaults = {"image_size": 32}
+    tiny_chat_template = "deepseek_vl.jinja"  # DeepSeek-VL hybrid checkpoints ship the same
 
     @classmethod
     def tiny_high_res(cls, spec: Mapping[str, Any]) -> tuple[dict, dict]:

@@ -52,6 +52,7 @@ class Emu3Adapter(LoadedVLM):
         },
     )
     tiny_defaults = {"min_image_tokens": 16, "max_image_tokens": 64}
+    tiny_chat_template = "emu3.jinja"
 
     def image_feature_token_id(self, name: str, model: PreTrainedModel) -> int:
         # the config has no image_token_id: its vocabulary map names the placeholder's

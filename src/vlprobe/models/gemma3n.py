@@ -77,6 +77,7 @@ class Gemma3nAdapter(LoadedVLM):
         },
     )
     tiny_defaults = {"image_size": 64, "image_tokens": 16}
+    tiny_chat_template = "gemma3n.jinja"
     requires = ("timm",)  # the MobileNetV5 vision tower
 
     @property

@@ -47,6 +47,7 @@ class Granite4VisionAdapter(LlavaNextAdapter):
     )
     # the Q-Former downsamplers have vision_hidden_size / 64 heads: at least 64 wide
     tiny_defaults = {"image_size": 56, "vision_hidden_size": 64}
+    tiny_chat_template = None  # not LLaVA-NeXT-Mistral's; its own was not found verbatim
 
     @classmethod
     def tiny_model_and_processor(

@@ -38,6 +38,7 @@ class Idefics2Adapter(LoadedVLM):
         extra=("</s>", "<fake_token_around_image>", "<image>"),
     )
     tiny_defaults = {"image_size": 64}
+    tiny_chat_template = "idefics2.jinja"
 
     @classmethod
     def tiny_model_and_processor(

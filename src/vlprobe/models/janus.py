@@ -44,6 +44,7 @@ class JanusAdapter(LoadedVLM):
         },
     )
     tiny_defaults = {"image_size": 32}
+    tiny_chat_template = "janus.jinja"
 
     @classmethod
     def tiny_model_and_processor(

@@ -34,7 +34,7 @@ class LlavaNextAdapter(LlavaAdapter):
 
     family = "llava_next"
     tiny_defaults = {"image_size": 28}
-    tiny_chat_template = None  # the converted checkpoints' templates are not available offline
+    tiny_chat_template = "llava_next.jinja"  # llava-v1.6-mistral-7b-hf's (Mistral [INST] turns)
 
     @classmethod
     def tiny_video(cls, tokenizer: PreTrainedTokenizerBase) -> tuple[dict, dict]:

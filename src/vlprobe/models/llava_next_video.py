@@ -28,6 +28,7 @@ class LlavaNextVideoAdapter(LlavaNextAdapter):
 
     family = "llava_next_video"
     special_tokens = replace(LlavaAdapter.special_tokens, extra=("<image>", "<video>"))
+    tiny_chat_template = None  # not LLaVA-NeXT-Mistral's; its own was not found verbatim
 
     @classmethod
     def tiny_video(cls, tokenizer: PreTrainedTokenizerBase) -> tuple[dict, dict]:

@@ -52,6 +52,7 @@ class Ovis2Adapter(LoadedVLM):
         extra=("<|im_start|>", IMAGE_ATOM, *VISUAL_INDICATORS),
     )
     tiny_defaults = {"image_size": 64}
+    tiny_chat_template = "ovis2.jinja"
     image_token_suffix = "\n"
 
     @classmethod

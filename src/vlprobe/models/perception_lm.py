@@ -40,6 +40,7 @@ class PerceptionLMAdapter(LoadedVLM):
     )
     tiny_defaults = {"image_size": 56}
     requires = ("timm",)  # the Perception Encoder is a timm model
+    tiny_chat_template = "perception_lm.jinja"
 
     @classmethod
     def tiny_model_and_processor(
