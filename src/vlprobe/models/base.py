@@ -826,6 +826,21 @@ class LoadedVLM(abc.ABC):
         """A randomly initialised model of the family's real class, and its processor."""
 
 
+class HyperConnectionsMixin:
+    """For decoders whose layers read several residual streams per token (hyper-connections),
+    which the family's ``layer_input_state`` collapses into one hidden state:
+    ``forward(output_hidden_states=True)`` returns the layers' inputs collapsed likewise, and
+    transformers' last hidden state (the decoder's output, one stream) as it is. Put it before
+    the adapter class in the bases."""
+
+    def forward(self, inputs: Mapping[str, Any], **kwargs: Any) -> ModelOutput:
+        output = super().forward(inputs, **kwargs)
+        if kwargs.get("output_hidden_states"):
+            *streams, final = output.hidden_states
+            output.hidden_states = (*map(self.layer_input_state, streams), final)
+        return output
+
+
 class GenericAdapter(LoadedVLM):
     """The generic adapter alone, for an image-text-to-text model type without a family class
     (``family: auto``): everything is found in the checkpoint; no tiny model is built."""
