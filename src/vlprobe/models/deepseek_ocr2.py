@@ -16,8 +16,13 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from vlprobe.models.base import LoadedVLM, text_config_kwargs
-from vlprobe.models.unlimited_ocr import DOWNSAMPLE, UnlimitedOcrAdapter, sam_config
+from vlprobe.models.base import LoadedVLM
+from vlprobe.models.unlimited_ocr import (
+    DOWNSAMPLE,
+    UnlimitedOcrAdapter,
+    moe_text_config,
+    sam_config,
+)
 
 # The encoder's learned queries are fixed in number: 256 for a global view (SAM grid over 4 x 4
 # above 12 x 12; 1024 pixels in 16-pixel patches in the real model) and 144 for a tile (768
@@ -76,15 +81,7 @@ class DeepseekOcr2Adapter(LoadedVLM):
                     "num_key_value_heads": heads,
                 },
             },
-            text_config={
-                **text_config_kwargs(tokenizer, spec),
-                # a dense first layer, then mixture-of-experts ones, as in the real model
-                "mlp_layer_types": ["dense"] + ["sparse"] * (spec["num_layers"] - 1),
-                "n_routed_experts": 4,
-                "num_experts_per_tok": 2,
-                "n_shared_experts": 1,
-                "moe_intermediate_size": spec["hidden_size"] // 2,
-            },
+            text_config=moe_text_config(tokenizer, spec),
             image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         )
         return DeepseekOcr2ForConditionalGeneration(config), processor

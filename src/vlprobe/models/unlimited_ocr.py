@@ -50,6 +50,19 @@ def sam_config(
     }
 
 
+def moe_text_config(tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A tiny DeepSeek-OCR mixture-of-experts decoder's config (Unlimited-OCR's, DeepSeek-OCR
+    2's): a dense first layer, then mixture-of-experts ones, as in the real models."""
+    return {
+        **text_config_kwargs(tokenizer, spec),
+        "mlp_layer_types": ["dense"] + ["sparse"] * (spec["num_layers"] - 1),
+        "n_routed_experts": 4,
+        "num_experts_per_tok": 2,
+        "n_shared_experts": 1,
+        "moe_intermediate_size": spec["hidden_size"] // 2,
+    }
+
+
 class UnlimitedOcrAdapter(LoadedVLM):
     """Unlimited-OCR checkpoints (model_type ``unlimited_ocr``, ``baidu/Unlimited-OCR``).
 
@@ -106,15 +119,7 @@ class UnlimitedOcrAdapter(LoadedVLM):
                     "patch_size": CLIP_PATCH,
                 },
             },
-            text_config={
-                **text_config_kwargs(tokenizer, spec),
-                # a dense first layer, then mixture-of-experts ones, as in the real model
-                "first_k_dense_replace": 1,
-                "n_routed_experts": 4,
-                "num_experts_per_tok": 2,
-                "n_shared_experts": 1,
-                "moe_intermediate_size": spec["hidden_size"] // 2,
-            },
+            text_config=moe_text_config(tokenizer, spec),
             image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         )
         return UnlimitedOcrForConditionalGeneration(config), processor
