@@ -104,7 +104,7 @@ class MiniMaxM3VLAdapter(LoadedVLM):
         )
         head_dim = spec["hidden_size"] // spec["num_attention_heads"]
         layers = spec["num_layers"]
-        experts = spec["intermediate_size"] // 4
+        expert_size = spec["intermediate_size"] // 4
         config = MiniMaxM3VLConfig(
             text_config={
                 **text_config_kwargs(tokenizer, spec),
@@ -116,8 +116,8 @@ class MiniMaxM3VLAdapter(LoadedVLM):
                 "layer_types": [SPARSE if i % 2 == 0 else "full_attention" for i in range(layers)],
                 "mlp_layer_types": ["dense" if i == 0 else "sparse" for i in range(layers)],
                 "dense_intermediate_size": spec["intermediate_size"],
-                "intermediate_size": experts,
-                "shared_intermediate_size": experts,
+                "intermediate_size": expert_size,
+                "shared_intermediate_size": expert_size,
                 "num_local_experts": 4,
                 "num_experts_per_tok": 2,
                 "index_n_heads": spec["num_key_value_heads"],
