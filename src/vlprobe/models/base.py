@@ -455,7 +455,8 @@ class LoadedVLM(abc.ABC):
 
     def layer_input_state(self, layer_input: torch.Tensor) -> torch.Tensor:
         """The hidden state [batch, tokens, hidden] in what a decoder layer receives as its
-        hidden states: all of it, except in decoders that carry several streams (Gemma-3n)."""
+        hidden states: all of it, except in decoders that carry several streams (Gemma-3n's
+        AltUp; the hyper-connections of GLM-5.3-Flash and Qwen4-Exp, see HyperConnectionsMixin)."""
         return layer_input
 
     @property
