@@ -28,8 +28,8 @@ INDEX_POOL = 4  # keys per indexer pool (real: 16)
 class Glm5NextAdapter(HyperConnectionsMixin, Glm4vAdapter):
     """GLM-5.3-Flash checkpoints (model_type ``glm5_next``, ``zai-org/GLM-5.3-Flash``); GLM-4.6V's
     special tokens, as its processor names them. The placeholder ``<|image|>`` expands to the
-    image's tokens; plain positions, which no layer reads (the attention layers have no rotary
-    part, the linear ones none at all).
+    image's tokens; plain positions, which no layer reads (the attention layers get no rotary
+    embeddings, their keys' rotary part stays unrotated; the linear ones take none at all).
 
     Hidden states. Each decoder layer receives ``hc_mult`` (4) residual streams per token
     ``[batch, tokens, streams, hidden]``; hidden state ``i < num_layers`` is their mean over the
