@@ -449,6 +449,21 @@ def test_deepseek_ocr2_tiles_an_image_larger_than_a_tile(tiny_dirs):
     torch.testing.assert_close(rest[0], full[0, -rest.shape[1] :], atol=1e-5, rtol=1e-4)
 
 
+def left_padded_states(loaded, ids, padding=0, pad_id=None, positions=False):
+    """Every hidden state [states, 1, tokens, hidden] of the one row ``ids`` after ``padding``
+    masked ``pad_id`` tokens (the tokenizer's padding token by default), from the adapter's
+    forward pass; with 1-d position ids counted from the row's first token if ``positions``."""
+    pad_id = loaded.tokenizer.pad_token_id if pad_id is None else pad_id
+    padded = torch.cat([torch.full((1, padding), pad_id), ids], dim=1)
+    mask = (torch.arange(padded.shape[1]) >= padding).long()[None]
+    inputs = {"input_ids": padded, "attention_mask": mask}
+    if positions:
+        inputs["position_ids"] = mask.cumsum(1) - 1
+    with torch.inference_mode():
+        out = loaded.forward(inputs, output_hidden_states=True)
+    return torch.stack(out.hidden_states)[:, :, padding:]
+
+
 @pytest.mark.skipif(not selected("minimax_m3_vl"), reason="not in VLPROBE_TINY_FAMILIES")
 def test_minimax_m3_indexer_reads_a_continued_cache_as_one_pass(tiny_dirs, monkeypatch):
     """MiniMax-M3's indexer picks key blocks causally, so with few blocks kept (sparse
@@ -461,11 +476,7 @@ def test_minimax_m3_indexer_reads_a_continued_cache_as_one_pass(tiny_dirs, monke
     ids = loaded.tokenizer(" a cat on a couch" * 6, return_tensors="pt")["input_ids"]
 
     def states(ids, pad=0):  # the last layer's states of ids (after pad padding tokens)
-        padded = torch.cat([torch.full((1, pad), loaded.tokenizer.pad_token_id), ids], dim=1)
-        mask = (torch.arange(padded.shape[1]) >= pad).long()[None]
-        with torch.inference_mode():
-            out = loaded.model(input_ids=padded, attention_mask=mask, output_hidden_states=True)
-        return out.hidden_states[-1][:, pad:]
+        return left_padded_states(loaded, ids, pad)[-1]
 
     def continued(ids, split):
         cache = loaded.new_cache()
@@ -513,22 +524,14 @@ def test_glm5_next_sparse_indexer_reads_a_continued_cache_and_padding_as_one_row
     ids = loaded.tokenizer(" a cat on a couch" * 6, return_tensors="pt")["input_ids"]
     assert ids.shape[1] > 4 * indexer.index_kpool  # more pools than are kept
 
-    def states(ids, pad=0):  # every hidden state of ids (after pad padding tokens)
-        padded = torch.cat([torch.full((1, pad), loaded.tokenizer.pad_token_id), ids], dim=1)
-        mask = (torch.arange(padded.shape[1]) >= pad).long()[None]
-        with torch.inference_mode():
-            inputs = {"input_ids": padded, "attention_mask": mask}
-            out = loaded.forward(inputs, output_hidden_states=True)
-        return torch.stack(out.hidden_states)[:, :, pad:]
-
     cache = loaded.new_cache()
     with torch.inference_mode():
         loaded.forward_cached({"input_ids": ids[:, :10]}, cache)
         continued = loaded.forward_cached({"input_ids": ids[:, 10:]}, cache).logits
         full = loaded.model(input_ids=ids).logits
-    alone = states(ids)
+    alone = left_padded_states(loaded, ids)
     assert alone.shape == (loaded.num_layers + 1, 1, ids.shape[1], loaded.hidden_size)
-    torch.testing.assert_close(states(ids, pad=3), alone)
+    torch.testing.assert_close(left_padded_states(loaded, ids, 3), alone)
     torch.testing.assert_close(continued, full[:, -1:])
 
 
@@ -551,14 +554,6 @@ def test_qwen4_exp_sparse_indexer_and_ngrams_read_a_continued_cache_and_padding_
     assert ids.shape[1] > 4 * indexer.compress_ratio  # more blocks than are kept
     pad = loaded.tokenizer.convert_tokens_to_ids("<|im_start|>")  # not EOS
 
-    def states(ids, padding=0):  # every hidden state of ids (after padding pad tokens)
-        padded = torch.cat([torch.full((1, padding), pad), ids], dim=1)
-        mask = (torch.arange(padded.shape[1]) >= padding).long()[None]
-        inputs = {"input_ids": padded, "attention_mask": mask, "position_ids": mask.cumsum(1) - 1}
-        with torch.inference_mode():
-            out = loaded.forward(inputs, output_hidden_states=True)
-        return torch.stack(out.hidden_states)[:, :, padding:]
-
     positions = torch.arange(ids.shape[1])[None]
     cache = loaded.new_cache()
     with torch.inference_mode():
@@ -566,9 +561,9 @@ def test_qwen4_exp_sparse_indexer_and_ngrams_read_a_continued_cache_and_padding_
         rest = {"input_ids": ids[:, 10:], "position_ids": positions[:, 10:]}
         continued = loaded.forward_cached(rest, cache).logits
         full = loaded.model(input_ids=ids).logits
-    alone = states(ids)
+    alone = left_padded_states(loaded, ids, positions=True)
     assert alone.shape == (loaded.num_layers + 1, 1, ids.shape[1], loaded.hidden_size)
-    torch.testing.assert_close(states(ids, padding=3), alone)
+    torch.testing.assert_close(left_padded_states(loaded, ids, 3, pad, positions=True), alone)
     torch.testing.assert_close(continued, full[:, -1:])
 
 

@@ -455,7 +455,8 @@ class LoadedVLM(abc.ABC):
 
     def layer_input_state(self, layer_input: torch.Tensor) -> torch.Tensor:
         """The hidden state [batch, tokens, hidden] in what a decoder layer receives as its
-        hidden states: all of it, except in decoders that carry several streams (Gemma-3n)."""
+        hidden states: all of it, except in decoders that carry several streams (Gemma-3n's
+        AltUp; the hyper-connections of GLM-5.3-Flash and Qwen4-Exp, see HyperConnectionsMixin)."""
         return layer_input
 
     @property
@@ -824,6 +825,21 @@ class LoadedVLM(abc.ABC):
         cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]
     ) -> tuple[PreTrainedModel, ProcessorMixin]:
         """A randomly initialised model of the family's real class, and its processor."""
+
+
+class HyperConnectionsMixin:
+    """For decoders whose layers read several residual streams per token (hyper-connections),
+    which the family's ``layer_input_state`` collapses into one hidden state:
+    ``forward(output_hidden_states=True)`` returns the layers' inputs collapsed likewise, and
+    transformers' last hidden state (the decoder's output, one stream) as it is. Put it before
+    the adapter class in the bases."""
+
+    def forward(self, inputs: Mapping[str, Any], **kwargs: Any) -> ModelOutput:
+        output = super().forward(inputs, **kwargs)
+        if kwargs.get("output_hidden_states"):
+            *streams, final = output.hidden_states
+            output.hidden_states = (*map(self.layer_input_state, streams), final)
+        return output
 
 
 class GenericAdapter(LoadedVLM):

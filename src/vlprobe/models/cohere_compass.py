@@ -18,7 +18,7 @@ from transformers import (
 
 from vlprobe.models.aya_vision import cohere2_text_config
 from vlprobe.models.cohere2_vision import Cohere2VisionAdapter
-from vlprobe.models.qwen3_vl import MERGE_SIZE, PATCH_SIZE, Qwen3VLAdapter
+from vlprobe.models.qwen3_vl import Qwen3VLAdapter
 from vlprobe.models.tiny import SpecialTokens
 
 # the placeholder and vision tokens that the processor names (it reads no tokenizer attributes)
@@ -53,6 +53,10 @@ class CohereCompassAdapter(Qwen3VLAdapter):
     family = "cohere_compass"
     config_class = CohereCompassConfig
     model_class = CohereCompassForConditionalGeneration
+    # Qwen3-VL's processors under their own names
+    processor_class = CohereCompassProcessor
+    image_processor_class = CohereCompassImageProcessor
+    video_processor_class = CohereCompassVideoProcessor
     special_tokens = SpecialTokens(
         bos=Cohere2VisionAdapter.special_tokens.bos,
         eos=Cohere2VisionAdapter.special_tokens.eos,
@@ -74,24 +78,5 @@ class CohereCompassAdapter(Qwen3VLAdapter):
         }
 
     @classmethod
-    def tiny_model_and_processor(
-        cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]
-    ) -> tuple[CohereCompassForConditionalGeneration, CohereCompassProcessor]:
-        # Qwen3-VL's image processor under its own name, within the image-token bounds
-        pixels_per_token = (PATCH_SIZE * MERGE_SIZE) ** 2
-        processor = CohereCompassProcessor(
-            image_processor=CohereCompassImageProcessor(
-                patch_size=PATCH_SIZE,
-                merge_size=MERGE_SIZE,
-                min_pixels=spec["min_image_tokens"] * pixels_per_token,
-                max_pixels=spec["max_image_tokens"] * pixels_per_token,
-            ),
-            tokenizer=tokenizer,
-            video_processor=CohereCompassVideoProcessor(),  # required by the processor; unused
-        )
-        config = cls.config_class(
-            text_config=cls.tiny_text_config(tokenizer, spec),
-            vision_config={**cls.tiny_vision_config(spec), "model_type": "cohere_compass_vision"},
-            **{key: tokenizer.convert_tokens_to_ids(token) for key, token in VISION_TOKENS.items()},
-        )
-        return cls.model_class(config), processor
+    def tiny_vision_token_ids(cls, tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+        return {key: tokenizer.convert_tokens_to_ids(token) for key, token in VISION_TOKENS.items()}

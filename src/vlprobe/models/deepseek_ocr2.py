@@ -16,8 +16,13 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from vlprobe.models.base import LoadedVLM, text_config_kwargs
-from vlprobe.models.unlimited_ocr import DOWNSAMPLE, UnlimitedOcrAdapter
+from vlprobe.models.base import LoadedVLM
+from vlprobe.models.unlimited_ocr import (
+    DOWNSAMPLE,
+    UnlimitedOcrAdapter,
+    moe_text_config,
+    sam_config,
+)
 
 # The encoder's learned queries are fixed in number: 256 for a global view (SAM grid over 4 x 4
 # above 12 x 12; 1024 pixels in 16-pixel patches in the real model) and 144 for a tile (768
@@ -66,21 +71,8 @@ class DeepseekOcr2Adapter(LoadedVLM):
         heads = spec["vision_attention_heads"]
         config = DeepseekOcr2Config(
             vision_config={
-                "sam_config": {
-                    "hidden_size": vision,
-                    "output_channels": vision // 2,
-                    "num_hidden_layers": spec["vision_layers"],
-                    "num_attention_heads": heads,
-                    "mlp_dim": 2 * vision,
-                    "image_size": TINY_IMAGE_SIZE,
-                    "patch_size": TINY_PATCH_SIZE,
-                    "window_size": 8,
-                    "global_attn_indexes": [],
-                    # the encoder reads the last channels
-                    "downsample_channels": [vision // 2, vision],
-                    # the config's default (1e-10) leaves a random SAM blind to the image
-                    "initializer_range": 0.02,
-                },
+                # windowed attention only
+                "sam_config": sam_config(spec, TINY_IMAGE_SIZE, TINY_PATCH_SIZE, 8, []),
                 "encoder_config": {
                     "hidden_size": vision,
                     "intermediate_size": 2 * vision,
@@ -89,15 +81,7 @@ class DeepseekOcr2Adapter(LoadedVLM):
                     "num_key_value_heads": heads,
                 },
             },
-            text_config={
-                **text_config_kwargs(tokenizer, spec),
-                # a dense first layer, then mixture-of-experts ones, as in the real model
-                "mlp_layer_types": ["dense"] + ["sparse"] * (spec["num_layers"] - 1),
-                "n_routed_experts": 4,
-                "num_experts_per_tok": 2,
-                "n_shared_experts": 1,
-                "moe_intermediate_size": spec["hidden_size"] // 2,
-            },
+            text_config=moe_text_config(tokenizer, spec),
             image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         )
         return DeepseekOcr2ForConditionalGeneration(config), processor

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from transformers import (
+    BaseImageProcessor,
     Glm4vConfig,
     Glm4vForConditionalGeneration,
     Glm4vImageProcessor,
@@ -72,7 +73,7 @@ class Glm4vAdapter(LoadedVLM):
         }
 
     @classmethod
-    def tiny_image_processor(cls, spec: Mapping[str, Any]) -> Any:
+    def tiny_image_processor(cls, spec: Mapping[str, Any]) -> BaseImageProcessor:
         """The real image processor (14-pixel patches, 2 x 2 merge) within the tiny keys'
         image-token bounds."""
         pixels_per_token = (PATCH_SIZE * MERGE_SIZE) ** 2

@@ -17,20 +17,19 @@ from transformers import (
     Glm5NextVideoProcessor,
     PreTrainedTokenizerBase,
 )
-from transformers.utils import ModelOutput
 
-from vlprobe.models.base import text_config_kwargs
+from vlprobe.models.base import HyperConnectionsMixin, text_config_kwargs
 from vlprobe.models.glm4v import Glm4vAdapter
 
 LINEAR_HEAD_DIM = 16
 INDEX_POOL = 4  # keys per indexer pool (real: 16)
 
 
-class Glm5NextAdapter(Glm4vAdapter):
+class Glm5NextAdapter(HyperConnectionsMixin, Glm4vAdapter):
     """GLM-5.3-Flash checkpoints (model_type ``glm5_next``, ``zai-org/GLM-5.3-Flash``); GLM-4.6V's
     special tokens, as its processor names them. The placeholder ``<|image|>`` expands to the
-    image's tokens; plain positions, which no layer reads (the attention layers have no rotary
-    part, the linear ones none at all).
+    image's tokens; plain positions, which no layer reads (the attention layers get no rotary
+    embeddings, their keys' rotary part stays unrotated; the linear ones take none at all).
 
     Hidden states. Each decoder layer receives ``hc_mult`` (4) residual streams per token
     ``[batch, tokens, streams, hidden]``; hidden state ``i < num_layers`` is their mean over the
@@ -55,14 +54,6 @@ class Glm5NextAdapter(Glm4vAdapter):
 
     def layer_input_state(self, layer_input: torch.Tensor) -> torch.Tensor:
         return layer_input.mean(dim=2)  # [batch, tokens, streams, hidden]: the streams' mean
-
-    def forward(self, inputs: Mapping[str, Any], **kwargs: Any) -> ModelOutput:
-        output = super().forward(inputs, **kwargs)
-        if kwargs.get("output_hidden_states"):
-            # transformers returns the layers' streams, and the final norm's output last
-            *streams, final = output.hidden_states
-            output.hidden_states = (*(self.layer_input_state(s) for s in streams), final)
-        return output
 
     @classmethod
     def tiny_image_processor(cls, spec: Mapping[str, Any]) -> Glm5NextImageProcessor:

@@ -12,10 +12,10 @@ class GlmgaAdapter(Glm46VAdapter):
     """Glmga checkpoints (model_type ``glmga``; transformers names no released one: its config
     docstring points at GLM-4.1V's). transformers' auto classes load them with GLM-4.6V's
     ``Glm46VForConditionalGeneration`` and ``Glm46VProcessor``; GLM-4.1V's tokens and M-RoPE.
-    Only the config and image processor differ: Glmga's resizes images to multiples of its
-    ``patch_expand_factor`` times the patch and merge sizes (1 by default, which the tiny model
-    keeps), and the image-token count follows the resulting patch grid as in GLM-4.6V, so nothing
-    differs from the generic adapter; tiny keys as for ``glm4v``.
+    Only the config and the image and video processors differ: Glmga's image processor resizes
+    images to multiples of its ``patch_expand_factor`` times the patch and merge sizes (1 by
+    default, which the tiny model keeps), and the image-token count follows the resulting patch
+    grid as in GLM-4.6V, so nothing differs from the generic adapter; tiny keys as for ``glm4v``.
     """
 
     family = "glmga"

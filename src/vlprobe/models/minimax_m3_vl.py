@@ -24,7 +24,7 @@ from vlprobe.models.base import LoadedVLM, ModelError, text_config_kwargs, visio
 from vlprobe.models.tiny import SpecialTokens
 
 PIXELS_PER_TOKEN = 28 * 28  # 14-pixel patches merged 2 x 2
-SPARSE = "minimax_m3_sparse"  # the config's layer type of indexer layers
+SPARSE_ATTENTION = "minimax_m3_sparse"  # the config's layer type of indexer layers
 
 
 class MiniMaxM3VLAdapter(LoadedVLM):
@@ -104,7 +104,7 @@ class MiniMaxM3VLAdapter(LoadedVLM):
         )
         head_dim = spec["hidden_size"] // spec["num_attention_heads"]
         layers = spec["num_layers"]
-        experts = spec["intermediate_size"] // 4
+        expert_size = spec["intermediate_size"] // 4
         config = MiniMaxM3VLConfig(
             text_config={
                 **text_config_kwargs(tokenizer, spec),
@@ -113,11 +113,13 @@ class MiniMaxM3VLAdapter(LoadedVLM):
                 "rotary_dim": head_dim // 2,
                 "rope_parameters": {"rope_type": "default", "partial_rotary_factor": 0.5},
                 # indexer layers between full-attention ones; a dense MLP first, then experts
-                "layer_types": [SPARSE if i % 2 == 0 else "full_attention" for i in range(layers)],
+                "layer_types": [
+                    SPARSE_ATTENTION if i % 2 == 0 else "full_attention" for i in range(layers)
+                ],
                 "mlp_layer_types": ["dense" if i == 0 else "sparse" for i in range(layers)],
                 "dense_intermediate_size": spec["intermediate_size"],
-                "intermediate_size": experts,
-                "shared_intermediate_size": experts,
+                "intermediate_size": expert_size,
+                "shared_intermediate_size": expert_size,
                 "num_local_experts": 4,
                 "num_experts_per_tok": 2,
                 "index_n_heads": spec["num_key_value_heads"],

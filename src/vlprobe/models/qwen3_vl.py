@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    ProcessorMixin,
     Qwen2VLImageProcessor,
     Qwen3VLConfig,
     Qwen3VLForConditionalGeneration,
@@ -41,6 +42,9 @@ class Qwen3VLAdapter(LoadedVLM):
 
     config_class: ClassVar[type] = Qwen3VLConfig
     model_class: ClassVar[type] = Qwen3VLForConditionalGeneration
+    processor_class: ClassVar[type] = Qwen3VLProcessor
+    image_processor_class: ClassVar[type] = Qwen2VLImageProcessor
+    video_processor_class: ClassVar[type] = Qwen3VLVideoProcessor
 
     family = "qwen3_vl"
     special_tokens = Qwen2VLAdapter.special_tokens
@@ -61,12 +65,12 @@ class Qwen3VLAdapter(LoadedVLM):
             },
         }
 
-    @staticmethod
-    def tiny_image_processor(spec: Mapping[str, Any]) -> Qwen2VLImageProcessor:
+    @classmethod
+    def tiny_image_processor(cls, spec: Mapping[str, Any]) -> Qwen2VLImageProcessor:
         """Qwen3-VL's image processor (16-pixel patches, 2 x 2 merge) within the tiny keys'
         image-token bounds; LFM3-VL's checkpoints take the same."""
         pixels_per_token = (PATCH_SIZE * MERGE_SIZE) ** 2
-        return Qwen2VLImageProcessor(
+        return cls.image_processor_class(
             patch_size=PATCH_SIZE,
             merge_size=MERGE_SIZE,
             min_pixels=spec["min_image_tokens"] * pixels_per_token,
@@ -93,18 +97,23 @@ class Qwen3VLAdapter(LoadedVLM):
     @classmethod
     def tiny_model_and_processor(
         cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]
-    ) -> tuple[PreTrainedModel, Qwen3VLProcessor]:
-        processor = Qwen3VLProcessor(
+    ) -> tuple[PreTrainedModel, ProcessorMixin]:
+        processor = cls.processor_class(
             image_processor=cls.tiny_image_processor(spec),
             tokenizer=tokenizer,
-            video_processor=Qwen3VLVideoProcessor(),  # required by the processor; unused here
+            video_processor=cls.video_processor_class(),  # required by the processor; unused here
         )
         config = cls.config_class(
             text_config=cls.tiny_text_config(tokenizer, spec),
             vision_config=cls.tiny_vision_config(spec),
-            **vision_token_ids(tokenizer),
+            **cls.tiny_vision_token_ids(tokenizer),
         )
         return cls.model_class(config), processor
+
+    @classmethod
+    def tiny_vision_token_ids(cls, tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+        """The config's image, video and vision start/end token ids."""
+        return vision_token_ids(tokenizer)
 
 
 class Qwen3VLMoeAdapter(Qwen3VLAdapter):

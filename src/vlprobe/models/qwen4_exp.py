@@ -14,14 +14,14 @@ from transformers import (
     Qwen4ExpConfig,
     Qwen4ExpForConditionalGeneration,
 )
-from transformers.utils import ModelOutput
 
+from vlprobe.models.base import HyperConnectionsMixin
 from vlprobe.models.qwen3_5 import Qwen3_5MoeAdapter
 
 INDEX_BLOCK = 4  # keys averaged into one indexer block
 
 
-class Qwen4ExpAdapter(Qwen3_5MoeAdapter):
+class Qwen4ExpAdapter(HyperConnectionsMixin, Qwen3_5MoeAdapter):
     """Qwen4-Exp checkpoints (model_type ``qwen4_exp``, ``Qwen/Qwen4-Exp``): Qwen3-VL's processor,
     special tokens and M-RoPE index (the model's ``get_rope_index``).
 
@@ -47,14 +47,6 @@ class Qwen4ExpAdapter(Qwen3_5MoeAdapter):
     def layer_input_state(self, layer_input: torch.Tensor) -> torch.Tensor:
         # [batch, tokens, streams * hidden]: the streams' mean
         return layer_input.unflatten(-1, (-1, self.hidden_size)).mean(dim=2)
-
-    def forward(self, inputs: Mapping[str, Any], **kwargs: Any) -> ModelOutput:
-        output = super().forward(inputs, **kwargs)
-        if kwargs.get("output_hidden_states"):
-            # transformers returns the layers' streams, and the mixer's output last
-            *streams, final = output.hidden_states
-            output.hidden_states = (*(self.layer_input_state(s) for s in streams), final)
-        return output
 
     @classmethod
     def tiny_text_config(cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]) -> dict:

@@ -23,6 +23,46 @@ DOWNSAMPLE = 4  # SAM's two stride-2 convolutions: one image token per 64 x 64 p
 CLIP_PATCH = 14
 
 
+def sam_config(
+    spec: Mapping[str, Any],
+    image_size: int,
+    patch_size: int,
+    window_size: int,
+    global_attn_indexes: list[int],
+) -> dict[str, Any]:
+    """A tiny DeepSeek-OCR SAM tower's config (Unlimited-OCR's, DeepSeek-OCR 2's): windowed
+    attention but in ``global_attn_indexes``, then the two stride-2 convolutions, whose last
+    channels the next encoder reads."""
+    vision = spec["vision_hidden_size"]
+    return {
+        "hidden_size": vision,
+        "output_channels": vision // 2,
+        "num_hidden_layers": spec["vision_layers"],
+        "num_attention_heads": spec["vision_attention_heads"],
+        "mlp_dim": 2 * vision,
+        "image_size": image_size,
+        "patch_size": patch_size,
+        "window_size": window_size,
+        "global_attn_indexes": global_attn_indexes,
+        "downsample_channels": [vision // 2, vision],
+        # the config's default (1e-10) leaves a random SAM blind to the image
+        "initializer_range": 0.02,
+    }
+
+
+def moe_text_config(tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A tiny DeepSeek-OCR mixture-of-experts decoder's config (Unlimited-OCR's, DeepSeek-OCR
+    2's): a dense first layer, then mixture-of-experts ones, as in the real models."""
+    return {
+        **text_config_kwargs(tokenizer, spec),
+        "mlp_layer_types": ["dense"] + ["sparse"] * (spec["num_layers"] - 1),
+        "n_routed_experts": 4,
+        "num_experts_per_tok": 2,
+        "n_shared_experts": 1,
+        "moe_intermediate_size": spec["hidden_size"] // 2,
+    }
+
+
 class UnlimitedOcrAdapter(LoadedVLM):
     """Unlimited-OCR checkpoints (model_type ``unlimited_ocr``, ``baidu/Unlimited-OCR``).
 
@@ -67,21 +107,8 @@ class UnlimitedOcrAdapter(LoadedVLM):
         layers = spec["vision_layers"]
         config = UnlimitedOcrConfig(
             vision_config={
-                "sam_config": {
-                    "hidden_size": vision,
-                    "output_channels": vision // 2,
-                    "num_hidden_layers": layers,
-                    "num_attention_heads": spec["vision_attention_heads"],
-                    "mlp_dim": 2 * vision,
-                    "image_size": size,
-                    "patch_size": SAM_PATCH,
-                    "window_size": 4,
-                    "global_attn_indexes": [layers - 1],  # windowed, then global
-                    # the CLIP encoder reads the last channels
-                    "downsample_channels": [vision // 2, vision],
-                    # the config's default (1e-10) leaves a random SAM blind to the image
-                    "initializer_range": 0.02,
-                },
+                # windowed, then global
+                "sam_config": sam_config(spec, size, SAM_PATCH, 4, [layers - 1]),
                 "encoder_config": {
                     "hidden_size": vision,
                     "intermediate_size": 2 * vision,
@@ -92,15 +119,7 @@ class UnlimitedOcrAdapter(LoadedVLM):
                     "patch_size": CLIP_PATCH,
                 },
             },
-            text_config={
-                **text_config_kwargs(tokenizer, spec),
-                # a dense first layer, then mixture-of-experts ones, as in the real model
-                "first_k_dense_replace": 1,
-                "n_routed_experts": 4,
-                "num_experts_per_tok": 2,
-                "n_shared_experts": 1,
-                "moe_intermediate_size": spec["hidden_size"] // 2,
-            },
+            text_config=moe_text_config(tokenizer, spec),
             image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         )
         return UnlimitedOcrForConditionalGeneration(config), processor
