@@ -464,6 +464,18 @@ def left_padded_states(loaded, ids, padding=0, pad_id=None, positions=False):
     return torch.stack(out.hidden_states)[:, :, padding:]
 
 
+def assert_states_are_stream_means(loaded, ids, states, **inputs):
+    """``states`` (the adapter's, of the one row ``ids``) are transformers' hidden states with
+    each layer input's residual streams averaged; the last one, the decoder's output, as is."""
+    with torch.inference_mode():
+        raw = loaded.model(input_ids=ids, output_hidden_states=True, **inputs).hidden_states
+    for state, streams in zip(states[:-1], raw[:-1], strict=True):
+        streams = streams.reshape(*streams.shape[:2], -1, loaded.hidden_size)
+        assert streams.shape[2] > 1  # several streams per token
+        torch.testing.assert_close(state, streams.mean(dim=2))
+    torch.testing.assert_close(states[-1], raw[-1])
+
+
 @pytest.mark.skipif(not selected("minimax_m3_vl"), reason="not in VLPROBE_TINY_FAMILIES")
 def test_minimax_m3_indexer_reads_a_continued_cache_as_one_pass(tiny_dirs, monkeypatch):
     """MiniMax-M3's indexer picks key blocks causally, so with few blocks kept (sparse
@@ -520,8 +532,9 @@ def test_glm5_next_sparse_indexer_reads_a_continued_cache_and_padding_as_one_row
         for layer in loaded.decoder_layers
         if getattr(layer.self_attn, "indexer", None) is not None
     ]
-    monkeypatch.setattr(indexer, "index_topk", 2 * indexer.index_kpool)
     ids = loaded.tokenizer(" a cat on a couch" * 6, return_tensors="pt")["input_ids"]
+    dense = left_padded_states(loaded, ids)  # the tiny model keeps every pool
+    monkeypatch.setattr(indexer, "index_topk", 2 * indexer.index_kpool)
     assert ids.shape[1] > 4 * indexer.index_kpool  # more pools than are kept
 
     cache = loaded.new_cache()
@@ -531,8 +544,10 @@ def test_glm5_next_sparse_indexer_reads_a_continued_cache_and_padding_as_one_row
         full = loaded.model(input_ids=ids).logits
     alone = left_padded_states(loaded, ids)
     assert alone.shape == (loaded.num_layers + 1, 1, ids.shape[1], loaded.hidden_size)
+    assert not torch.allclose(alone, dense, atol=1e-4)  # the pools kept decide the states
     torch.testing.assert_close(left_padded_states(loaded, ids, 3), alone)
     torch.testing.assert_close(continued, full[:, -1:])
+    assert_states_are_stream_means(loaded, ids, alone)
 
 
 @pytest.mark.skipif(not selected("qwen4_exp"), reason="not in VLPROBE_TINY_FAMILIES")
@@ -565,6 +580,7 @@ def test_qwen4_exp_sparse_indexer_and_ngrams_read_a_continued_cache_and_padding_
     assert alone.shape == (loaded.num_layers + 1, 1, ids.shape[1], loaded.hidden_size)
     torch.testing.assert_close(left_padded_states(loaded, ids, 3, pad, positions=True), alone)
     torch.testing.assert_close(continued, full[:, -1:])
+    assert_states_are_stream_means(loaded, ids, alone, position_ids=positions)
 
 
 @pytest.mark.parametrize("family", ["inkling", "inkling2"])
