@@ -78,6 +78,18 @@ def test_schema_enums_are_the_library_registries():
         assert bool(re.fullmatch(index, name)) == bool(INDEX_POOLING.fullmatch(name)), name
 
 
+def test_schema_types_every_tiny_key_a_family_reads():
+    """The schema's tiny keys are those every family reads and each family's own (its
+    tiny_defaults, the one place that says which family reads which)."""
+    from vlprobe.models import FAMILIES
+    from vlprobe.models.base import TINY_DEFAULTS
+
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    tiny = schema["properties"]["models"]["additionalProperties"]["properties"]["tiny"]
+    own = {key for adapter in FAMILIES.values() for key in adapter.tiny_defaults}
+    assert set(tiny["properties"]) == (set(TINY_DEFAULTS) - {"num_layers"}) | own
+
+
 def commented_model_entries(config_text: str) -> dict[str, dict]:
     """The commented-out entries under ``models:`` (a ``  # name:`` line and the
     ``  #   key: value`` lines after it), uncommented."""
