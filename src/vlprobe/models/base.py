@@ -1031,6 +1031,30 @@ def vision_config_kwargs(spec: Mapping[str, Any]) -> dict:
     }
 
 
+def sam_config(
+    spec: Mapping[str, Any],
+    image_size: int,
+    patch_size: int,
+    window_size: int,
+    global_attn_indexes: list[int],
+) -> dict[str, Any]:
+    """A tiny SAM ViT tower's config (GOT-OCR2's, DeepSeek-VL-Hybrid's, DeepSeek-OCR's):
+    windowed attention but in ``global_attn_indexes``; families add their neck's channels."""
+    vision = spec["vision_hidden_size"]
+    return {
+        "hidden_size": vision,
+        "mlp_dim": 2 * vision,
+        "num_hidden_layers": spec["vision_layers"],
+        "num_attention_heads": spec["vision_attention_heads"],
+        "image_size": image_size,
+        "patch_size": patch_size,
+        "window_size": window_size,
+        "global_attn_indexes": global_attn_indexes,
+        # the config's default (1e-10) leaves a random SAM blind to the image
+        "initializer_range": 0.02,
+    }
+
+
 def siglip_config(spec: Mapping[str, Any], image_size: int, patch_size: int) -> dict:
     """A tiny SigLIP tower's config (no pooling head: the decoder reads its patch features)."""
     return {

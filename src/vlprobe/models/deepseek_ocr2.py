@@ -20,8 +20,8 @@ from vlprobe.models.base import LoadedVLM
 from vlprobe.models.unlimited_ocr import (
     DOWNSAMPLE,
     UnlimitedOcrAdapter,
+    deepseek_ocr_sam_config,
     moe_text_config,
-    sam_config,
 )
 
 # The encoder's learned queries are fixed in number: 256 for a global view (SAM grid over 4 x 4
@@ -72,7 +72,9 @@ class DeepseekOcr2Adapter(LoadedVLM):
         config = DeepseekOcr2Config(
             vision_config={
                 # windowed attention only
-                "sam_config": sam_config(spec, TINY_IMAGE_SIZE, TINY_PATCH_SIZE, 8, []),
+                "sam_config": deepseek_ocr_sam_config(
+                    spec, TINY_IMAGE_SIZE, TINY_PATCH_SIZE, 8, []
+                ),
                 "encoder_config": {
                     "hidden_size": vision,
                     "intermediate_size": 2 * vision,

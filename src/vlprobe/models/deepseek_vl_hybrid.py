@@ -18,6 +18,7 @@ from transformers import (
     ProcessorMixin,
 )
 
+from vlprobe.models.base import sam_config
 from vlprobe.models.deepseek_vl import DeepseekVLAdapter
 
 HIGH_RES_PATCH_SIZE = 8  # SAM's are 16 pixels, at 1024
@@ -44,16 +45,10 @@ class DeepseekVLHybridAdapter(DeepseekVLAdapter):
     def tiny_high_res(cls, spec: Mapping[str, Any]) -> tuple[dict, dict]:
         size = spec["high_res_image_size"]
         sam = {
-            "hidden_size": spec["vision_hidden_size"],
+            # windowed attention in all but the global layer
+            **sam_config(spec, size, HIGH_RES_PATCH_SIZE, 4, [spec["vision_layers"] - 1]),
             "output_channels": spec["vision_hidden_size"] // 2,
-            "num_hidden_layers": spec["vision_layers"],
-            "num_attention_heads": spec["vision_attention_heads"],
-            "image_size": size,
-            "patch_size": HIGH_RES_PATCH_SIZE,
-            "window_size": 4,  # windowed attention in all but the global layer
-            "global_attn_indexes": [spec["vision_layers"] - 1],
             "num_pos_feats": spec["vision_hidden_size"] // 2,
-            "mlp_dim": 2 * spec["vision_hidden_size"],
         }
         return (
             {"high_res_size": {"height": size, "width": size}},

@@ -18,7 +18,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from vlprobe.models.base import LoadedVLM, text_config_kwargs
+from vlprobe.models.base import LoadedVLM, sam_config, text_config_kwargs
 from vlprobe.models.tiny import SpecialTokens
 
 # the processor writes 256 <imgpad> per image (a class constant, not saved with it): the SAM
@@ -104,17 +104,8 @@ class GotOcr2Adapter(LoadedVLM):
         size = TINY_IMAGE_SIZE
         return cls.config_class(
             vision_config={
-                "hidden_size": spec["vision_hidden_size"],
-                "mlp_dim": 2 * spec["vision_hidden_size"],
-                "num_hidden_layers": spec["vision_layers"],
-                "num_attention_heads": spec["vision_attention_heads"],
+                **sam_config(spec, size, TINY_PATCH_SIZE, 8, []),
                 "output_channels": spec["vision_hidden_size"],
-                "image_size": size,
-                "patch_size": TINY_PATCH_SIZE,
-                "window_size": 8,
-                "global_attn_indexes": [],
-                # the real default (1e-10) leaves a random tower blind to the image
-                "initializer_range": 0.02,
             },
             text_config={"model_type": "qwen2", **text_config_kwargs(tokenizer, spec)},
             image_token_index=tokenizer.convert_tokens_to_ids(image_token),

@@ -15,7 +15,7 @@ from transformers import (
     UnlimitedOcrProcessor,
 )
 
-from vlprobe.models.base import LoadedVLM, text_config_kwargs
+from vlprobe.models.base import LoadedVLM, sam_config, text_config_kwargs
 from vlprobe.models.tiny import SpecialTokens
 
 SAM_PATCH = 16
@@ -23,30 +23,20 @@ DOWNSAMPLE = 4  # SAM's two stride-2 convolutions: one image token per 64 x 64 p
 CLIP_PATCH = 14
 
 
-def sam_config(
+def deepseek_ocr_sam_config(
     spec: Mapping[str, Any],
     image_size: int,
     patch_size: int,
     window_size: int,
     global_attn_indexes: list[int],
 ) -> dict[str, Any]:
-    """A tiny DeepSeek-OCR SAM tower's config (Unlimited-OCR's, DeepSeek-OCR 2's): windowed
-    attention but in ``global_attn_indexes``, then the two stride-2 convolutions, whose last
-    channels the next encoder reads."""
+    """A tiny DeepSeek-OCR SAM tower's config (Unlimited-OCR's, DeepSeek-OCR 2's): then the two
+    stride-2 convolutions, whose last channels the next encoder reads."""
     vision = spec["vision_hidden_size"]
     return {
-        "hidden_size": vision,
+        **sam_config(spec, image_size, patch_size, window_size, global_attn_indexes),
         "output_channels": vision // 2,
-        "num_hidden_layers": spec["vision_layers"],
-        "num_attention_heads": spec["vision_attention_heads"],
-        "mlp_dim": 2 * vision,
-        "image_size": image_size,
-        "patch_size": patch_size,
-        "window_size": window_size,
-        "global_attn_indexes": global_attn_indexes,
         "downsample_channels": [vision // 2, vision],
-        # the config's default (1e-10) leaves a random SAM blind to the image
-        "initializer_range": 0.02,
     }
 
 
@@ -108,7 +98,7 @@ class UnlimitedOcrAdapter(LoadedVLM):
         config = UnlimitedOcrConfig(
             vision_config={
                 # windowed, then global
-                "sam_config": sam_config(spec, size, SAM_PATCH, 4, [layers - 1]),
+                "sam_config": deepseek_ocr_sam_config(spec, size, SAM_PATCH, 4, [layers - 1]),
                 "encoder_config": {
                     "hidden_size": vision,
                     "intermediate_size": 2 * vision,
