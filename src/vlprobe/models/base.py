@@ -1031,6 +1031,21 @@ def vision_config_kwargs(spec: Mapping[str, Any]) -> dict:
     }
 
 
+def merger_vit_config(spec: Mapping[str, Any], patch_size: int, merge_size: int) -> dict:
+    """A tiny Qwen2-VL-style ViT's config (Qwen2.5-VL's, Qwen3-VL's, GLM-4.1V's, ...): the real
+    patch size, patches merged ``merge_size`` x ``merge_size``, the merger feeding the decoder."""
+    vision = spec["vision_hidden_size"]
+    return {
+        "depth": spec["vision_layers"],
+        "hidden_size": vision,
+        "intermediate_size": 2 * vision,
+        "num_heads": spec["vision_attention_heads"],
+        "out_hidden_size": spec["hidden_size"],
+        "patch_size": patch_size,
+        "spatial_merge_size": merge_size,
+    }
+
+
 def sam_config(
     spec: Mapping[str, Any],
     image_size: int,

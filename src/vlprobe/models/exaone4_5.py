@@ -18,7 +18,7 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
-from vlprobe.models.base import LoadedVLM, text_config_kwargs
+from vlprobe.models.base import LoadedVLM, merger_vit_config, text_config_kwargs
 from vlprobe.models.tiny import SpecialTokens
 
 PATCH_SIZE = 14
@@ -61,17 +61,10 @@ class Exaone4_5Adapter(LoadedVLM):
             tokenizer=tokenizer,
             video_processor=Qwen2VLVideoProcessor(),  # required by the processor; unused here
         )
-        vision = spec["vision_hidden_size"]
         config = cls.config_class(
             vision_config={
-                "depth": spec["vision_layers"],
-                "hidden_size": vision,
-                "intermediate_size": 2 * vision,
-                "num_heads": spec["vision_attention_heads"],
+                **merger_vit_config(spec, PATCH_SIZE, MERGE_SIZE),
                 "num_key_value_heads": spec["vision_attention_heads"],
-                "out_hidden_size": spec["hidden_size"],  # the merger's output feeds the decoder
-                "patch_size": PATCH_SIZE,
-                "spatial_merge_size": MERGE_SIZE,
                 "fullatt_block_indexes": [spec["vision_layers"] - 1],  # windowed, then full
             },
             text_config=cls.tiny_text_config(tokenizer, spec),

@@ -20,7 +20,7 @@ from transformers import (
     ProcessorMixin,
 )
 
-from vlprobe.models.base import LoadedVLM, text_config_kwargs
+from vlprobe.models.base import LoadedVLM, merger_vit_config, text_config_kwargs
 from vlprobe.models.tiny import SpecialTokens
 
 PATCH_SIZE = 14
@@ -89,16 +89,7 @@ class Glm4vAdapter(LoadedVLM):
     @classmethod
     def tiny_vision_config(cls, spec: Mapping[str, Any]) -> dict[str, Any]:
         """A small ViT with the real patch and merge sizes, its merger feeding the decoder."""
-        return {
-            "depth": spec["vision_layers"],
-            "hidden_size": spec["vision_hidden_size"],
-            "intermediate_size": 2 * spec["vision_hidden_size"],
-            "num_heads": spec["vision_attention_heads"],
-            "out_hidden_size": spec["hidden_size"],
-            "patch_size": PATCH_SIZE,
-            "spatial_merge_size": MERGE_SIZE,
-            "image_size": 112,
-        }
+        return {**merger_vit_config(spec, PATCH_SIZE, MERGE_SIZE), "image_size": 112}
 
     @classmethod
     def tiny_model_and_processor(

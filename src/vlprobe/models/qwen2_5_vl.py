@@ -11,6 +11,7 @@ from transformers import (
     Qwen2_5_VLProcessor,
 )
 
+from vlprobe.models.base import merger_vit_config
 from vlprobe.models.qwen2_vl import MERGE_SIZE, PATCH_SIZE, Qwen2VLAdapter
 
 # the real vision tower attends within windows of 112 x 112 pixels, except in some blocks
@@ -32,13 +33,7 @@ class Qwen2_5VLAdapter(Qwen2VLAdapter):
     @classmethod
     def tiny_vision_config(cls, spec: Mapping[str, Any]) -> dict[str, Any]:
         return {
-            "depth": spec["vision_layers"],
-            "hidden_size": spec["vision_hidden_size"],
-            "intermediate_size": 2 * spec["vision_hidden_size"],
-            "num_heads": spec["vision_attention_heads"],
-            "out_hidden_size": spec["hidden_size"],  # the merger's output feeds the decoder
-            "patch_size": PATCH_SIZE,
-            "spatial_merge_size": MERGE_SIZE,
+            **merger_vit_config(spec, PATCH_SIZE, MERGE_SIZE),
             "window_size": WINDOW_SIZE,
             # full attention in the last block only, windows before it (as in the real model)
             "fullatt_block_indexes": [spec["vision_layers"] - 1],

@@ -20,7 +20,7 @@ from transformers import (
     Qwen3VLVideoProcessor,
 )
 
-from vlprobe.models.base import LoadedVLM, text_config_kwargs
+from vlprobe.models.base import LoadedVLM, merger_vit_config, text_config_kwargs
 from vlprobe.models.qwen2_vl import Qwen2VLAdapter, vision_token_ids
 
 PATCH_SIZE = 16  # one image token per 32 x 32 pixels
@@ -82,13 +82,7 @@ class Qwen3VLAdapter(LoadedVLM):
         """A small ViT with the real patch and merge sizes, deepstack from its first layers."""
         layers = spec["vision_layers"]
         return {
-            "depth": layers,
-            "hidden_size": spec["vision_hidden_size"],
-            "intermediate_size": 2 * spec["vision_hidden_size"],
-            "num_heads": spec["vision_attention_heads"],
-            "out_hidden_size": spec["hidden_size"],  # the merger's output feeds the decoder
-            "patch_size": PATCH_SIZE,
-            "spatial_merge_size": MERGE_SIZE,
+            **merger_vit_config(spec, PATCH_SIZE, MERGE_SIZE),
             "num_position_embeddings": 64,
             # deepstack features from every vision layer but the last (real: 3 of 27)
             "deepstack_visual_indexes": list(range(layers - 1)) or [0],
