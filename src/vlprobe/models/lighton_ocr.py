@@ -14,7 +14,7 @@ from transformers import (
 )
 
 from vlprobe.models.base import text_config_kwargs
-from vlprobe.models.mistral3 import MERGE_SIZE, PATCH_SIZE, Mistral3Adapter
+from vlprobe.models.mistral3 import Mistral3Adapter
 from vlprobe.models.tiny import SpecialTokens
 
 
@@ -28,6 +28,9 @@ class LightOnOcrAdapter(Mistral3Adapter):
     """
 
     family = "lighton_ocr"
+    config_class = LightOnOcrConfig
+    model_class = LightOnOcrForConditionalGeneration
+    processor_class = LightOnOcrProcessor
     special_tokens = SpecialTokens(
         eos="<|im_end|>",
         pad="<|endoftext|>",
@@ -40,23 +43,13 @@ class LightOnOcrAdapter(Mistral3Adapter):
     )
 
     @classmethod
-    def tiny_model_and_processor(
-        cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]
-    ) -> tuple[LightOnOcrForConditionalGeneration, LightOnOcrProcessor]:
-        processor = LightOnOcrProcessor(
-            image_processor=cls.tiny_image_processor(spec),
-            tokenizer=tokenizer,
-            patch_size=PATCH_SIZE,
-            spatial_merge_size=MERGE_SIZE,
-        )
-        config = LightOnOcrConfig(
-            vision_config=cls.tiny_vision_config(spec),
-            text_config={
-                "model_type": "qwen3",
-                **text_config_kwargs(tokenizer, spec),
-                "head_dim": spec["hidden_size"] // spec["num_attention_heads"],
-            },
-            spatial_merge_size=MERGE_SIZE,
-            image_token_id=tokenizer.image_token_id,
-        )
-        return LightOnOcrForConditionalGeneration(config), processor
+    def tiny_text_config(cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]) -> dict:
+        return {
+            "model_type": "qwen3",
+            **text_config_kwargs(tokenizer, spec),
+            "head_dim": spec["hidden_size"] // spec["num_attention_heads"],
+        }
+
+    @classmethod
+    def tiny_image_kwargs(cls, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+        return {"image_token_id": tokenizer.image_token_id}

@@ -14,6 +14,7 @@ from transformers import (
     PixtralProcessor,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    ProcessorMixin,
 )
 
 from vlprobe.models.base import LoadedVLM, text_config_kwargs, vision_config_kwargs
@@ -39,6 +40,7 @@ class Mistral3Adapter(LoadedVLM):
 
     config_class: ClassVar[type] = Mistral3Config
     model_class: ClassVar[type] = Mistral3ForConditionalGeneration
+    processor_class: ClassVar[type] = PixtralProcessor
 
     @classmethod
     def tiny_text_config(cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]) -> dict:
@@ -53,8 +55,8 @@ class Mistral3Adapter(LoadedVLM):
     @classmethod
     def tiny_model_and_processor(
         cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]
-    ) -> tuple[PreTrainedModel, PixtralProcessor]:
-        processor = PixtralProcessor(
+    ) -> tuple[PreTrainedModel, ProcessorMixin]:
+        processor = cls.processor_class(
             image_processor=cls.tiny_image_processor(spec),
             tokenizer=tokenizer,
             patch_size=PATCH_SIZE,
@@ -63,11 +65,18 @@ class Mistral3Adapter(LoadedVLM):
         config = cls.config_class(
             vision_config=cls.tiny_vision_config(spec),
             text_config=cls.tiny_text_config(tokenizer, spec),
-            image_token_index=tokenizer.convert_tokens_to_ids("[IMG]"),
             spatial_merge_size=MERGE_SIZE,
-            vision_feature_layer=-1,
+            **cls.tiny_image_kwargs(tokenizer),
         )
         return cls.model_class(config), processor
+
+    @classmethod
+    def tiny_image_kwargs(cls, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+        """The config's image token and the vision layer its merger reads."""
+        return {
+            "image_token_index": tokenizer.convert_tokens_to_ids("[IMG]"),
+            "vision_feature_layer": -1,
+        }
 
     @staticmethod
     def tiny_image_processor(spec: Mapping[str, Any]) -> PixtralImageProcessor:
