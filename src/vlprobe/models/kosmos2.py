@@ -51,14 +51,20 @@ class Kosmos2Adapter(LoadedVLM):
     special_tokens = SpecialTokens(bos="<s>", eos="</s>", pad="<pad>", unk="<unk>")
     tiny_defaults = {"image_size": 28}
 
+    # the processor's attribute naming the token that opens the image block, and the
+    # checkpoints' name (for the error when it is missing)
+    image_start_attribute: ClassVar[str] = "boi_token"
+    checkpoint_name: ClassVar[str] = "Kosmos-2"
+
     @classmethod
     def image_token_in(cls, name: str, processor: ProcessorMixin) -> str:
         # the token that opens the image block; the processor writes the block itself
-        boi = getattr(processor, "boi_token", None)
+        boi = getattr(processor, cls.image_start_attribute, None)
         if boi is None or boi not in processor.tokenizer.get_vocab():
             raise NoImageTokenError(
                 f"model {name!r}: its processor {type(processor).__name__} has no image token "
-                f"in its tokenizer (boi_token={boi!r}); is it a Kosmos-2 checkpoint?"
+                f"in its tokenizer ({cls.image_start_attribute}={boi!r}); is it a "
+                f"{cls.checkpoint_name} checkpoint?"
             )
         return boi
 

@@ -17,10 +17,9 @@ from transformers import (
     Kosmos2_5ImageProcessor,
     Kosmos2_5Processor,
     PreTrainedTokenizerBase,
-    ProcessorMixin,
 )
 
-from vlprobe.models.base import NoImageTokenError, padded_on
+from vlprobe.models.base import padded_on
 from vlprobe.models.kosmos2 import Kosmos2Adapter, variance_preserving_linears
 from vlprobe.models.tiny import SpecialTokens
 
@@ -45,6 +44,8 @@ class Kosmos2_5Adapter(Kosmos2Adapter):
     family = "kosmos2_5"
     model_types = ("kosmos-2.5",)
     pixel_input = "flattened_patches"
+    image_start_attribute = "image_start_token"
+    checkpoint_name = "Kosmos-2.5"
     special_tokens = SpecialTokens(
         bos="<s>",
         eos="</s>",
@@ -52,17 +53,6 @@ class Kosmos2_5Adapter(Kosmos2Adapter):
         unk="<unk>",
         named={"boi_token": "<image>", "eoi_token": "</image>", "image_token": "<s>"},
     )
-
-    @classmethod
-    def image_token_in(cls, name: str, processor: ProcessorMixin) -> str:
-        # the token that opens the image block; the processor writes the block itself
-        boi = getattr(processor, "image_start_token", None)
-        if boi is None or boi not in processor.tokenizer.get_vocab():
-            raise NoImageTokenError(
-                f"model {name!r}: its processor {type(processor).__name__} has no image token "
-                f"in its tokenizer (image_start_token={boi!r}); is it a Kosmos-2.5 checkpoint?"
-            )
-        return boi
 
     def image_token_mask(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         # 1 marks the features' positions, -1 the <image> and </image> around them
