@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from transformers import (
     AutoConfig,
+    BaseVideoProcessor,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -69,6 +70,31 @@ def omni_token_ids(tokenizer: PreTrainedTokenizerBase, tokens: SpecialTokens) ->
             ("vision_end_token_id", "vision_eos_token"),
         ]
     }
+
+
+def tiny_thinker(
+    adapter: type,
+    tokenizer: PreTrainedTokenizerBase,
+    spec: Mapping[str, Any],
+    video_processor: BaseVideoProcessor,
+    token_ids: Mapping[str, int],
+) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """A tiny Omni thinker of ``adapter``'s classes and its processor: the adapter's tiny
+    towers, with the audio encoder and the video and audio processors that the classes
+    require (unused for images)."""
+    processor = adapter.processor_class(
+        image_processor=adapter.tiny_image_processor(spec),
+        video_processor=video_processor,
+        feature_extractor=WhisperFeatureExtractor(feature_size=MEL_BINS),
+        tokenizer=tokenizer,
+    )
+    config = adapter.config_class(
+        text_config=adapter.tiny_text_config(tokenizer, spec),
+        vision_config=adapter.tiny_vision_config(spec),
+        audio_config=adapter.tiny_audio_config(spec),
+        **token_ids,
+    )
+    return adapter.model_class(config), processor
 
 
 class Qwen2_5OmniThinkerAdapter(Qwen2_5VLAdapter):
@@ -139,17 +165,6 @@ class Qwen2_5OmniThinkerAdapter(Qwen2_5VLAdapter):
     def tiny_model_and_processor(
         cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]
     ) -> tuple[PreTrainedModel, ProcessorMixin]:
-        processor = cls.processor_class(
-            image_processor=cls.tiny_image_processor(spec),
-            # both required by the processor; unused for images
-            video_processor=Qwen2VLVideoProcessor(),
-            feature_extractor=WhisperFeatureExtractor(feature_size=MEL_BINS),
-            tokenizer=tokenizer,
+        return tiny_thinker(
+            cls, tokenizer, spec, Qwen2VLVideoProcessor(), cls.tiny_token_ids(tokenizer)
         )
-        config = cls.config_class(
-            text_config=cls.tiny_text_config(tokenizer, spec),
-            vision_config=cls.tiny_vision_config(spec),
-            audio_config=cls.tiny_audio_config(spec),
-            **cls.tiny_token_ids(tokenizer),
-        )
-        return cls.model_class(config), processor

@@ -16,15 +16,14 @@ from transformers import (
     Qwen3OmniMoeProcessor,
     Qwen3OmniMoeThinkerConfig,
     Qwen3OmniMoeThinkerForConditionalGeneration,
-    WhisperFeatureExtractor,
 )
 
 from vlprobe.models.base import image_text_of_template
 from vlprobe.models.qwen2_5_omni_thinker import (
-    MEL_BINS,
     Qwen2_5OmniThinkerAdapter,
     omni_token_ids,
     thinker_loader,
+    tiny_thinker,
 )
 from vlprobe.models.qwen3_vl import Qwen3VLMoeAdapter
 from vlprobe.models.tiny import SpecialTokens
@@ -49,6 +48,7 @@ class Qwen3OmniMoeThinkerAdapter(Qwen3VLMoeAdapter):
     auto_model_class = thinker_loader(Qwen3OmniMoeThinkerForConditionalGeneration)
     config_class = Qwen3OmniMoeThinkerConfig
     model_class = Qwen3OmniMoeThinkerForConditionalGeneration
+    processor_class = Qwen3OmniMoeProcessor
     # Qwen3's names for the tokens the processor reads as tokenizer attributes
     special_tokens = SpecialTokens(
         eos="<|im_end|>",
@@ -87,17 +87,7 @@ class Qwen3OmniMoeThinkerAdapter(Qwen3VLMoeAdapter):
     def tiny_model_and_processor(
         cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]
     ) -> tuple[PreTrainedModel, ProcessorMixin]:
-        processor = Qwen3OmniMoeProcessor(
-            image_processor=cls.tiny_image_processor(spec),
-            # both required by the processor; unused for images
-            video_processor=Qwen2VLVideoProcessor(patch_size=16),
-            feature_extractor=WhisperFeatureExtractor(feature_size=MEL_BINS),
-            tokenizer=tokenizer,
+        video_processor = Qwen2VLVideoProcessor(patch_size=16)
+        return tiny_thinker(
+            cls, tokenizer, spec, video_processor, omni_token_ids(tokenizer, cls.special_tokens)
         )
-        config = cls.config_class(
-            text_config=cls.tiny_text_config(tokenizer, spec),
-            vision_config=cls.tiny_vision_config(spec),
-            audio_config=cls.tiny_audio_config(spec),
-            **omni_token_ids(tokenizer, cls.special_tokens),
-        )
-        return cls.model_class(config), processor
