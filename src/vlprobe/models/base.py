@@ -1031,6 +1031,30 @@ def vision_config_kwargs(spec: Mapping[str, Any]) -> dict:
     }
 
 
+def latent_attention_kwargs(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A tiny DeepSeek-style latent attention's text-config keys (Mistral 4's, Mistral Large 4's,
+    Kimi K2.5's): low-rank keys and values expanded to every head, rope and no-rope halves of
+    the query/key heads."""
+    return {
+        "num_key_value_heads": spec["num_attention_heads"],
+        "kv_lora_rank": spec["hidden_size"] // 4,
+        "qk_rope_head_dim": 8,
+        "qk_nope_head_dim": 8,
+        "v_head_dim": spec["hidden_size"] // spec["num_attention_heads"],
+    }
+
+
+def routed_experts_kwargs(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A tiny DeepSeek-style mixture of experts' text-config keys: one dense layer, then layers
+    of 4 experts, 2 per token (real ones are mostly or all MoE; both kinds get tested)."""
+    return {
+        "first_k_dense_replace": 1,
+        "n_routed_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": spec["intermediate_size"] // 2,
+    }
+
+
 def merger_vit_config(spec: Mapping[str, Any], patch_size: int, merge_size: int) -> dict:
     """A tiny Qwen2-VL-style ViT's config (Qwen2.5-VL's, Qwen3-VL's, GLM-4.1V's, ...): the real
     patch size, patches merged ``merge_size`` x ``merge_size``, the merger feeding the decoder."""

@@ -16,7 +16,13 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from vlprobe.models.base import LoadedVLM, text_config_kwargs, vision_config_kwargs
+from vlprobe.models.base import (
+    LoadedVLM,
+    latent_attention_kwargs,
+    routed_experts_kwargs,
+    text_config_kwargs,
+    vision_config_kwargs,
+)
 from vlprobe.models.tiny import SpecialTokens
 
 PATCH_SIZE = 14
@@ -60,7 +66,6 @@ class KimiK25Adapter(LoadedVLM):
             tokenizer=tokenizer,
             video_processor=Kimi_K25VideoProcessor(),  # required by the processor; unused here
         )
-        hidden = spec["hidden_size"]
         ids = tokenizer.convert_tokens_to_ids
         config = Kimi_K25Config(
             vision_config={
@@ -74,18 +79,11 @@ class KimiK25Adapter(LoadedVLM):
             text_config={
                 "model_type": "deepseek_v3",
                 **text_config_kwargs(tokenizer, spec),
-                "num_key_value_heads": spec["num_attention_heads"],  # latent keys: every head
-                "q_lora_rank": hidden // 2,
-                "kv_lora_rank": hidden // 4,
-                "qk_rope_head_dim": 8,
-                "qk_nope_head_dim": 8,
-                "v_head_dim": hidden // spec["num_attention_heads"],
-                "first_k_dense_replace": 1,
-                "n_routed_experts": 4,
-                "num_experts_per_tok": 2,
+                **latent_attention_kwargs(spec),
+                "q_lora_rank": spec["hidden_size"] // 2,
+                **routed_experts_kwargs(spec),
                 "n_group": 1,
                 "topk_group": 1,
-                "moe_intermediate_size": spec["intermediate_size"] // 2,
             },
             projection_hidden_size=spec["vision_hidden_size"],
             image_token_id=ids("<|media_pad|>"),

@@ -8,7 +8,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from vlprobe.models.base import text_config_kwargs
+from vlprobe.models.base import latent_attention_kwargs, routed_experts_kwargs, text_config_kwargs
 from vlprobe.models.mistral3 import Mistral3Adapter
 
 
@@ -27,21 +27,11 @@ class Mistral4Adapter(Mistral3Adapter):
 
     @classmethod
     def tiny_text_config(cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]) -> dict:
-        hidden = spec["hidden_size"]
         return {
             "model_type": "mistral4",
             **text_config_kwargs(tokenizer, spec),
-            # the latent keys and values expand to every head (the real config has 32 of 32)
-            "num_key_value_heads": spec["num_attention_heads"],
-            # latent attention: small ranks, rope and no-rope halves of the query/key heads
-            "q_lora_rank": hidden // 2,
-            "kv_lora_rank": hidden // 4,
-            "qk_rope_head_dim": 8,
-            "qk_nope_head_dim": 8,
-            "v_head_dim": hidden // spec["num_attention_heads"],
-            # one dense layer, then experts (every real layer is MoE; both kinds get tested)
-            "first_k_dense_replace": 1,
-            "n_routed_experts": 4,
-            "num_experts_per_tok": 2,
-            "moe_intermediate_size": spec["intermediate_size"] // 2,
+            # latent keys and values for every head (the real config has 32 of 32 heads)
+            **latent_attention_kwargs(spec),
+            "q_lora_rank": spec["hidden_size"] // 2,
+            **routed_experts_kwargs(spec),  # every real layer is MoE
         }

@@ -21,7 +21,7 @@ from transformers.models.mistral_large4.modeling_mistral_large4 import (
 )
 from transformers.utils import ModelOutput
 
-from vlprobe.models.base import text_config_kwargs
+from vlprobe.models.base import latent_attention_kwargs, routed_experts_kwargs, text_config_kwargs
 from vlprobe.models.mistral3 import Mistral3Adapter
 
 
@@ -58,16 +58,12 @@ class MistralLarge4Adapter(Mistral3Adapter):
 
     @classmethod
     def tiny_text_config(cls, tokenizer: PreTrainedTokenizerBase, spec: Mapping[str, Any]) -> dict:
-        hidden, layers = spec["hidden_size"], spec["num_layers"]
+        layers = spec["num_layers"]
         return {
             "model_type": "mistral_large4_text",
             **text_config_kwargs(tokenizer, spec),
-            # the latent keys and values expand to every head (the real config has 64 of 64)
-            "num_key_value_heads": spec["num_attention_heads"],
-            "kv_lora_rank": hidden // 4,
-            "qk_rope_head_dim": 8,
-            "qk_nope_head_dim": 8,
-            "v_head_dim": hidden // spec["num_attention_heads"],
+            # latent keys and values for every head (the real config has 64 of 64 heads)
+            **latent_attention_kwargs(spec),
             "index_head_dim": 16,
             "index_n_heads": 2,
             # above every tiny sequence's length, so the indexer keeps all keys: with random
@@ -75,10 +71,7 @@ class MistralLarge4Adapter(Mistral3Adapter):
             "index_topk": 256,
             # a layer that runs the indexer, then one reusing its choice, alternately
             "indexer_types": ["full" if i % 2 == 0 else "shared" for i in range(layers)],
-            "first_k_dense_replace": 1,
-            "n_routed_experts": 4,
-            "num_experts_per_tok": 2,
-            "moe_intermediate_size": spec["intermediate_size"] // 2,
+            **routed_experts_kwargs(spec),
         }
 
     @classmethod
